@@ -1,0 +1,4 @@
+use super::CliResult;
+#[derive(clap::Subcommand)]
+pub enum BenchCommand { Matmul }
+pub fn run(_cmd: BenchCommand) -> CliResult { Ok(()) }

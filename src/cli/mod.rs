@@ -1,0 +1,7 @@
+//! Subcommand implementations: each parses nothing itself (clap does) and calls the library.
+
+pub mod bench;
+pub mod info;
+
+/// Errors reach the user as one line.
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;

@@ -1,0 +1,17 @@
+//! clusterclip: CLIP pre-training with cluster masking (Wei, Pan, Owens, CVPR 2024), in WGSL
+//! compute shaders on wgpu. The layout follows the data's path: data -> patches -> mask ->
+//! encoders -> loss -> backward -> optimizer. See ARCHITECTURE.md.
+//!
+//! The model core (`gpu`, `graph`, `ops`, `model`, `masking`) uses no threads, files or
+//! terminal, so it builds for wasm32; everything else sits behind the default `cli` feature.
+
+pub mod data;
+pub mod gpu;
+pub mod graph;
+pub mod masking;
+pub mod ops;
+
+#[cfg(feature = "cli")]
+pub mod cli;
+
+

@@ -1,0 +1,32 @@
+//! The `clusterclip` command line: each subcommand parses its flags and calls the library.
+
+use clap::{Parser, Subcommand};
+use clusterclip::cli;
+
+#[derive(Parser)]
+#[command(name = "clusterclip", version, about = "CLIP pre-training with cluster masking on any GPU (wgpu)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List GPU adapters and show the chosen one's limits and features.
+    Info(cli::info::InfoArgs),
+    /// Time kernels, towers or training steps.
+    #[command(subcommand)]
+    Bench(cli::bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Info(args) => cli::info::run(args),
+        Command::Bench(cmd) => cli::bench::run(cmd),
+    };
+    if let Err(err) = result {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,135 @@
+//! Masking settings, their validation, and the integer counts they imply (M3.2, M3.4, M4).
+
+use std::fmt;
+
+/// Slack for turning a ratio into a count: ratios are decimal fractions, and without it
+/// 100 · (1 − 0.9) = 9.999999999999998 would floor to 9.
+const COUNT_SLACK: f64 = 1e-9;
+
+/// Why a masking setting was refused; `Display` is the one line the user sees.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskError {
+    /// A ratio outside [0, 1); `name` is the setting (and CLI flag) it came from.
+    RatioOutOfRange { name: &'static str, value: f64 },
+    /// `min_mask_ratio` above `max_mask_ratio`.
+    MinAboveMax { min: f64, max: f64 },
+    /// A similarity threshold outside [0, 1] (M3.3, M3.6).
+    ThresholdOutOfRange { value: f32 },
+    /// Buffers whose lengths do not agree with the stated shape.
+    Shape(String),
+}
+
+impl fmt::Display for MaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::RatioOutOfRange { name, value } => {
+                write!(f, "--{name} {value} is outside [0, 1)")
+            }
+            Self::MinAboveMax { min, max } => {
+                write!(f, "--min-mask-ratio {min} is above --max-mask-ratio {max}")
+            }
+            Self::ThresholdOutOfRange { value } => {
+                write!(f, "--threshold {value} is outside [0, 1]")
+            }
+            Self::Shape(what) => write!(f, "mask input shape: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for MaskError {}
+
+/// Checks that `value` lies in [0, 1); `name` is the CLI flag it came from.
+pub fn check_ratio(name: &'static str, value: f64) -> Result<(), MaskError> {
+    if (0.0..1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(MaskError::RatioOutOfRange { name, value })
+    }
+}
+
+/// Settings of cluster masking (M3). Defaults are the paper's best RGB run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClusterMaskConfig {
+    /// Fraction of patches drawn as anchors (M3.2): 0.03 gives 6 of 196.
+    pub anchor_ratio: f64,
+    /// Similarity threshold r: a patch joins a cluster when sim > r (M3.3, released recipe 0.5).
+    pub threshold: f32,
+    /// Lower bound on the dropped fraction (M3.4, 0.3 in the paper's best run).
+    pub min_mask_ratio: f64,
+    /// Upper bound on the dropped fraction (our guard, M3.4).
+    pub max_mask_ratio: f64,
+}
+
+impl Default for ClusterMaskConfig {
+    fn default() -> Self {
+        Self {
+            anchor_ratio: 0.03,
+            threshold: 0.5,
+            min_mask_ratio: 0.3,
+            max_mask_ratio: 0.9,
+        }
+    }
+}
+
+impl ClusterMaskConfig {
+    pub fn validate(&self) -> Result<(), MaskError> {
+        check_ratio("anchor-ratio", self.anchor_ratio)?;
+        check_ratio("min-mask-ratio", self.min_mask_ratio)?;
+        check_ratio("max-mask-ratio", self.max_mask_ratio)?;
+        if self.min_mask_ratio > self.max_mask_ratio {
+            return Err(MaskError::MinAboveMax {
+                min: self.min_mask_ratio,
+                max: self.max_mask_ratio,
+            });
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(MaskError::ThresholdOutOfRange {
+                value: self.threshold,
+            });
+        }
+        Ok(())
+    }
+
+    /// K = L − floor(L · (1 − anchor_ratio)) (M3.2).
+    pub fn anchor_count(&self, patches: usize) -> usize {
+        patches - floor_count(patches, 1.0 - self.anchor_ratio)
+    }
+
+    /// The bounds of the batch keep count (M3.4): (floor, cap) with
+    /// cap = floor(L · (1 − min_mask_ratio)) and floor = ceil(L · (1 − max_mask_ratio)).
+    pub fn keep_bounds(&self, patches: usize) -> KeepBounds {
+        KeepBounds {
+            floor: ceil_count(patches, 1.0 - self.max_mask_ratio),
+            cap: floor_count(patches, 1.0 - self.min_mask_ratio),
+        }
+    }
+}
+
+/// Limits on the batch keep count k (M3.4), in patches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeepBounds {
+    pub floor: usize,
+    pub cap: usize,
+}
+
+impl KeepBounds {
+    /// k = max(min(cap, fewest unmasked patches of any image), floor) (M3.4). The floor wins when
+    /// the two bounds cross (a min/max pair closer than 1/L).
+    pub fn keep_count(&self, fewest_unmasked: usize) -> usize {
+        self.cap.min(fewest_unmasked).max(self.floor)
+    }
+}
+
+/// FLIP's keep count k = round(L · (1 − mask_ratio)) (M4), at least one patch so the encoder
+/// always sees part of the image.
+pub fn random_keep_count(patches: usize, mask_ratio: f64) -> usize {
+    ((patches as f64 * (1.0 - mask_ratio)).round() as usize).clamp(1.min(patches), patches)
+}
+
+fn floor_count(patches: usize, fraction: f64) -> usize {
+    ((patches as f64 * fraction + COUNT_SLACK).floor() as usize).min(patches)
+}
+
+fn ceil_count(patches: usize, fraction: f64) -> usize {
+    ((patches as f64 * fraction - COUNT_SLACK).ceil().max(0.0) as usize).min(patches)
+}

@@ -1,0 +1,95 @@
+//! Patch features whose dot product is the similarity of cluster masking (M3.1, M3.7).
+
+/// Variance (in normalised pixel units²) at or below which a patch counts as flat: a standard
+/// deviation of 1e-5, a thousandth of one 8-bit grey level after CLIP normalisation, yet far above
+/// the rounding noise of a mean over 3p² values.
+pub const FLAT_VARIANCE: f32 = 1e-10;
+
+/// Embedding rows shorter than this are treated as zero (no direction, similarity 0).
+pub const ZERO_NORM: f32 = 1e-12;
+
+/// Side of the patch grid and patch count L of an `height` × `width` image cut into p × p patches.
+pub fn patch_grid(height: usize, width: usize, patch: usize) -> (usize, usize, usize) {
+    let (rows, cols) = (height / patch, width / patch);
+    (rows, cols, rows * cols)
+}
+
+/// Unit feature vector of every patch: `images` is [n, 3, h, w] (normalised pixels), the result
+/// [n, L, 3p²] with patches in raster order and each patch flattened as (channel, row, col).
+///
+/// M3.1 standardises each patch, (v − mean) / sqrt(var + 1e-6), and compares patches by cosine.
+/// The cosine of two standardised patches is their Pearson correlation, so we store the centred
+/// patch scaled to unit length: dot product = Pearson correlation, and the 1e-6 only matters for
+/// flat patches, which become the zero vector (similarity 0 to everything, M3.1).
+pub fn patch_features(images: &[f32], n: usize, h: usize, w: usize, p: usize) -> Vec<f32> {
+    assert_eq!(images.len(), n * 3 * h * w, "images must be [n, 3, h, w]");
+    assert!(
+        p > 0 && p <= h && p <= w,
+        "patch size {p} must fit the {h}x{w} image"
+    );
+    let (_, cols, patches) = patch_grid(h, w, p);
+    let dim = 3 * p * p;
+    let mut features = vec![0.0f32; n * patches * dim];
+    let mut values = vec![0.0f32; dim];
+    for image in 0..n {
+        for (patch, feature) in features[image * patches * dim..(image + 1) * patches * dim]
+            .chunks_exact_mut(dim)
+            .enumerate()
+        {
+            let (top, left) = ((patch / cols) * p, (patch % cols) * p);
+            for c in 0..3 {
+                for y in 0..p {
+                    let row = ((image * 3 + c) * h + top + y) * w + left;
+                    values[(c * p + y) * p..(c * p + y + 1) * p]
+                        .copy_from_slice(&images[row..row + p]);
+                }
+            }
+            unit_centred(&values, feature);
+        }
+    }
+    features
+}
+
+/// Writes (v − mean) / ‖v − mean‖ into `out`, or zeros when v is flat (see `FLAT_VARIANCE`).
+fn unit_centred(values: &[f32], out: &mut [f32]) {
+    let dim = values.len() as f32;
+    let mean = values.iter().sum::<f32>() / dim;
+    let sum_sq: f32 = values.iter().map(|v| (v - mean) * (v - mean)).sum();
+    if sum_sq / dim <= FLAT_VARIANCE {
+        out.fill(0.0);
+        return;
+    }
+    let inv_norm = 1.0 / sum_sq.sqrt();
+    for (o, v) in out.iter_mut().zip(values) {
+        *o = (v - mean) * inv_norm;
+    }
+}
+
+/// Unit-length copy of each `dim`-long row of `rows` (zero rows stay zero). For M3.7: pass the
+/// patch embeddings plus their positional embeddings, [n, L, D].
+pub fn unit_rows(rows: &[f32], dim: usize) -> Vec<f32> {
+    assert!(dim > 0 && rows.len() % dim == 0, "rows must be [.., {dim}]");
+    let mut out = rows.to_vec();
+    for row in out.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let scale = if norm > ZERO_NORM { 1.0 / norm } else { 0.0 };
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+    out
+}
+
+/// Patch embeddings plus positions, made unit length: the embedding features of M3.7.
+/// `embeddings` is [n, L, D], `positions` [L, D] (the tower's positional embeddings of the patches).
+pub fn embedding_features(embeddings: &[f32], positions: &[f32], dim: usize) -> Vec<f32> {
+    assert!(dim > 0 && positions.len() % dim == 0 && !positions.is_empty());
+    assert_eq!(
+        embeddings.len() % positions.len(),
+        0,
+        "embeddings must be [n, L, D]"
+    );
+    let summed: Vec<f32> = embeddings
+        .chunks_exact(positions.len())
+        .flat_map(|image| image.iter().zip(positions).map(|(e, p)| e + p))
+        .collect();
+    unit_rows(&summed, dim)
+}

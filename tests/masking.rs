@@ -1,0 +1,530 @@
+//! CPU reference of cluster masking (M3) and random masking (M4): the rules the GPU kernels are
+//! held to.
+
+use clusterclip::masking::{
+    ClusterMaskConfig, ClusterScores, MaskError, MaskRng, PatchFeatures, Stream,
+    calibrate_threshold, cluster_mask, embedding_features, hash_u32, no_mask, patch_features,
+    random_keep_count, random_mask, select_kept,
+};
+
+/// xorshift64* for test inputs, independent of the generator under test.
+struct TestRng(u64);
+
+impl TestRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1).
+    fn signed(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.signed()).collect()
+    }
+}
+
+/// Smooth random images [n, 3, h, w]: a few low-frequency waves per channel plus pixel noise,
+/// so neighbouring patches correlate and the cluster coverage varies gradually with r.
+fn smooth_images(rng: &mut TestRng, n: usize, h: usize, w: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * 3 * h * w);
+    for _ in 0..n * 3 {
+        let waves: Vec<[f32; 4]> = (0..3)
+            .map(|_| {
+                [
+                    rng.signed() * 0.4,
+                    rng.signed() * 0.4,
+                    rng.signed() * 3.0,
+                    rng.signed(),
+                ]
+            })
+            .collect();
+        for y in 0..h {
+            for x in 0..w {
+                let smooth: f32 = waves
+                    .iter()
+                    .map(|[fy, fx, phase, amp]| amp * (fy * y as f32 + fx * x as f32 + phase).sin())
+                    .sum();
+                out.push(smooth + 0.3 * rng.signed());
+            }
+        }
+    }
+    out
+}
+
+fn features_of(images: &[f32], n: usize, h: usize, w: usize, p: usize) -> Vec<f32> {
+    patch_features(images, n, h, w, p)
+}
+
+#[test]
+fn hash_and_draws_match_an_independent_implementation() {
+    // Golden values from a separate Python implementation of lowbias32 and the key chain.
+    assert_eq!(hash_u32(1), 0x6889_90c0);
+    assert_eq!(hash_u32(2), 0xd113_2181);
+    assert_eq!(hash_u32(0xdead_beef), 0xe628_c683);
+    assert_eq!(
+        MaskRng::new(0x0123_4567_89ab_cdef, 7).bits24(3, Stream::Keep, 42),
+        9_559_884
+    );
+    assert_eq!(MaskRng::new(0, 0).bits24(0, Stream::Anchor, 0), 5_096_664);
+}
+
+#[test]
+fn draws_are_deterministic_uniform_and_keyed_by_every_word() {
+    let rng = MaskRng::new(0xfeed_0000_0000_0001, 11);
+    let again = MaskRng::new(0xfeed_0000_0000_0001, 11);
+    let draws: Vec<f32> = (0..20_000)
+        .map(|j| rng.uniform(2, Stream::Anchor, j))
+        .collect();
+    assert!(
+        draws
+            .iter()
+            .zip(0..)
+            .all(|(&u, j)| u == again.uniform(2, Stream::Anchor, j))
+    );
+    assert!(draws.iter().all(|&u| (0.0..1.0).contains(&u)));
+    // Mean 0.5 with standard error 0.002; variance 1/12.
+    let mean = draws.iter().map(|&u| u as f64).sum::<f64>() / draws.len() as f64;
+    let var = draws
+        .iter()
+        .map(|&u| (u as f64 - mean).powi(2))
+        .sum::<f64>()
+        / draws.len() as f64;
+    assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
+    assert!((var - 1.0 / 12.0).abs() < 0.005, "variance {var}");
+    // Changing any key word (both seed halves included) changes the stream.
+    let base = |r: MaskRng, image, stream| -> Vec<u32> {
+        (0..8).map(|j| r.bits24(image, stream, j)).collect()
+    };
+    let reference = base(rng, 2, Stream::Anchor);
+    for other in [
+        base(MaskRng::new(0xfeed_0000_0000_0002, 11), 2, Stream::Anchor),
+        base(MaskRng::new(0xfeee_0000_0000_0001, 11), 2, Stream::Anchor),
+        base(MaskRng::new(0xfeed_0000_0000_0001, 12), 2, Stream::Anchor),
+        base(rng, 3, Stream::Anchor),
+        base(rng, 2, Stream::Keep),
+    ] {
+        assert_ne!(other, reference);
+    }
+}
+
+#[test]
+fn patch_features_are_unit_and_their_dot_is_pearson_correlation() {
+    let (n, h, w, p) = (2, 12, 8, 4); // 3 x 2 patches, 48 values each
+    let images = TestRng(7).vec(n * 3 * h * w);
+    let features = features_of(&images, n, h, w, p);
+    let dim = 3 * p * p;
+    assert_eq!(features.len(), n * 6 * dim);
+    let patch_values = |image: usize, patch: usize| -> Vec<f64> {
+        let (top, left) = ((patch / 2) * p, (patch % 2) * p);
+        let mut v = Vec::new();
+        for c in 0..3 {
+            for y in 0..p {
+                for x in 0..p {
+                    v.push(images[((image * 3 + c) * h + top + y) * w + left + x] as f64);
+                }
+            }
+        }
+        v
+    };
+    let pearson = |a: &[f64], b: &[f64]| {
+        let (ma, mb) = (
+            a.iter().sum::<f64>() / a.len() as f64,
+            b.iter().sum::<f64>() / b.len() as f64,
+        );
+        let cov: f64 = a.iter().zip(b).map(|(x, y)| (x - ma) * (y - mb)).sum();
+        let va: f64 = a.iter().map(|x| (x - ma).powi(2)).sum();
+        let vb: f64 = b.iter().map(|y| (y - mb).powi(2)).sum();
+        cov / (va * vb).sqrt()
+    };
+    let row = |i: usize| &features[i * dim..(i + 1) * dim];
+    for i in 0..n * 6 {
+        let norm: f32 = row(i).iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "patch {i} norm {norm}");
+    }
+    // f32 dot of 48 unit-scale products: 1e-5 is ~100 ulps of slack.
+    for (a, b) in [(0, 1), (0, 5), (3, 7), (6, 11), (2, 2)] {
+        let dot: f32 = row(a).iter().zip(row(b)).map(|(x, y)| x * y).sum();
+        let expected = pearson(&patch_values(a / 6, a % 6), &patch_values(b / 6, b % 6));
+        assert!(
+            (dot as f64 - expected).abs() < 1e-5,
+            "patches {a},{b}: {dot} vs {expected}"
+        );
+    }
+}
+
+#[test]
+fn counts_follow_the_ratio_formulas() {
+    let config = ClusterMaskConfig::default();
+    assert_eq!(config.anchor_count(196), 6); // M3.2: 0.03 of 196
+    let bounds = config.keep_bounds(196);
+    assert_eq!((bounds.floor, bounds.cap), (20, 137)); // ceil(19.6), floor(137.2)
+    let tens = ClusterMaskConfig {
+        min_mask_ratio: 0.3,
+        max_mask_ratio: 0.9,
+        ..config
+    };
+    let b = tens.keep_bounds(100);
+    assert_eq!((b.floor, b.cap), (10, 70)); // exact decimals must not round down
+    assert_eq!(b.keep_count(55), 55);
+    assert_eq!(b.keep_count(80), 70);
+    assert_eq!(b.keep_count(3), 10);
+    assert_eq!(random_keep_count(196, 0.5), 98);
+    assert_eq!(random_keep_count(49, 0.75), 12); // round(12.25)
+    assert_eq!(random_keep_count(4, 0.9), 1); // never an empty image
+}
+
+#[test]
+fn invalid_settings_are_refused_with_the_flag_named() {
+    let good = ClusterMaskConfig::default();
+    assert_eq!(good.validate(), Ok(()));
+    let cases = [
+        (
+            ClusterMaskConfig {
+                anchor_ratio: 1.0,
+                ..good
+            },
+            "--anchor-ratio 1 is outside [0, 1)",
+        ),
+        (
+            ClusterMaskConfig {
+                min_mask_ratio: -0.1,
+                ..good
+            },
+            "--min-mask-ratio -0.1 is outside [0, 1)",
+        ),
+        (
+            ClusterMaskConfig {
+                max_mask_ratio: 1.5,
+                ..good
+            },
+            "--max-mask-ratio 1.5 is outside [0, 1)",
+        ),
+        (
+            ClusterMaskConfig {
+                min_mask_ratio: 0.8,
+                max_mask_ratio: 0.5,
+                ..good
+            },
+            "--min-mask-ratio 0.8 is above --max-mask-ratio 0.5",
+        ),
+        (
+            ClusterMaskConfig {
+                threshold: 1.5,
+                ..good
+            },
+            "--threshold 1.5 is outside [0, 1]",
+        ),
+    ];
+    for (config, message) in cases {
+        assert_eq!(config.validate().unwrap_err().to_string(), message);
+    }
+    assert!(matches!(
+        random_mask(2, 16, 1.0, MaskRng::new(1, 0)),
+        Err(MaskError::RatioOutOfRange {
+            name: "mask-ratio",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn anchors_are_masked_and_every_image_keeps_exactly_k_within_the_ratios() {
+    let (n, h, w, p) = (6, 28, 28, 4); // L = 49, not a multiple of any tile size
+    let mut test_rng = TestRng(3);
+    let images = smooth_images(&mut test_rng, n, h, w);
+    let features = features_of(&images, n, h, w, p);
+    let input = PatchFeatures::new(&features, n, 49).unwrap();
+    for (step, threshold, min_ratio, max_ratio) in [
+        (0, 0.5, 0.3, 0.9),
+        (1, 0.2, 0.3, 0.9),
+        (2, 0.9, 0.5, 0.6),
+        (3, 0.0, 0.0, 0.95),
+    ] {
+        let config = ClusterMaskConfig {
+            anchor_ratio: 0.1,
+            threshold,
+            min_mask_ratio: min_ratio,
+            max_mask_ratio: max_ratio,
+        };
+        let result = cluster_mask(&input, &config, MaskRng::new(99, step)).unwrap();
+        let l = 49;
+        let k = result.keep_count;
+        assert_eq!(result.kept.len(), n * k);
+        assert!(
+            k <= (l as f64 * (1.0 - min_ratio)).floor() as usize
+                || k == config.keep_bounds(l).floor
+        );
+        assert!(k >= (l as f64 * (1.0 - max_ratio)).ceil() as usize);
+        let fewest_unmasked = result.masked.iter().map(|m| l - m.len()).min().unwrap();
+        assert_eq!(k, config.keep_bounds(l).keep_count(fewest_unmasked));
+        assert_eq!(result.mask_ratio, 1.0 - k as f32 / l as f32);
+        for image in 0..n {
+            let anchors = &result.anchors[image];
+            assert_eq!(anchors.len(), config.anchor_count(l)); // 5 of 49
+            assert!(anchors.iter().all(|a| result.masked[image].contains(a)));
+            let kept = result.kept_of(image);
+            assert!(kept.windows(2).all(|w| w[0] < w[1]), "ascending, distinct");
+            assert!(kept.iter().all(|&j| (j as usize) < l));
+            // Unmasked patches come first: kept masked ones only when all unmasked are kept.
+            let unmasked = l - result.masked[image].len();
+            let kept_masked = kept
+                .iter()
+                .filter(|j| result.masked[image].contains(j))
+                .count();
+            assert_eq!(kept_masked, k.saturating_sub(unmasked));
+        }
+    }
+}
+
+/// An image split into two regions at patch column `split`: each pixel is the region's colour
+/// (a per-channel offset, opposite in the two regions) plus faint texture, so patches of one
+/// region correlate above 0.9 and patches of different regions below −0.9.
+fn two_colour_image(rng: &mut TestRng, h: usize, w: usize, p: usize, split: usize) -> Vec<f32> {
+    let colour = [[0.8f32, -0.6, 0.1], [-0.8, 0.6, -0.1]];
+    let mut out = Vec::with_capacity(3 * h * w);
+    for c in 0..3 {
+        for _y in 0..h {
+            for x in 0..w {
+                let region = usize::from(x / p >= split);
+                out.push(colour[region][c] + 0.05 * rng.signed());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_two_colour_image_masks_exactly_the_regions_of_its_anchors() {
+    let (h, w, p, split) = (24, 32, 4, 3); // 6 x 8 patches, left region 3 columns wide
+    let mut test_rng = TestRng(11);
+    let n = 12;
+    let images: Vec<f32> = (0..n)
+        .flat_map(|_| two_colour_image(&mut test_rng, h, w, p, split))
+        .collect();
+    let features = features_of(&images, n, h, w, p);
+    let input = PatchFeatures::new(&features, n, 48).unwrap();
+    let config = ClusterMaskConfig {
+        anchor_ratio: 0.05,
+        ..Default::default()
+    }; // K = 3
+    let result = cluster_mask(&input, &config, MaskRng::new(5, 0)).unwrap();
+    let left = |j: u32| (j % 8) < split as u32;
+    let (mut one_region, mut both_regions) = (0, 0);
+    for image in 0..n {
+        let anchors = &result.anchors[image];
+        let anchor_left = anchors.iter().any(|&a| left(a));
+        let anchor_right = anchors.iter().any(|&a| !left(a));
+        let expected: Vec<u32> = (0..48)
+            .filter(|&j| if left(j) { anchor_left } else { anchor_right })
+            .collect();
+        assert_eq!(
+            result.masked[image], expected,
+            "image {image} anchors {anchors:?}"
+        );
+        if anchor_left && anchor_right {
+            both_regions += 1
+        } else {
+            one_region += 1
+        }
+    }
+    // The seed gives both kinds of image: anchors in one region only, and in both.
+    assert!(
+        one_region > 0 && both_regions > 0,
+        "{one_region} {both_regions}"
+    );
+}
+
+#[test]
+fn flat_images_give_no_nan_and_anchors_mask_only_themselves() {
+    let (h, w, p) = (16, 16, 4); // L = 16
+    let mut images = vec![0.0f32; 3 * h * w]; // all zero
+    images.extend(std::iter::repeat_n(0.370_123_4f32, 3 * h * w)); // constant, inexact mean
+    // Flat within each channel but not within a patch: every patch is the same non-flat vector.
+    images.extend((0..3 * h * w).map(|i| if i / (h * w) == 1 { -1.7 } else { 0.9 }));
+    let features = features_of(&images, 3, h, w, p);
+    assert!(features.iter().all(|v| v.is_finite()));
+    assert!(
+        features[..2 * 16 * 48].iter().all(|&v| v == 0.0),
+        "flat patches are zero vectors"
+    );
+    let input = PatchFeatures::new(&features, 3, 16).unwrap();
+    let config = ClusterMaskConfig {
+        anchor_ratio: 0.2,
+        threshold: 0.0,
+        ..Default::default()
+    };
+    let result = cluster_mask(&input, &config, MaskRng::new(8, 4)).unwrap();
+    for image in 0..2 {
+        assert_eq!(result.masked[image], result.anchors[image]);
+        assert_eq!(result.anchors[image].len(), 4); // 16 - floor(12.8)
+    }
+    // The third image's patches are all the same non-flat pattern: one anchor covers everything.
+    assert_eq!(result.masked[2], (0..16).collect::<Vec<u32>>());
+    assert_eq!(result.keep_count, 2); // the max_mask_ratio floor: ceil(16 * 0.1)
+    assert!(result.mask_ratio.is_finite());
+}
+
+#[test]
+fn extra_unmasked_patches_are_dropped_at_random_not_in_raster_order() {
+    let l = 64;
+    let trials = 3000;
+    // Case 1: 14 masked (patches 0..14), 50 unmasked, keep 30: each unmasked kept with p = 0.6.
+    // Case 2: 10 unmasked (54..64), keep 20: all of them, plus 10 of 54 masked (p = 10/54).
+    for (masked_until, keep, p_unmasked, p_masked) in
+        [(14, 30, 0.6, 0.0), (54, 20, 1.0, 10.0 / 54.0)]
+    {
+        let flags: Vec<bool> = (0..l).map(|j| j < masked_until).collect();
+        let mut counts = vec![0usize; l];
+        for seed in 0..trials {
+            let kept = select_kept(MaskRng::new(seed, 0), 0, &flags, keep);
+            assert_eq!(kept.len(), keep);
+            kept.iter().for_each(|&j| counts[j as usize] += 1);
+        }
+        // Binomial standard error at most sqrt(0.25 / 3000) = 0.009; 0.05 is over 5 of them.
+        for (j, &count) in counts.iter().enumerate() {
+            let expected = if j < masked_until {
+                p_masked
+            } else {
+                p_unmasked
+            };
+            let freq = count as f64 / trials as f64;
+            assert!(
+                (freq - expected).abs() < 0.05,
+                "patch {j}: kept {freq}, expected {expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn random_masking_keeps_the_smallest_noise_and_is_uniform() {
+    let (n, l, ratio) = (4, 49, 0.5);
+    let rng = MaskRng::new(21, 3);
+    let result = random_mask(n, l, ratio, rng).unwrap();
+    assert_eq!(result.keep_count, 25); // round(24.5) rounds half away from zero
+    for image in 0..n {
+        let kept = result.kept_of(image);
+        assert!(kept.windows(2).all(|w| w[0] < w[1]));
+        let largest_kept = kept
+            .iter()
+            .map(|&j| rng.uniform(image as u32, Stream::Random, j))
+            .fold(0.0f32, f32::max);
+        assert!(
+            result.masked[image]
+                .iter()
+                .all(|&j| rng.uniform(image as u32, Stream::Random, j) >= largest_kept)
+        );
+        assert_eq!(result.masked[image].len(), l - 25);
+    }
+    let mut counts = vec![0usize; l];
+    for step in 0..2000 {
+        random_mask(1, l, ratio, MaskRng::new(4, step))
+            .unwrap()
+            .kept
+            .iter()
+            .for_each(|&j| counts[j as usize] += 1);
+    }
+    let p = 25.0 / 49.0; // standard error 0.011
+    assert!(
+        counts.iter().all(|&c| (c as f64 / 2000.0 - p).abs() < 0.06),
+        "{counts:?}"
+    );
+    let none = no_mask(2, 9);
+    assert_eq!(
+        (none.keep_count, none.mask_ratio, none.kept_of(1)),
+        (9, 0.0, &(0..9).collect::<Vec<u32>>()[..])
+    );
+}
+
+#[test]
+fn calibration_lands_within_a_hundredth_of_its_target() {
+    let (n, h, w, p) = (8, 32, 32, 4); // L = 64, 512 patches per batch
+    let mut test_rng = TestRng(17);
+    let batches_images: Vec<Vec<f32>> = (0..2)
+        .map(|_| smooth_images(&mut test_rng, n, h, w))
+        .collect();
+    let features: Vec<Vec<f32>> = batches_images
+        .iter()
+        .map(|i| features_of(i, n, h, w, p))
+        .collect();
+    let batches: Vec<(PatchFeatures, MaskRng)> = features
+        .iter()
+        .enumerate()
+        .map(|(step, f)| {
+            (
+                PatchFeatures::new(f, n, 64).unwrap(),
+                MaskRng::new(1, step as u32),
+            )
+        })
+        .collect();
+    let config = ClusterMaskConfig::default();
+    for target in [0.2, 0.35, 0.5] {
+        let calibration = calibrate_threshold(&batches, &config, target).unwrap();
+        assert!(calibration.converged, "target {target}: {calibration:?}");
+        assert!(
+            (calibration.mask_ratio - target).abs() <= 0.01,
+            "{calibration:?}"
+        );
+        // The reported ratio is the realised cluster coverage at the reported threshold.
+        let realised: f64 = batches
+            .iter()
+            .map(|(f, rng)| {
+                ClusterScores::compute(f, *rng, config.anchor_count(64))
+                    .coverage(calibration.threshold)
+            })
+            .sum::<f64>()
+            / 2.0;
+        assert!((realised - calibration.mask_ratio).abs() < 1e-12);
+    }
+    // Below the anchors' own share (K/L = 2/64) no threshold in [0, 1] can reach.
+    let unreachable = calibrate_threshold(&batches, &config, 0.0).unwrap();
+    assert!(!unreachable.converged && unreachable.mask_ratio >= 2.0 / 64.0);
+}
+
+#[test]
+fn embedding_mix_interpolates_between_pixels_and_embeddings() {
+    let (n, h, w, p, d) = (2, 16, 16, 4, 8); // L = 16
+    let mut test_rng = TestRng(23);
+    let images = test_rng.vec(n * 3 * h * w); // pixel noise: correlations near 0
+    let pixels = features_of(&images, n, h, w, p);
+    // Every patch embedding points the same way once positions are added: cosine 1.
+    let positions = test_rng.vec(16 * d);
+    let direction = test_rng.vec(d);
+    let embeddings: Vec<f32> = (0..n * 16)
+        .flat_map(|i| (0..d).map(move |c| (i, c)))
+        .map(|(i, c)| 3.0 * direction[c] - positions[(i % 16) * d + c])
+        .collect();
+    let emb = embedding_features(&embeddings, &positions, d);
+    let config = ClusterMaskConfig {
+        anchor_ratio: 0.1,
+        threshold: 0.5,
+        ..Default::default()
+    };
+    let rng = MaskRng::new(2, 0);
+    let pixel_only =
+        cluster_mask(&PatchFeatures::new(&pixels, n, 16).unwrap(), &config, rng).unwrap();
+    let at = |weight: f32| {
+        let input = PatchFeatures::new(&pixels, n, 16)
+            .unwrap()
+            .with_embedding(&emb, weight)
+            .unwrap();
+        (cluster_mask(&input, &config, rng).unwrap(), input)
+    };
+    assert_eq!(at(0.0).0, pixel_only);
+    assert!(
+        pixel_only.masked.iter().all(|m| m.len() < 8),
+        "noise patches rarely correlate above 0.5"
+    );
+    let (all, _) = at(1.0);
+    assert!(all.masked.iter().all(|m| m.len() == 16));
+    let (_, half) = at(0.4);
+    let pixel_input = PatchFeatures::new(&pixels, n, 16).unwrap();
+    for (a, j) in [(0, 1), (3, 9), (15, 2)] {
+        let mixed = half.similarity(1, a, j);
+        let expected = 0.4 * 1.0 + 0.6 * pixel_input.similarity(1, a, j);
+        assert!((mixed - expected).abs() < 1e-5, "{mixed} vs {expected}");
+    }
+}

@@ -17,6 +17,8 @@ enum Command {
     /// Time kernels, towers or training steps.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
+    /// Print CLIP token ids of texts.
+    Tokenize(cli::tokenize::TokenizeArgs),
 }
 
 fn main() {
@@ -24,6 +26,7 @@ fn main() {
     let result = match cli.command {
         Command::Info(args) => cli::info::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
+        Command::Tokenize(args) => cli::tokenize::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err}");

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod info;
+pub mod tokenize;
 
 /// Errors reach the user as one line.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;

@@ -13,5 +13,4 @@ pub mod ops;
 
 #[cfg(feature = "cli")]
 pub mod cli;
-
-
+pub use graph::{Backend, Graph, Tensor};

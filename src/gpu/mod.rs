@@ -1,1 +1,162 @@
-//! placeholder
+//! The GPU runtime: adapter choice, a buffer pool, a kernel (pipeline) cache and a recorder that
+//! puts every dispatch of a step into one command encoder and one submit.
+//!
+//! Conventions every WGSL file follows (see `shaders/`):
+//! - `@group(0) @binding(0) var<uniform> params: ...` holds the dispatch's small parameters;
+//! - storage buffers sit at `@binding(1)`, `@binding(2)`, ... in the order the Rust side passes them;
+//! - workgroup sizes are WGSL `const`s, read back through naga reflection (one source of truth);
+//! - 1-D kernels index with [`linear_index`]'s rule (a 2-D grid past 65,535 workgroups).
+//!
+//! The runtime is single-threaded in spirit but `Sync` on native so test threads can share one
+//! device and one pipeline cache; the locks are never contended in the training loop.
+
+mod adapter;
+mod buffer;
+mod kernel;
+mod recorder;
+
+pub use adapter::{AdapterSummary, BackendChoice, GpuOptions, adapter_summaries};
+pub use buffer::GpuBuf;
+pub use kernel::{Kernel, Shader, validate_wgsl};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use buffer::BufferPool;
+use recorder::Recorder;
+
+/// One GPU device with its caches. Share it as `Arc<Gpu>`.
+pub struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// wgpu's runtime bounds checks in shaders: on in debug builds and tests, off in release
+    /// builds, where every shader guards its own indices (the checks cost 2x on lavapipe).
+    pub bounds_checks: bool,
+    kernels: Mutex<HashMap<(&'static str, String), Arc<Kernel>>>,
+    modules: Mutex<HashMap<&'static str, Arc<kernel::Module>>>,
+    pool: Arc<Mutex<BufferPool>>,
+    recorder: Mutex<Recorder>,
+    poison: std::sync::atomic::AtomicBool,
+}
+
+/// Everything that can go wrong talking to the GPU, as one line for the user.
+#[derive(Debug)]
+pub enum GpuError {
+    NoAdapter(String),
+    RequestDevice(String),
+    Shader { name: String, message: String },
+    Map(String),
+}
+
+impl std::fmt::Display for GpuError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuError::NoAdapter(why) => write!(
+                f,
+                "no GPU adapter found ({why}); install a Vulkan driver, e.g. Mesa's software \
+                 rasteriser lavapipe: `apt-get install mesa-vulkan-drivers`"
+            ),
+            GpuError::RequestDevice(why) => write!(f, "could not open the GPU device: {why}"),
+            GpuError::Shader { name, message } => write!(f, "shader {name}: {message}"),
+            GpuError::Map(why) => write!(f, "reading a GPU buffer back failed: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for GpuError {}
+
+/// Largest workgroup count per grid dimension in WebGPU's default limits.
+pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
+
+/// The grid for a 1-D kernel of `threads` invocations in workgroups of `workgroup` lanes.
+/// Past 65,535 workgroups the grid folds into y; shaders rebuild the index as
+/// `(wid.y * nwg.x + wid.x) * WG + lid.x` and guard it against the element count.
+pub fn linear_grid(threads: usize, workgroup: u32) -> [u32; 3] {
+    let groups = threads.div_ceil(workgroup as usize).max(1);
+    if groups <= MAX_GROUPS_PER_DIM as usize {
+        [groups as u32, 1, 1]
+    } else {
+        let y = groups.div_ceil(MAX_GROUPS_PER_DIM as usize);
+        [MAX_GROUPS_PER_DIM, y as u32, 1]
+    }
+}
+
+impl Gpu {
+    /// Opens the adapter chosen by `options` (see [`GpuOptions`]).
+    pub fn new(options: &GpuOptions) -> Result<Arc<Gpu>, GpuError> {
+        pollster::block_on(Self::new_async(options))
+    }
+
+    pub async fn new_async(options: &GpuOptions) -> Result<Arc<Gpu>, GpuError> {
+        let adapter = adapter::choose(options).await?;
+        let info = adapter.get_info();
+        let supported = adapter.limits();
+        // Shaders stay within WebGPU's default limits; only buffer sizes follow the adapter so
+        // large tensors need no splitting where the hardware allows big bindings.
+        let limits = wgpu::Limits {
+            max_buffer_size: supported.max_buffer_size,
+            max_storage_buffer_binding_size: supported.max_storage_buffer_binding_size,
+            ..wgpu::Limits::default()
+        };
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("clusterclip"),
+                required_features: features,
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        let bounds_checks = options.bounds_checks.unwrap_or(cfg!(debug_assertions));
+        Ok(Arc::new(Gpu {
+            recorder: Mutex::new(Recorder::new()),
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            bounds_checks,
+            kernels: Mutex::new(HashMap::new()),
+            modules: Mutex::new(HashMap::new()),
+            pool: Arc::new(Mutex::new(BufferPool::default())),
+            poison: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// A one-line description: adapter name, backend and driver.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {})",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info
+        )
+    }
+
+    /// Bytes currently held by the buffer pool (in use and free).
+    pub fn pool_bytes(&self) -> (u64, u64) {
+        let pool = self.pool.lock().unwrap();
+        (pool.bytes_in_use, pool.bytes_free)
+    }
+
+    /// Number of buffers ever created by the pool: constant in steady state.
+    pub fn buffers_created(&self) -> u64 {
+        self.pool.lock().unwrap().created
+    }
+
+    /// Dispatches recorded since the device was opened.
+    pub fn dispatch_count(&self) -> u64 {
+        self.recorder.lock().unwrap().dispatches
+    }
+
+    /// Submissions since the device was opened.
+    pub fn submit_count(&self) -> u64 {
+        self.recorder.lock().unwrap().submits
+    }
+}

@@ -1,1 +1,5 @@
-//! placeholder
+//! Ops: one file per op family, each holding the graph method (shape checks), the GPU dispatch
+//! of its WGSL file, its backward, and its plain-Rust CPU reference (`cpu` submodule).
+
+pub mod elementwise;
+pub mod matmul;

@@ -1,0 +1,160 @@
+//! Pooled storage buffers. A [`GpuBuf`] is a view (offset + length in 32-bit words) into a
+//! pooled buffer; when the last view drops, the buffer returns to the pool, so a training step
+//! creates no buffer in steady state.
+//!
+//! Reuse inside one unsubmitted encoder is safe: WebGPU orders dispatches as if sequential.
+//! Only uploads need care (a queue write lands before the whole encoder), see `Gpu::upload`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+/// Storage-binding offsets must be multiples of 256 bytes (WebGPU's default alignment).
+pub const BINDING_ALIGN_WORDS: usize = 64;
+
+#[derive(Default)]
+pub(super) struct BufferPool {
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    pub bytes_in_use: u64,
+    pub bytes_free: u64,
+    pub created: u64,
+}
+
+/// Size classes: four per doubling, so at most 25% of a buffer is slack.
+pub(super) fn size_class(bytes: u64) -> u64 {
+    let bytes = bytes.max(256);
+    let top = 63 - bytes.leading_zeros() as u64;
+    let step = 1u64 << top.saturating_sub(2);
+    bytes.div_ceil(step) * step
+}
+
+impl BufferPool {
+    pub(super) fn take(&mut self, device: &wgpu::Device, class: u64) -> wgpu::Buffer {
+        self.bytes_in_use += class;
+        if let Some(buffer) = self.free.get_mut(&class).and_then(|list| list.pop()) {
+            self.bytes_free -= class;
+            return buffer;
+        }
+        self.created += 1;
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("pooled"),
+            size: class,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn give_back(&mut self, class: u64, buffer: wgpu::Buffer) {
+        self.bytes_in_use -= class;
+        self.bytes_free += class;
+        self.free.entry(class).or_default().push(buffer);
+    }
+
+    /// Frees every idle buffer (e.g. after a change of batch size).
+    pub(super) fn trim(&mut self) {
+        self.free.clear();
+        self.bytes_free = 0;
+    }
+}
+
+pub(super) struct Pooled {
+    pub buffer: Option<wgpu::Buffer>,
+    pub class: u64,
+    /// Unique id, for bind-group caching and upload hazards.
+    pub id: u64,
+    /// The recorder epoch (submission count) in which a dispatch last bound this buffer.
+    pub last_bound_epoch: std::sync::atomic::AtomicU64,
+    pool: Weak<Mutex<BufferPool>>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let (Some(buffer), Some(pool)) = (self.buffer.take(), self.pool.upgrade()) {
+            pool.lock().unwrap().give_back(self.class, buffer);
+        }
+    }
+}
+
+/// A view of `len` f32/u32 words at word `offset` of a pooled GPU buffer. Cheap to clone.
+#[derive(Clone)]
+pub struct GpuBuf {
+    pub(super) inner: Arc<Pooled>,
+    pub(super) offset: usize,
+    pub(super) len: usize,
+}
+
+impl GpuBuf {
+    pub(super) fn new(pool: &Arc<Mutex<BufferPool>>, device: &wgpu::Device, len: usize) -> GpuBuf {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let class = size_class((len * 4) as u64);
+        let buffer = pool.lock().unwrap().take(device, class);
+        GpuBuf {
+            inner: Arc::new(Pooled {
+                buffer: Some(buffer),
+                class,
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                last_bound_epoch: std::sync::atomic::AtomicU64::new(u64::MAX),
+                pool: Arc::downgrade(pool),
+            }),
+            offset: 0,
+            len,
+        }
+    }
+
+    /// Number of 32-bit words in the view.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A sub-view; `offset` (in words) must keep the 256-byte binding alignment.
+    pub fn view(&self, offset: usize, len: usize) -> GpuBuf {
+        assert!(
+            offset % BINDING_ALIGN_WORDS == 0,
+            "view offset {offset} is not 256-byte aligned"
+        );
+        assert!(
+            offset + len <= self.len,
+            "view {offset}+{len} past the end ({})",
+            self.len
+        );
+        GpuBuf {
+            inner: self.inner.clone(),
+            offset: self.offset + offset,
+            len,
+        }
+    }
+
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        self.inner
+            .buffer
+            .as_ref()
+            .expect("pooled buffer present until drop")
+    }
+
+    pub fn byte_offset(&self) -> u64 {
+        (self.offset * 4) as u64
+    }
+
+    /// Binding size in bytes; never zero, since WebGPU refuses empty bindings.
+    pub fn byte_len(&self) -> u64 {
+        (self.len.max(1) * 4) as u64
+    }
+
+    pub(super) fn binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: self.buffer(),
+            offset: self.byte_offset(),
+            size: std::num::NonZeroU64::new(self.byte_len()),
+        })
+    }
+
+    /// Same buffer and range: used to detect aliasing between inputs and outputs.
+    pub fn same_as(&self, other: &GpuBuf) -> bool {
+        self.inner.id == other.inner.id && self.offset == other.offset && self.len == other.len
+    }
+}

@@ -1,0 +1,250 @@
+//! Kernels: a WGSL entry point compiled once per process into a compute pipeline with an
+//! explicit bind-group layout built from naga's reflection of what that entry point uses.
+
+use std::sync::Arc;
+
+use super::{Gpu, GpuError};
+
+/// A WGSL source file of `shaders/`, embedded at compile time. Build one with [`crate::shader!`].
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Embeds `shaders/NAME.wgsl` as a [`Shader`].
+#[macro_export]
+macro_rules! shader {
+    ($name:literal) => {
+        $crate::gpu::Shader {
+            name: $name,
+            source: include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/shaders/",
+                $name,
+                ".wgsl"
+            )),
+        }
+    };
+}
+
+/// Parses and validates WGSL with naga, as wgpu will; the error names the line.
+pub fn validate_wgsl(
+    name: &str,
+    source: &str,
+) -> Result<(naga::Module, naga::valid::ModuleInfo), GpuError> {
+    let module = naga::front::wgsl::parse_str(source).map_err(|e| GpuError::Shader {
+        name: name.to_string(),
+        message: e.emit_to_string(source),
+    })?;
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .map_err(|e| GpuError::Shader {
+        name: name.to_string(),
+        message: e.emit_to_string(source),
+    })?;
+    Ok((module, info))
+}
+
+pub(super) struct Module {
+    wgpu_module: wgpu::ShaderModule,
+    naga_module: naga::Module,
+    info: naga::valid::ModuleInfo,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BindingKind {
+    Uniform,
+    StorageRead,
+    StorageReadWrite,
+}
+
+/// A compiled entry point.
+pub struct Kernel {
+    pub name: String,
+    /// `@workgroup_size` of the entry point, read from the WGSL (one source of truth).
+    pub workgroup_size: [u32; 3],
+    pub(super) pipeline: wgpu::ComputePipeline,
+    pub(super) layout: wgpu::BindGroupLayout,
+    /// (binding index, kind) of every binding the entry point uses, ascending.
+    bindings: Vec<(u32, BindingKind)>,
+}
+
+impl Kernel {
+    /// Invocations per workgroup.
+    pub fn lanes(&self) -> u32 {
+        self.workgroup_size.iter().product()
+    }
+
+    pub(super) fn uses_params(&self) -> bool {
+        self.bindings
+            .first()
+            .is_some_and(|(b, kind)| *b == 0 && *kind == BindingKind::Uniform)
+    }
+
+    /// Storage binding indices (1-based positions in the caller's buffer list).
+    pub(super) fn storage_bindings(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bindings
+            .iter()
+            .filter(|(b, _)| *b > 0)
+            .map(|(b, _)| *b)
+    }
+
+    pub(super) fn writes(&self, binding: u32) -> bool {
+        self.bindings
+            .iter()
+            .any(|(b, kind)| *b == binding && *kind == BindingKind::StorageReadWrite)
+    }
+}
+
+impl Gpu {
+    fn module(&self, shader: &Shader) -> Result<Arc<Module>, GpuError> {
+        if let Some(module) = self.modules.lock().unwrap().get(shader.name) {
+            return Ok(module.clone());
+        }
+        let (naga_module, info) = validate_wgsl(shader.name, shader.source)?;
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name),
+            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+        };
+        let wgpu_module = if self.bounds_checks {
+            self.device.create_shader_module(desc)
+        } else {
+            // SAFETY: every shader guards its own indices against the sizes in its params
+            // (tests run the checked variant on the same inputs).
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        };
+        let module = Arc::new(Module {
+            wgpu_module,
+            naga_module,
+            info,
+        });
+        self.modules
+            .lock()
+            .unwrap()
+            .insert(shader.name, module.clone());
+        Ok(module)
+    }
+
+    /// The pipeline of `shader`'s entry point `entry`, built once per process.
+    /// Panics on an invalid shader: shaders are part of the program and covered by tests.
+    pub fn kernel(&self, shader: &Shader, entry: &str) -> Arc<Kernel> {
+        self.try_kernel(shader, entry)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_kernel(&self, shader: &Shader, entry: &str) -> Result<Arc<Kernel>, GpuError> {
+        let key = (shader.name, entry.to_string());
+        if let Some(kernel) = self.kernels.lock().unwrap().get(&key) {
+            return Ok(kernel.clone());
+        }
+        let module = self.module(shader)?;
+        let error = |message: String| GpuError::Shader {
+            name: format!("{}::{entry}", shader.name),
+            message,
+        };
+        let (index, entry_point) = module
+            .naga_module
+            .entry_points
+            .iter()
+            .enumerate()
+            .find(|(_, ep)| ep.name == entry && ep.stage == naga::ShaderStage::Compute)
+            .ok_or_else(|| error("no such compute entry point".into()))?;
+        let uses = module.info.get_entry_point(index);
+        let mut bindings = Vec::new();
+        for (handle, global) in module.naga_module.global_variables.iter() {
+            let Some(binding) = &global.binding else {
+                continue;
+            };
+            if uses[handle].is_empty() {
+                continue;
+            }
+            if binding.group != 0 {
+                return Err(error(format!(
+                    "binding group {} (only group 0 is used)",
+                    binding.group
+                )));
+            }
+            let kind = match global.space {
+                naga::AddressSpace::Uniform => BindingKind::Uniform,
+                naga::AddressSpace::Storage { access }
+                    if access.contains(naga::StorageAccess::STORE) =>
+                {
+                    BindingKind::StorageReadWrite
+                }
+                naga::AddressSpace::Storage { .. } => BindingKind::StorageRead,
+                other => return Err(error(format!("unsupported binding space {other:?}"))),
+            };
+            if (binding.binding == 0) != (kind == BindingKind::Uniform) {
+                return Err(error(
+                    "the uniform params sit at binding 0, storage buffers at 1..".into(),
+                ));
+            }
+            bindings.push((binding.binding, kind));
+        }
+        bindings.sort_by_key(|(b, _)| *b);
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
+            .iter()
+            .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
+                binding: *binding,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match kind {
+                        BindingKind::Uniform => wgpu::BufferBindingType::Uniform,
+                        BindingKind::StorageRead => {
+                            wgpu::BufferBindingType::Storage { read_only: true }
+                        }
+                        BindingKind::StorageReadWrite => {
+                            wgpu::BufferBindingType::Storage { read_only: false }
+                        }
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let label = format!("{}::{entry}", shader.name);
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+        let pipeline_layout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&pipeline_layout),
+                module: &module.wgpu_module,
+                entry_point: Some(entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[],
+                    // Kernels initialise their own workgroup memory.
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        let kernel = Arc::new(Kernel {
+            name: label,
+            workgroup_size: entry_point.workgroup_size,
+            pipeline,
+            layout,
+            bindings,
+        });
+        self.kernels.lock().unwrap().insert(key, kernel.clone());
+        Ok(kernel)
+    }
+}

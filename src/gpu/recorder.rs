@@ -1,0 +1,376 @@
+//! The recorder: every dispatch goes into one open compute pass of one command encoder; the
+//! encoder is submitted only when the host needs a result (`read_*`, `flush`). Dispatch
+//! parameters go into a uniform arena written once per slot, reset at each submit.
+
+use std::sync::atomic::Ordering;
+
+use super::{Gpu, GpuBuf, GpuError, Kernel, linear_grid};
+
+/// Uniform-buffer offsets must be multiples of 256 bytes (WebGPU default).
+const PARAM_SLOT: u64 = 256;
+const ARENA_CHUNK_SLOTS: u64 = 4096;
+
+pub(super) struct Recorder {
+    encoder: Option<wgpu::CommandEncoder>,
+    pass: Option<wgpu::ComputePass<'static>>,
+    arena: Vec<wgpu::Buffer>,
+    arena_cursor: u64,
+    /// Submissions so far; a buffer bound in the current epoch is in the open encoder.
+    pub epoch: u64,
+    pub dispatches: u64,
+    pub submits: u64,
+}
+
+impl Recorder {
+    pub(super) fn new() -> Self {
+        Recorder {
+            encoder: None,
+            pass: None,
+            arena: Vec::new(),
+            arena_cursor: 0,
+            epoch: 0,
+            dispatches: 0,
+            submits: 0,
+        }
+    }
+
+    fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+        self.pass = None;
+        self.encoder.get_or_insert_with(|| {
+            device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("step"),
+            })
+        })
+    }
+
+    fn pass(&mut self, device: &wgpu::Device) -> &mut wgpu::ComputePass<'static> {
+        if self.pass.is_none() {
+            let pass = self
+                .encoder(device)
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("step"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime();
+            self.pass = Some(pass);
+        }
+        self.pass.as_mut().unwrap()
+    }
+
+    /// Finishes and submits the open encoder, if any.
+    fn submit(&mut self, queue: &wgpu::Queue) -> Option<wgpu::SubmissionIndex> {
+        self.pass = None;
+        let encoder = self.encoder.take()?;
+        let index = queue.submit([encoder.finish()]);
+        self.arena_cursor = 0;
+        self.epoch += 1;
+        self.submits += 1;
+        Some(index)
+    }
+}
+
+impl Gpu {
+    /// A new uninitialised buffer of `len` 32-bit words from the pool.
+    pub fn alloc(&self, len: usize) -> GpuBuf {
+        let buf = GpuBuf::new(&self.pool, &self.device, len);
+        if self.poison.load(Ordering::Relaxed) {
+            self.fill_bits(&buf, f32::NAN.to_bits());
+        }
+        buf
+    }
+
+    /// Tests: fill every new allocation with NaN so an element a kernel forgets to write fails.
+    pub fn set_poison(&self, on: bool) {
+        self.poison.store(on, Ordering::Relaxed);
+    }
+
+    /// A buffer of `len` zeros (cleared inside the step's encoder).
+    pub fn zeros(&self, len: usize) -> GpuBuf {
+        let buf = self.alloc(len);
+        let mut rec = self.recorder.lock().unwrap();
+        let epoch = rec.epoch;
+        rec.encoder(&self.device).clear_buffer(
+            buf.buffer(),
+            buf.byte_offset(),
+            Some(buf.byte_len()),
+        );
+        buf.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+        buf
+    }
+
+    /// Fills `buf` with a 32-bit pattern (e.g. NaN, to poison outputs in tests).
+    pub fn fill_bits(&self, buf: &GpuBuf, bits: u32) {
+        let data = vec![bits; buf.len()];
+        self.write(buf, bytemuck::cast_slice(&data));
+    }
+
+    pub fn upload_f32(&self, data: &[f32]) -> GpuBuf {
+        let buf = self.alloc(data.len());
+        self.write(&buf, bytemuck::cast_slice(data));
+        buf
+    }
+
+    pub fn upload_u32(&self, data: &[u32]) -> GpuBuf {
+        let buf = self.alloc(data.len());
+        self.write(&buf, bytemuck::cast_slice(data));
+        buf
+    }
+
+    /// Writes bytes into `buf`, ordered after every dispatch recorded so far.
+    pub fn write(&self, buf: &GpuBuf, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        assert!(
+            bytes.len() <= buf.len() * 4,
+            "write of {} bytes into a {}-word buffer",
+            bytes.len(),
+            buf.len()
+        );
+        let mut rec = self.recorder.lock().unwrap();
+        let epoch = rec.epoch;
+        if buf.inner.last_bound_epoch.load(Ordering::Relaxed) != epoch {
+            // Not used by the open encoder: a queue write (which lands before it) is safe.
+            self.queue
+                .write_buffer(buf.buffer(), buf.byte_offset(), bytes);
+            return;
+        }
+        // The open encoder already uses this buffer: copy through a staging buffer in order.
+        let padded = bytes.len().next_multiple_of(4) as u64;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("upload"),
+            size: padded,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::MAP_WRITE,
+            mapped_at_creation: true,
+        });
+        let mut padded_bytes = bytes.to_vec();
+        padded_bytes.resize(padded as usize, 0);
+        staging
+            .slice(..)
+            .get_mapped_range_mut()
+            .expect("staging buffer is mapped at creation")
+            .copy_from_slice(&padded_bytes);
+        staging.unmap();
+        rec.encoder(&self.device).copy_buffer_to_buffer(
+            &staging,
+            0,
+            buf.buffer(),
+            buf.byte_offset(),
+            padded,
+        );
+    }
+
+    /// Copies `src` into `dst` (same length) inside the step's encoder.
+    pub fn copy(&self, src: &GpuBuf, dst: &GpuBuf) {
+        assert_eq!(
+            src.len(),
+            dst.len(),
+            "copy between buffers of different lengths"
+        );
+        if src.is_empty() {
+            return;
+        }
+        let mut rec = self.recorder.lock().unwrap();
+        let epoch = rec.epoch;
+        rec.encoder(&self.device).copy_buffer_to_buffer(
+            src.buffer(),
+            src.byte_offset(),
+            dst.buffer(),
+            dst.byte_offset(),
+            (src.len() * 4) as u64,
+        );
+        dst.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+    }
+
+    /// Records one dispatch of `kernel` with `params` at binding 0 and `buffers[i]` at binding
+    /// `i + 1` (bindings the entry point does not use are skipped). Nothing runs until a read
+    /// or [`Gpu::flush`].
+    pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        buffers: &[&GpuBuf],
+        groups: [u32; 3],
+    ) {
+        if groups.contains(&0) {
+            return;
+        }
+        let max = self.limits.max_compute_workgroups_per_dimension;
+        assert!(
+            groups.iter().all(|&g| g <= max),
+            "{}: grid {groups:?} exceeds {max} workgroups per dimension",
+            kernel.name
+        );
+        let mut rec = self.recorder.lock().unwrap();
+        let epoch = rec.epoch;
+        let mut entries = Vec::with_capacity(buffers.len() + 1);
+        let params_bytes = bytemuck::bytes_of(params);
+        assert!(
+            params_bytes.len() as u64 <= PARAM_SLOT,
+            "{}: params larger than 256 bytes",
+            kernel.name
+        );
+        let slot = rec.arena_cursor;
+        if kernel.uses_params() {
+            let chunk = (slot / ARENA_CHUNK_SLOTS) as usize;
+            while rec.arena.len() <= chunk {
+                let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("params"),
+                    size: ARENA_CHUNK_SLOTS * PARAM_SLOT,
+                    usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                rec.arena.push(buffer);
+            }
+            rec.arena_cursor += 1;
+        }
+        let mut padded = [0u8; PARAM_SLOT as usize];
+        padded[..params_bytes.len()].copy_from_slice(params_bytes);
+        let params_size = (params_bytes.len() as u64).next_multiple_of(16).max(16);
+        let chunk = (slot / ARENA_CHUNK_SLOTS) as usize;
+        let offset = (slot % ARENA_CHUNK_SLOTS) * PARAM_SLOT;
+        if kernel.uses_params() {
+            self.queue
+                .write_buffer(&rec.arena[chunk], offset, &padded[..params_size as usize]);
+            entries.push(wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &rec.arena[chunk],
+                    offset,
+                    size: std::num::NonZeroU64::new(params_size),
+                }),
+            });
+        }
+        for binding in kernel.storage_bindings() {
+            let buf = buffers.get(binding as usize - 1).unwrap_or_else(|| {
+                panic!(
+                    "{}: uses binding {binding} but only {} buffers were passed",
+                    kernel.name,
+                    buffers.len()
+                )
+            });
+            buf.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+            entries.push(wgpu::BindGroupEntry {
+                binding,
+                resource: buf.binding(),
+            });
+        }
+        debug_assert!(
+            kernel.storage_bindings().all(|b| !kernel.writes(b)
+                || kernel
+                    .storage_bindings()
+                    .filter(|&o| o != b)
+                    .all(|o| !buffers[o as usize - 1]
+                        .inner
+                        .buffer
+                        .as_ref()
+                        .is_some_and(|x| x == buffers[b as usize - 1].buffer()))),
+            "{}: a written binding aliases another binding of the same dispatch",
+            kernel.name
+        );
+        let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        rec.dispatches += 1;
+        let pass = rec.pass(&self.device);
+        pass.set_pipeline(&kernel.pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+
+    /// Dispatches a 1-D kernel over `threads` invocations (see [`linear_grid`]).
+    pub fn dispatch_linear<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        buffers: &[&GpuBuf],
+        threads: usize,
+    ) {
+        if threads == 0 {
+            return;
+        }
+        self.dispatch(
+            kernel,
+            params,
+            buffers,
+            linear_grid(threads, kernel.lanes()),
+        );
+    }
+
+    /// Submits everything recorded so far without waiting.
+    pub fn flush(&self) {
+        self.recorder.lock().unwrap().submit(&self.queue);
+    }
+
+    /// Submits and waits until the device is idle.
+    pub fn sync(&self) {
+        let index = self.recorder.lock().unwrap().submit(&self.queue);
+        let _ = self.device.poll(wgpu::PollType::Wait {
+            submission_index: index,
+            timeout: None,
+        });
+    }
+
+    /// Reads `buf` back (submits the open encoder and waits for it).
+    pub fn read_bytes(&self, buf: &GpuBuf) -> Result<Vec<u8>, GpuError> {
+        let size = (buf.len() * 4) as u64;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let index = {
+            let mut rec = self.recorder.lock().unwrap();
+            rec.encoder(&self.device).copy_buffer_to_buffer(
+                buf.buffer(),
+                buf.byte_offset(),
+                &staging,
+                0,
+                size,
+            );
+            rec.submit(&self.queue)
+        };
+        let (sender, receiver) = std::sync::mpsc::channel();
+        staging
+            .slice(..)
+            .map_async(wgpu::MapMode::Read, move |result| {
+                let _ = sender.send(result);
+            });
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        receiver
+            .recv()
+            .map_err(|e| GpuError::Map(e.to_string()))?
+            .map_err(|e| GpuError::Map(e.to_string()))?;
+        let bytes = staging
+            .slice(..)
+            .get_mapped_range()
+            .map_err(|e| GpuError::Map(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+
+    pub fn read_f32(&self, buf: &GpuBuf) -> Result<Vec<f32>, GpuError> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(buf)?))
+    }
+
+    pub fn read_u32(&self, buf: &GpuBuf) -> Result<Vec<u32>, GpuError> {
+        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(buf)?))
+    }
+
+    /// Frees idle pooled buffers.
+    pub fn trim_pool(&self) {
+        self.pool.lock().unwrap().trim();
+    }
+}

@@ -1,0 +1,358 @@
+//! Matrix multiply, batched over leading dimensions, either operand transposed, optional bias.
+//! Shader: `shaders/matmul.wgsl`.
+
+use crate::gpu::Gpu;
+use crate::graph::{Backend, Graph, Op, OpResult, Storage, Tensor, shape_error};
+
+/// Sizes of one (batched) product C = op(A) · op(B) (+ bias), row-major.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulDims {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// A stored as [K, M] instead of [M, K].
+    pub trans_a: bool,
+    /// B stored as [N, K] instead of [K, N].
+    pub trans_b: bool,
+    /// One B for every batch entry (stride 0).
+    pub shared_b: bool,
+}
+
+impl MatmulDims {
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.batch * self.m * self.n * self.k) as f64
+    }
+}
+
+/// What the tape keeps of a matmul.
+#[derive(Clone, Debug)]
+pub struct MatmulOp {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub bias: Option<Tensor>,
+    pub dims: MatmulDims,
+}
+
+impl Graph {
+    /// `a · b` over the last two dimensions (leading dimensions are a batch).
+    pub fn matmul(&mut self, a: Tensor, b: Tensor) -> OpResult {
+        self.matmul_ext(a, b, false, false, None)
+    }
+
+    /// A linear layer as in PyTorch: `x · weightᵀ + bias`, weight [out, in], x [..., in].
+    pub fn linear(&mut self, x: Tensor, weight: Tensor, bias: Option<Tensor>) -> OpResult {
+        self.matmul_ext(x, weight, false, true, bias)
+    }
+
+    /// `op(a) · op(b) (+ bias)` where `op` transposes the last two dimensions when asked.
+    /// A 2-D `b` is shared by every batch entry of `a`; otherwise the batch dimensions must match.
+    pub fn matmul_ext(
+        &mut self,
+        a: Tensor,
+        b: Tensor,
+        trans_a: bool,
+        trans_b: bool,
+        bias: Option<Tensor>,
+    ) -> OpResult {
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        let err = |why: &str| {
+            shape_error(
+                "matmul",
+                format!(
+                    "a {sa:?}{} and b {sb:?}{}: {why}",
+                    if trans_a { "ᵀ" } else { "" },
+                    if trans_b { "ᵀ" } else { "" }
+                ),
+            )
+        };
+        if sa.len() < 2 || sb.len() < 2 {
+            return Err(err("both operands need at least 2 dimensions"));
+        }
+        let (ra, ca) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+        let (rb, cb) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+        let (m, k) = if trans_a { (ca, ra) } else { (ra, ca) };
+        let (kb, n) = if trans_b { (cb, rb) } else { (rb, cb) };
+        if k != kb {
+            return Err(err(&format!("inner dimensions {k} and {kb} differ")));
+        }
+        let batch_a: usize = sa[..sa.len() - 2].iter().product();
+        let batch_b: usize = sb[..sb.len() - 2].iter().product();
+        let dims = if sb.len() == 2 && !trans_a {
+            // A shared B folds A's batch into its rows: one larger product.
+            MatmulDims {
+                batch: 1,
+                m: batch_a * m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+                shared_b: false,
+            }
+        } else if sb.len() == 2 && batch_a == 1 {
+            MatmulDims {
+                batch: 1,
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+                shared_b: false,
+            }
+        } else if sa[..sa.len() - 2] == sb[..sb.len() - 2] {
+            MatmulDims {
+                batch: batch_a,
+                m,
+                n,
+                k,
+                trans_a,
+                trans_b,
+                shared_b: false,
+            }
+        } else if sb.len() == 2 {
+            return Err(err("a transposed batched A cannot share a 2-D B"));
+        } else {
+            return Err(err(&format!(
+                "batch dimensions differ ({batch_a} vs {batch_b})"
+            )));
+        };
+        if let Some(bias) = bias
+            && self.shape(bias) != [n]
+        {
+            return Err(err(&format!("bias {:?} should be [{n}]", self.shape(bias))));
+        }
+        let mut shape = sa[..sa.len() - 2].to_vec();
+        shape.extend([m, n]);
+        let value = forward(
+            &self.backend,
+            self.storage(a),
+            self.storage(b),
+            bias.map(|t| self.storage(t)),
+            dims,
+        );
+        let mut inputs = vec![a, b];
+        inputs.extend(bias);
+        Ok(self.push_op(
+            value,
+            shape,
+            &inputs,
+            Op::Matmul(MatmulOp { a, b, bias, dims }),
+        ))
+    }
+}
+
+/// C = op(A)·op(B) (+ bias) on `backend`.
+pub fn forward(
+    backend: &Backend,
+    a: &Storage,
+    b: &Storage,
+    bias: Option<&Storage>,
+    dims: MatmulDims,
+) -> Storage {
+    match backend {
+        Backend::Cpu => Storage::Cpu(std::sync::Arc::new(cpu::matmul(
+            a.cpu(),
+            b.cpu(),
+            bias.map(|s| s.cpu()),
+            dims,
+        ))),
+        Backend::Gpu(gpu) => {
+            let c = gpu.alloc(dims.batch * dims.m * dims.n);
+            let c = Storage::Gpu(c);
+            dispatch(gpu, a, b, bias, &c, dims, false);
+            c
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    batch: u32,
+    a_batch_stride: u32,
+    b_batch_stride: u32,
+    c_batch_stride: u32,
+    flags: u32,
+}
+
+/// Records the matmul kernel writing (or, with `accumulate`, adding) into `c`.
+pub fn dispatch(
+    gpu: &Gpu,
+    a: &Storage,
+    b: &Storage,
+    bias: Option<&Storage>,
+    c: &Storage,
+    dims: MatmulDims,
+    accumulate: bool,
+) {
+    let kernel = gpu.kernel(&crate::shader!("matmul"), "matmul");
+    let flags = u32::from(dims.trans_a)
+        | u32::from(dims.trans_b) << 1
+        | u32::from(bias.is_some()) << 2
+        | u32::from(accumulate) << 3;
+    let params = Params {
+        m: dims.m as u32,
+        n: dims.n as u32,
+        k: dims.k as u32,
+        batch: dims.batch as u32,
+        a_batch_stride: (dims.m * dims.k) as u32,
+        b_batch_stride: if dims.shared_b {
+            0
+        } else {
+            (dims.k * dims.n) as u32
+        },
+        c_batch_stride: (dims.m * dims.n) as u32,
+        flags,
+    };
+    const TILE: u32 = 4;
+    let [wx, wy, _] = kernel.workgroup_size;
+    let groups = [
+        (dims.n as u32).div_ceil(TILE * wx),
+        (dims.m as u32).div_ceil(TILE * wy),
+        dims.batch as u32,
+    ];
+    // The kernel always binds a bias; without one, A stands in (never read).
+    let bias = bias.unwrap_or(a);
+    gpu.dispatch(
+        &kernel,
+        &params,
+        &[a.gpu(), b.gpu(), c.gpu(), bias.gpu()],
+        groups,
+    );
+}
+
+/// Gradients of A, B and the bias from dC (see the derivation in each branch).
+pub fn backward(g: &mut Graph, op: &MatmulOp, grad: &Storage) {
+    let MatmulDims {
+        batch,
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        shared_b,
+    } = op.dims;
+    let backend = g.backend.clone();
+    if g.requires_grad(op.a) {
+        let b = g.storage(op.b).clone();
+        let da = if !trans_a {
+            // dA = dC · op(B)ᵀ
+            forward(
+                &backend,
+                grad,
+                &b,
+                None,
+                MatmulDims {
+                    batch,
+                    m,
+                    n: k,
+                    k: n,
+                    trans_a: false,
+                    trans_b: !trans_b,
+                    shared_b,
+                },
+            )
+        } else {
+            // dAᵀ-stored [K, M] = op(B) · dCᵀ
+            forward(
+                &backend,
+                &b,
+                grad,
+                None,
+                MatmulDims {
+                    batch,
+                    m: k,
+                    n: m,
+                    k: n,
+                    trans_a: trans_b,
+                    trans_b: true,
+                    shared_b: false,
+                },
+            )
+        };
+        g.accumulate(op.a, da);
+    }
+    if g.requires_grad(op.b) {
+        let a = g.storage(op.a).clone();
+        let db = if !trans_b {
+            // dB = op(A)ᵀ · dC
+            forward(
+                &backend,
+                &a,
+                grad,
+                None,
+                MatmulDims {
+                    batch,
+                    m: k,
+                    n,
+                    k: m,
+                    trans_a: !trans_a,
+                    trans_b: false,
+                    shared_b: false,
+                },
+            )
+        } else {
+            // dB stored [N, K] = dCᵀ · op(A)
+            forward(
+                &backend,
+                grad,
+                &a,
+                None,
+                MatmulDims {
+                    batch,
+                    m: n,
+                    n: k,
+                    k: m,
+                    trans_a: true,
+                    trans_b: trans_a,
+                    shared_b: false,
+                },
+            )
+        };
+        g.accumulate(op.b, db);
+    }
+    if let Some(bias) = op.bias
+        && g.requires_grad(bias)
+    {
+        let dbias = crate::ops::elementwise::sum_rows(&backend, grad, batch * m, n);
+        g.accumulate(bias, dbias);
+    }
+}
+
+/// Plain-Rust reference.
+pub mod cpu {
+    use super::MatmulDims;
+
+    /// C = op(A)·op(B) (+ bias), f64 accumulation.
+    pub fn matmul(a: &[f32], b: &[f32], bias: Option<&[f32]>, d: MatmulDims) -> Vec<f32> {
+        let mut c = vec![0f32; d.batch * d.m * d.n];
+        for bi in 0..d.batch {
+            let a = &a[bi * d.m * d.k..];
+            let b = if d.shared_b { b } else { &b[bi * d.k * d.n..] };
+            let c = &mut c[bi * d.m * d.n..(bi + 1) * d.m * d.n];
+            for i in 0..d.m {
+                for j in 0..d.n {
+                    let mut acc = 0f64;
+                    for kk in 0..d.k {
+                        let x = if d.trans_a {
+                            a[kk * d.m + i]
+                        } else {
+                            a[i * d.k + kk]
+                        };
+                        let y = if d.trans_b {
+                            b[j * d.k + kk]
+                        } else {
+                            b[kk * d.n + j]
+                        };
+                        acc += x as f64 * y as f64;
+                    }
+                    c[i * d.n + j] = (acc + bias.map_or(0.0, |bias| bias[j] as f64)) as f32;
+                }
+            }
+        }
+        c
+    }
+}

@@ -1,0 +1,211 @@
+//! Matmul and add: GPU vs the CPU reference on seeded random inputs (including shapes that are
+//! not multiples of the tile), gradchecks of the CPU backward, and shape errors.
+
+mod common;
+
+use clusterclip::graph::{Graph, Tensor};
+use common::*;
+
+/// Runs `build` on both backends with the same inputs; compares outputs and input gradients.
+fn compare_backends(
+    name: &str,
+    inputs: &[(Vec<f32>, Vec<usize>)],
+    build: impl Fn(&mut Graph, &[Tensor]) -> Tensor,
+    tol: f32,
+) {
+    let mut results = Vec::new();
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let vars: Vec<Tensor> = inputs
+            .iter()
+            .map(|(v, s)| g.variable(v, s).unwrap())
+            .collect();
+        let out = build(&mut g, &vars);
+        let weights = Rng::new(5).vec(g.numel(out));
+        g.backward_from(out, &weights).unwrap();
+        let grads: Vec<Vec<f32>> = vars.iter().map(|v| g.grad_vec(*v).unwrap()).collect();
+        results.push((g.to_vec(out), grads));
+    }
+    let (cpu, gpu) = (&results[0], &results[1]);
+    assert_close(&format!("{name} forward"), &gpu.0, &cpu.0, tol, tol);
+    for (i, (g, c)) in gpu.1.iter().zip(&cpu.1).enumerate() {
+        assert_close(&format!("{name} grad of input {i}"), g, c, tol, tol);
+    }
+}
+
+fn shape_a(m: usize, k: usize, trans: bool) -> Vec<usize> {
+    if trans { vec![k, m] } else { vec![m, k] }
+}
+
+#[test]
+fn matmul_gpu_matches_cpu_on_awkward_shapes() {
+    let mut rng = Rng::new(1);
+    for &(m, n, k) in &[(1, 1, 1), (17, 33, 65), (257, 129, 511), (64, 64, 64)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let sa = shape_a(m, k, ta);
+            let sb = if tb { vec![n, k] } else { vec![k, n] };
+            let inputs = vec![
+                (rng.vec(m * k), sa),
+                (rng.vec(k * n), sb),
+                (rng.vec(n), vec![n]),
+            ];
+            // f32 sums of up to 511 products of values in [-1, 1): 1e-4 covers reordering.
+            compare_backends(
+                &format!("matmul {m}x{n}x{k} ta={ta} tb={tb}"),
+                &inputs,
+                |g, v| g.matmul_ext(v[0], v[1], ta, tb, Some(v[2])).unwrap(),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_matmul_gpu_matches_cpu() {
+    let mut rng = Rng::new(2);
+    let (batch, m, n, k) = (3, 19, 23, 29);
+    // Batched × batched (attention-like), transposed B.
+    let inputs = vec![
+        (rng.vec(batch * m * k), vec![batch, m, k]),
+        (rng.vec(batch * n * k), vec![batch, n, k]),
+    ];
+    compare_backends(
+        "batched nt",
+        &inputs,
+        |g, v| g.matmul_ext(v[0], v[1], false, true, None).unwrap(),
+        1e-4,
+    );
+    // Batched × shared 2-D weight (a linear layer over [batch, tokens, width]).
+    let inputs = vec![
+        (rng.vec(batch * m * k), vec![batch, m, k]),
+        (rng.vec(n * k), vec![n, k]),
+        (rng.vec(n), vec![n]),
+    ];
+    compare_backends(
+        "linear",
+        &inputs,
+        |g, v| g.linear(v[0], v[1], Some(v[2])).unwrap(),
+        1e-4,
+    );
+}
+
+#[test]
+fn matmul_cpu_gradcheck() {
+    let mut rng = Rng::new(3);
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (m, n, k) = (5, 4, 3);
+        let inputs = vec![
+            (rng.vec(m * k), shape_a(m, k, ta)),
+            (rng.vec(k * n), if tb { vec![n, k] } else { vec![k, n] }),
+            (rng.vec(n), vec![n]),
+        ];
+        gradcheck(
+            &format!("matmul ta={ta} tb={tb}"),
+            &inputs,
+            |g, v| g.matmul_ext(v[0], v[1], ta, tb, Some(v[2])).unwrap(),
+            1e-2,
+        );
+    }
+    let inputs = vec![
+        (rng.vec(2 * 3 * 4), vec![2, 3, 4]),
+        (rng.vec(2 * 4 * 5), vec![2, 4, 5]),
+    ];
+    gradcheck(
+        "batched matmul",
+        &inputs,
+        |g, v| g.matmul(v[0], v[1]).unwrap(),
+        1e-2,
+    );
+}
+
+#[test]
+fn add_gpu_matches_cpu_and_gradchecks() {
+    let mut rng = Rng::new(4);
+    for (sa, sb) in [
+        (vec![1], vec![1]),
+        (vec![7, 33], vec![7, 33]),
+        (vec![5, 6, 17], vec![6, 17]),
+        (vec![300, 257], vec![257]),
+    ] {
+        let na: usize = sa.iter().product();
+        let nb: usize = sb.iter().product();
+        let inputs = vec![(rng.vec(na), sa.clone()), (rng.vec(nb), sb.clone())];
+        compare_backends(
+            &format!("add {sa:?} + {sb:?}"),
+            &inputs,
+            |g, v| g.add(v[0], v[1]).unwrap(),
+            1e-5,
+        );
+        if na < 200 {
+            gradcheck(
+                &format!("add {sa:?} + {sb:?}"),
+                &inputs,
+                |g, v| g.add(v[0], v[1]).unwrap(),
+                1e-2,
+            );
+        }
+    }
+}
+
+#[test]
+fn gradients_accumulate_when_a_tensor_is_used_twice() {
+    let mut rng = Rng::new(6);
+    let inputs = vec![(rng.vec(12), vec![3, 4]), (rng.vec(20), vec![4, 5])];
+    // x·W + x·W: dx must be twice the single-use gradient.
+    let build = |g: &mut Graph, v: &[Tensor]| {
+        let y1 = g.matmul(v[0], v[1]).unwrap();
+        let y2 = g.matmul(v[0], v[1]).unwrap();
+        g.add(y1, y2).unwrap()
+    };
+    gradcheck("x·W + x·W", &inputs, build, 1e-2);
+    compare_backends("x·W + x·W", &inputs, build, 1e-5);
+}
+
+#[test]
+fn mismatched_shapes_name_the_op_and_both_shapes() {
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let a = g.variable(&[0.0; 6], &[2, 3]).unwrap();
+        let b = g.variable(&[0.0; 20], &[4, 5]).unwrap();
+        let err = g.matmul(a, b).unwrap_err().to_string();
+        assert!(
+            err.starts_with("matmul:") && err.contains("[2, 3]") && err.contains("[4, 5]"),
+            "{err}"
+        );
+        let err = g.add(a, b).unwrap_err().to_string();
+        assert!(
+            err.starts_with("add:") && err.contains("[2, 3]") && err.contains("[4, 5]"),
+            "{err}"
+        );
+        let c = g.variable(&[0.0; 24], &[2, 3, 4]).unwrap();
+        let d = g.variable(&[0.0; 60], &[3, 4, 5]).unwrap();
+        let err = g.matmul(c, d).unwrap_err().to_string();
+        assert!(err.contains("batch"), "{err}");
+    }
+}
+
+#[test]
+fn unchecked_shaders_give_the_same_result() {
+    // Release builds drop wgpu's bounds checks; the kernels must not rely on them.
+    let options = clusterclip::gpu::GpuOptions {
+        backend: clusterclip::gpu::BackendChoice::Vulkan,
+        bounds_checks: Some(false),
+        ..Default::default()
+    };
+    let gpu = clusterclip::gpu::Gpu::new(&options).unwrap();
+    let mut rng = Rng::new(7);
+    let (a, b) = (rng.vec(17 * 65), rng.vec(65 * 33));
+    let mut g = clusterclip::Graph::new(clusterclip::Backend::Gpu(gpu));
+    let ta = g.constant(&a, &[17, 65]).unwrap();
+    let tb = g.constant(&b, &[65, 33]).unwrap();
+    let out = g.matmul(ta, tb).unwrap();
+    let mut c = cpu_graph();
+    let ca = c.constant(&a, &[17, 65]).unwrap();
+    let cb = c.constant(&b, &[65, 33]).unwrap();
+    let want = c.matmul(ca, cb).unwrap();
+    assert_close(
+        "unchecked matmul",
+        &g.to_vec(out),
+        &c.to_vec(want),
+        1e-5,
+        1e-5,
+    );
+}

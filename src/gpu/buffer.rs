@@ -13,7 +13,9 @@ pub const BINDING_ALIGN_WORDS: usize = 64;
 
 #[derive(Default)]
 pub(super) struct BufferPool {
-    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Idle buffers by size class, with the recorder epoch in which they were last bound: a
+    /// buffer freed inside the open encoder must not take a queue write (see `Gpu::write`).
+    free: HashMap<u64, Vec<(wgpu::Buffer, u64)>>,
     pub bytes_in_use: u64,
     pub bytes_free: u64,
     pub created: u64,
@@ -28,27 +30,31 @@ pub(super) fn size_class(bytes: u64) -> u64 {
 }
 
 impl BufferPool {
-    pub(super) fn take(&mut self, device: &wgpu::Device, class: u64) -> wgpu::Buffer {
+    pub(super) fn take(&mut self, device: &wgpu::Device, class: u64) -> (wgpu::Buffer, u64) {
         self.bytes_in_use += class;
-        if let Some(buffer) = self.free.get_mut(&class).and_then(|list| list.pop()) {
+        if let Some(entry) = self.free.get_mut(&class).and_then(|list| list.pop()) {
             self.bytes_free -= class;
-            return buffer;
+            return entry;
         }
         self.created += 1;
-        device.create_buffer(&wgpu::BufferDescriptor {
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("pooled"),
             size: class,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
-        })
+        });
+        (buffer, u64::MAX)
     }
 
-    fn give_back(&mut self, class: u64, buffer: wgpu::Buffer) {
+    fn give_back(&mut self, class: u64, buffer: wgpu::Buffer, last_bound_epoch: u64) {
         self.bytes_in_use -= class;
         self.bytes_free += class;
-        self.free.entry(class).or_default().push(buffer);
+        self.free
+            .entry(class)
+            .or_default()
+            .push((buffer, last_bound_epoch));
     }
 
     /// Frees every idle buffer (e.g. after a change of batch size).
@@ -71,7 +77,10 @@ pub(super) struct Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         if let (Some(buffer), Some(pool)) = (self.buffer.take(), self.pool.upgrade()) {
-            pool.lock().unwrap().give_back(self.class, buffer);
+            let epoch = self
+                .last_bound_epoch
+                .load(std::sync::atomic::Ordering::Relaxed);
+            pool.lock().unwrap().give_back(self.class, buffer, epoch);
         }
     }
 }
@@ -88,13 +97,13 @@ impl GpuBuf {
     pub(super) fn new(pool: &Arc<Mutex<BufferPool>>, device: &wgpu::Device, len: usize) -> GpuBuf {
         static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let class = size_class((len * 4) as u64);
-        let buffer = pool.lock().unwrap().take(device, class);
+        let (buffer, last_bound_epoch) = pool.lock().unwrap().take(device, class);
         GpuBuf {
             inner: Arc::new(Pooled {
                 buffer: Some(buffer),
                 class,
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                last_bound_epoch: std::sync::atomic::AtomicU64::new(u64::MAX),
+                last_bound_epoch: std::sync::atomic::AtomicU64::new(last_bound_epoch),
                 pool: Arc::downgrade(pool),
             }),
             offset: 0,

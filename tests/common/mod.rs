@@ -154,3 +154,29 @@ pub fn gradcheck(
         }
     }
 }
+
+/// Runs `build` on both backends with the same inputs; compares outputs and input gradients.
+pub fn compare_backends(
+    name: &str,
+    inputs: &[(Vec<f32>, Vec<usize>)],
+    build: impl Fn(&mut Graph, &[Tensor]) -> Tensor,
+    tol: f32,
+) {
+    let mut results = Vec::new();
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let vars: Vec<Tensor> = inputs
+            .iter()
+            .map(|(v, s)| g.variable(v, s).unwrap())
+            .collect();
+        let out = build(&mut g, &vars);
+        let weights = Rng::new(5).vec(g.numel(out));
+        g.backward_from(out, &weights).unwrap();
+        let grads: Vec<Vec<f32>> = vars.iter().map(|v| g.grad_vec(*v).unwrap()).collect();
+        results.push((g.to_vec(out), grads));
+    }
+    let (cpu, gpu) = (&results[0], &results[1]);
+    assert_close(&format!("{name} forward"), &gpu.0, &cpu.0, tol, tol);
+    for (i, (g, c)) in gpu.1.iter().zip(&cpu.1).enumerate() {
+        assert_close(&format!("{name} grad of input {i}"), g, c, tol, tol);
+    }
+}

@@ -283,13 +283,17 @@ fn anchors_are_masked_and_every_image_keeps_exactly_k_within_the_ratios() {
 /// (a per-channel offset, opposite in the two regions) plus faint texture, so patches of one
 /// region correlate above 0.9 and patches of different regions below −0.9.
 fn two_colour_image(rng: &mut TestRng, h: usize, w: usize, p: usize, split: usize) -> Vec<f32> {
-    let colour = [[0.8f32, -0.6, 0.1], [-0.8, 0.6, -0.1]];
+    let (left, right) = ([0.8f32, -0.6, 0.1], [-0.8f32, 0.6, -0.1]);
     let mut out = Vec::with_capacity(3 * h * w);
-    for c in 0..3 {
+    for (left_value, right_value) in left.into_iter().zip(right) {
         for _y in 0..h {
             for x in 0..w {
-                let region = usize::from(x / p >= split);
-                out.push(colour[region][c] + 0.05 * rng.signed());
+                let value = if x / p < split {
+                    left_value
+                } else {
+                    right_value
+                };
+                out.push(value + 0.05 * rng.signed());
             }
         }
     }
@@ -490,14 +494,12 @@ fn embedding_mix_interpolates_between_pixels_and_embeddings() {
     let mut test_rng = TestRng(23);
     let images = test_rng.vec(n * 3 * h * w); // pixel noise: correlations near 0
     let pixels = features_of(&images, n, h, w, p);
-    // Every patch embedding points the same way once positions are added: cosine 1.
-    let positions = test_rng.vec(16 * d);
+    // Every patch token (embedding + position) points the same way, at its own length: cosine 1.
     let direction = test_rng.vec(d);
-    let embeddings: Vec<f32> = (0..n * 16)
-        .flat_map(|i| (0..d).map(move |c| (i, c)))
-        .map(|(i, c)| 3.0 * direction[c] - positions[(i % 16) * d + c])
+    let tokens: Vec<f32> = (0..n * 16)
+        .flat_map(|i| direction.iter().map(move |v| v * (1.0 + i as f32)))
         .collect();
-    let emb = embedding_features(&embeddings, &positions, d);
+    let emb = embedding_features(&tokens, d);
     let config = ClusterMaskConfig {
         anchor_ratio: 0.1,
         threshold: 0.5,

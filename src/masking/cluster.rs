@@ -35,7 +35,7 @@ pub struct EmbeddingMix<'a> {
 impl<'a> PatchFeatures<'a> {
     pub fn new(pixels: &'a [f32], images: usize, patches: usize) -> Result<Self, MaskError> {
         let rows = images * patches;
-        if rows == 0 || pixels.is_empty() || pixels.len() % rows != 0 {
+        if rows == 0 || pixels.is_empty() || !pixels.len().is_multiple_of(rows) {
             return Err(MaskError::Shape(format!(
                 "{} pixel feature values do not split into {images} images x {patches} patches",
                 pixels.len()
@@ -51,7 +51,7 @@ impl<'a> PatchFeatures<'a> {
 
     pub fn with_embedding(mut self, features: &'a [f32], weight: f32) -> Result<Self, MaskError> {
         let rows = self.images * self.patches;
-        if features.is_empty() || features.len() % rows != 0 {
+        if features.is_empty() || !features.len().is_multiple_of(rows) {
             return Err(MaskError::Shape(format!(
                 "{} embedding values do not split into {} images x {} patches",
                 features.len(),

@@ -65,31 +65,18 @@ fn unit_centred(values: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Unit-length copy of each `dim`-long row of `rows` (zero rows stay zero). For M3.7: pass the
-/// patch embeddings plus their positional embeddings, [n, L, D].
-pub fn unit_rows(rows: &[f32], dim: usize) -> Vec<f32> {
-    assert!(dim > 0 && rows.len() % dim == 0, "rows must be [.., {dim}]");
-    let mut out = rows.to_vec();
+/// The embedding features of M3.7: each patch token (patch embedding + its positional embedding,
+/// [n, L, dim]) scaled to unit length; zero tokens stay zero (no direction, similarity 0).
+pub fn embedding_features(patch_tokens: &[f32], dim: usize) -> Vec<f32> {
+    assert!(
+        dim > 0 && patch_tokens.len().is_multiple_of(dim),
+        "patch tokens must be [.., {dim}]"
+    );
+    let mut out = patch_tokens.to_vec();
     for row in out.chunks_exact_mut(dim) {
         let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
         let scale = if norm > ZERO_NORM { 1.0 / norm } else { 0.0 };
         row.iter_mut().for_each(|v| *v *= scale);
     }
     out
-}
-
-/// Patch embeddings plus positions, made unit length: the embedding features of M3.7.
-/// `embeddings` is [n, L, D], `positions` [L, D] (the tower's positional embeddings of the patches).
-pub fn embedding_features(embeddings: &[f32], positions: &[f32], dim: usize) -> Vec<f32> {
-    assert!(dim > 0 && positions.len() % dim == 0 && !positions.is_empty());
-    assert_eq!(
-        embeddings.len() % positions.len(),
-        0,
-        "embeddings must be [n, L, D]"
-    );
-    let summed: Vec<f32> = embeddings
-        .chunks_exact(positions.len())
-        .flat_map(|image| image.iter().zip(positions).map(|(e, p)| e + p))
-        .collect();
-    unit_rows(&summed, dim)
 }

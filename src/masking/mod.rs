@@ -8,6 +8,7 @@
 mod cluster;
 mod config;
 mod features;
+mod gpu;
 mod random;
 mod rng;
 
@@ -16,7 +17,10 @@ pub use cluster::{
     calibrate_threshold, cluster_mask, mask_from_scores, select_anchors, select_kept,
 };
 pub use config::{ClusterMaskConfig, KeepBounds, MaskError, check_ratio, random_keep_count};
-pub use features::{FLAT_VARIANCE, embedding_features, patch_features, patch_grid, unit_rows};
+pub use features::{FLAT_VARIANCE, embedding_features, patch_features, patch_grid};
+pub use gpu::{
+    GpuEmbedding, GpuImages, GpuMask, MAX_GPU_PATCHES, cluster_mask_gpu, random_mask_gpu,
+};
 pub use random::{no_mask, random_mask};
 pub use rng::{MaskRng, Stream, UNIFORM_BITS, hash_u32, smallest_keys};
 

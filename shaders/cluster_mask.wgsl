@@ -1,0 +1,323 @@
+// Masking kernels (shared/method.md M3, M4); the CPU twin is src/masking/. One mask per step:
+//   patch_features -> [embedding_features] -> select_anchors -> cluster_flags -> keep_count
+//   -> select_kept            (cluster masking)
+//   random_kept               (FLIP random masking, M4)
+// Random draws come from the counter-based generator of src/masking/rng.rs, bit for bit.
+// All entry points share one buffer list (src/masking/gpu.rs MaskBuffers passes it whole); each
+// binds only what it uses.
+
+struct Params {
+    images: u32,        // N
+    patches: u32,       // L
+    height: u32,        // H
+    width: u32,         // W
+    patch_size: u32,    // p
+    grid_cols: u32,     // W / p
+    embed_dim: u32,     // D of the embedding mix (M3.7); 0 = pixels only
+    embed_tokens: u32,  // tokens per image in the embedding buffer (L, or 1 + L with a class token)
+    embed_first: u32,   // token index of patch 0 (1 when the class token comes first)
+    anchors: u32,       // K (M3.2)
+    keep_floor: u32,    // ceil(L (1 - max_mask_ratio)) (M3.4)
+    keep_cap: u32,      // floor(L (1 - min_mask_ratio)) (M3.4)
+    random_keep: u32,   // round(L (1 - mask_ratio)) (M4)
+    threshold: f32,     // r (M3.3)
+    embed_weight: f32,  // w, training progress (M3.7)
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> images: array<f32>;                // [N, 3, H, W]
+@group(0) @binding(2) var<storage, read_write> pixel_features: array<f32>;  // [N, L, 3p²]
+@group(0) @binding(3) var<storage, read> embeddings: array<f32>;            // [N, tokens, D]
+@group(0) @binding(4) var<storage, read_write> embed_features: array<f32>;  // [N, L, D]
+@group(0) @binding(5) var<storage, read_write> anchors: array<u32>;         // [N, K]
+@group(0) @binding(6) var<storage, read_write> masked: array<u32>;          // [N, L], 0 or 1
+@group(0) @binding(7) var<storage, read_write> keep: array<u32>;            // [1], k
+@group(0) @binding(8) var<storage, read_write> kept: array<u32>;            // [N, k] in [N, L]
+
+// Lanes of the row kernels (one workgroup per patch) and of the per-image selection kernels.
+const WG: u32 = 64u;
+const SELECT_WG: u32 = 256u;
+// Largest L the selection kernels hold in workgroup memory (2 x 4 KiB).
+const MAX_PATCHES: u32 = 1024u;
+// Variance at or below which a patch is flat (features.rs FLAT_VARIANCE, M3.1).
+const FLAT_VARIANCE: f32 = 1e-10;
+// Embedding rows shorter than this have no direction (features.rs ZERO_NORM).
+const ZERO_NORM: f32 = 1e-12;
+
+// Random streams (rng.rs Stream) and the generator's constants.
+const STREAM_ANCHOR: u32 = 0u;
+const STREAM_KEEP: u32 = 1u;
+const STREAM_RANDOM: u32 = 2u;
+const CHAIN_START: u32 = 0x9e3779b9u;
+const UNIFORM_BITS: u32 = 24u;
+
+// lowbias32 (rng.rs hash_u32).
+fn hash_u32(value: u32) -> u32 {
+    var x = value;
+    x ^= x >> 16u;
+    x *= 0x7feb352du;
+    x ^= x >> 15u;
+    x *= 0x846ca68bu;
+    x ^= x >> 16u;
+    return x;
+}
+
+// rng.rs MaskRng::bits24: one hash per key word, then a finishing round.
+fn bits24(image: u32, stream: u32, index: u32) -> u32 {
+    var h = hash_u32(CHAIN_START ^ params.seed_lo);
+    h = hash_u32(h ^ params.seed_hi);
+    h = hash_u32(h ^ params.step);
+    h = hash_u32(h ^ image);
+    h = hash_u32(h ^ stream);
+    h = hash_u32(h ^ index);
+    return hash_u32(h) >> (32u - UNIFORM_BITS);
+}
+
+// ---- row reductions (one workgroup per patch) ----
+
+var<workgroup> partial: array<f32, WG>;
+
+// Sum of `value` over the workgroup; every lane gets the total.
+fn workgroup_sum(lane: u32, value: f32) -> f32 {
+    partial[lane] = value;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if lane < stride {
+            partial[lane] += partial[lane + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
+
+// ---- patch_features: images [N, 3, H, W] -> unit centred patches [N, L, 3p²] (M3.1) ----
+
+fn patch_pixel(image: u32, patch_index: u32, t: u32) -> f32 {
+    let p = params.patch_size;
+    let channel = t / (p * p);
+    let y = (t / p) % p;
+    let x = t % p;
+    let top = (patch_index / params.grid_cols) * p;
+    let left = (patch_index % params.grid_cols) * p;
+    return images[((image * 3u + channel) * params.height + top + y) * params.width + left + x];
+}
+
+// Dimensions past the lanes are strided; the workgroup reduces mean, then the centred sum of
+// squares (two passes, as the CPU twin). Flat patches become zero vectors.
+@compute @workgroup_size(WG)
+fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.y * nwg.x + wid.x;
+    if row >= params.images * params.patches {
+        return;
+    }
+    let image = row / params.patches;
+    let patch_index = row % params.patches;
+    let dim = 3u * params.patch_size * params.patch_size;
+    var sum = 0.0;
+    for (var t = lid.x; t < dim; t += WG) {
+        sum += patch_pixel(image, patch_index, t);
+    }
+    let mean = workgroup_sum(lid.x, sum) / f32(dim);
+    var sum_sq = 0.0;
+    for (var t = lid.x; t < dim; t += WG) {
+        let d = patch_pixel(image, patch_index, t) - mean;
+        sum_sq += d * d;
+    }
+    let total_sq = workgroup_sum(lid.x, sum_sq);
+    let flat = total_sq / f32(dim) <= FLAT_VARIANCE;
+    let scale = select(1.0 / sqrt(total_sq), 0.0, flat);
+    for (var t = lid.x; t < dim; t += WG) {
+        pixel_features[row * dim + t] = (patch_pixel(image, patch_index, t) - mean) * scale;
+    }
+}
+
+// ---- embedding_features: unit patch tokens (embeddings + positions, M3.7), [N, L, D] ----
+
+@compute @workgroup_size(WG)
+fn embedding_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.y * nwg.x + wid.x;
+    if row >= params.images * params.patches {
+        return;
+    }
+    let dim = params.embed_dim;
+    let image = row / params.patches;
+    let token = (image * params.embed_tokens + params.embed_first + row % params.patches) * dim;
+    var sum_sq = 0.0;
+    for (var t = lid.x; t < dim; t += WG) {
+        let v = embeddings[token + t];
+        sum_sq += v * v;
+    }
+    let norm = sqrt(workgroup_sum(lid.x, sum_sq));
+    let scale = select(0.0, 1.0 / norm, norm > ZERO_NORM);
+    for (var t = lid.x; t < dim; t += WG) {
+        embed_features[row * dim + t] = embeddings[token + t] * scale;
+    }
+}
+
+// ---- rank selection (one workgroup per image) ----
+
+var<workgroup> keys: array<u32, MAX_PATCHES>;
+var<workgroup> chosen: array<u32, MAX_PATCHES>;
+
+// With keys[0..L) loaded: leaves in keys[j] the 1-based ascending position of j among the
+// `count` smallest (key, index) pairs, 0 for the rest (rng.rs smallest_keys). Ranks by counting
+// smaller keys: O(L²) per image, spread over SELECT_WG lanes.
+fn select_smallest(lane: u32, count: u32) {
+    workgroupBarrier();
+    let patches = params.patches;
+    for (var j = lane; j < patches; j += SELECT_WG) {
+        let key = keys[j];
+        var rank = 0u;
+        for (var i = 0u; i < patches; i++) {
+            rank += u32(keys[i] < key || (keys[i] == key && i < j));
+        }
+        chosen[j] = u32(rank < count);
+    }
+    workgroupBarrier();
+    for (var j = lane; j < patches; j += SELECT_WG) {
+        var position = 0u;
+        for (var i = 0u; i < j; i++) {
+            position += chosen[i];
+        }
+        keys[j] = select(0u, position + 1u, chosen[j] != 0u);
+    }
+    workgroupBarrier();
+}
+
+// ---- select_anchors: K uniform patches per image without replacement (M3.2) ----
+
+@compute @workgroup_size(SELECT_WG)
+fn select_anchors(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let image = wid.x;
+    if image >= params.images || params.patches > MAX_PATCHES {
+        return;
+    }
+    for (var j = lid.x; j < params.patches; j += SELECT_WG) {
+        keys[j] = bits24(image, STREAM_ANCHOR, j);
+    }
+    select_smallest(lid.x, params.anchors);
+    for (var j = lid.x; j < params.patches; j += SELECT_WG) {
+        if keys[j] != 0u {
+            anchors[image * params.anchors + keys[j] - 1u] = j;
+        }
+    }
+}
+
+// ---- cluster_flags: masked[j] = anchor or sim(a, j) > r for an anchor a (M3.3), K x L ----
+
+fn dot_pixels(a: u32, b: u32) -> f32 {
+    let dim = 3u * params.patch_size * params.patch_size;
+    var acc = 0.0;
+    for (var t = 0u; t < dim; t++) {
+        acc += pixel_features[a * dim + t] * pixel_features[b * dim + t];
+    }
+    return acc;
+}
+
+fn dot_embedding(a: u32, b: u32) -> f32 {
+    let dim = params.embed_dim;
+    var acc = 0.0;
+    for (var t = 0u; t < dim; t++) {
+        acc += embed_features[a * dim + t] * embed_features[b * dim + t];
+    }
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn cluster_flags(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    if row >= params.images * params.patches {
+        return;
+    }
+    let image = row / params.patches;
+    let patch_index = row % params.patches;
+    var covered = false;
+    for (var k = 0u; k < params.anchors; k++) {
+        let anchor = anchors[image * params.anchors + k];
+        let anchor_row = image * params.patches + anchor;
+        var sim = dot_pixels(anchor_row, row);
+        if params.embed_dim > 0u {
+            let w = params.embed_weight;
+            sim = w * dot_embedding(anchor_row, row) + (1.0 - w) * sim;
+        }
+        covered = covered || anchor == patch_index || sim > params.threshold;
+    }
+    masked[row] = u32(covered);
+}
+
+// ---- keep_count: k = max(min(cap, fewest unmasked of any image), floor) (M3.4) ----
+
+var<workgroup> fewest: array<u32, SELECT_WG>;
+
+@compute @workgroup_size(SELECT_WG)
+fn keep_count(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var local_fewest = params.patches;
+    for (var image = lid.x; image < params.images; image += SELECT_WG) {
+        var unmasked = 0u;
+        for (var j = 0u; j < params.patches; j++) {
+            unmasked += u32(masked[image * params.patches + j] == 0u);
+        }
+        local_fewest = min(local_fewest, unmasked);
+    }
+    fewest[lid.x] = local_fewest;
+    workgroupBarrier();
+    for (var stride = SELECT_WG / 2u; stride > 0u; stride /= 2u) {
+        if lid.x < stride {
+            fewest[lid.x] = min(fewest[lid.x], fewest[lid.x + stride]);
+        }
+        workgroupBarrier();
+    }
+    if lid.x == 0u {
+        keep[0] = max(min(params.keep_cap, fewest[0]), params.keep_floor);
+    }
+}
+
+// ---- select_kept: the k patches each image keeps (M3.4), [N, k] rows ascending ----
+// key = masked · 2^24 + u: unmasked first, extras dropped at random (not raster order), masked
+// ones restored at random when an image has too few.
+
+@compute @workgroup_size(SELECT_WG)
+fn select_kept(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let image = wid.x;
+    if image >= params.images || params.patches > MAX_PATCHES {
+        return;
+    }
+    let keep_count = keep[0];
+    for (var j = lid.x; j < params.patches; j += SELECT_WG) {
+        let is_masked = min(masked[image * params.patches + j], 1u);
+        keys[j] = (is_masked << UNIFORM_BITS) | bits24(image, STREAM_KEEP, j);
+    }
+    select_smallest(lid.x, keep_count);
+    for (var j = lid.x; j < params.patches; j += SELECT_WG) {
+        if keys[j] != 0u {
+            kept[image * keep_count + keys[j] - 1u] = j;
+        }
+    }
+}
+
+// ---- random_kept: FLIP, keep the k patches with the smallest noise (M4) ----
+
+@compute @workgroup_size(SELECT_WG)
+fn random_kept(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let image = wid.x;
+    if image >= params.images || params.patches > MAX_PATCHES {
+        return;
+    }
+    for (var j = lid.x; j < params.patches; j += SELECT_WG) {
+        keys[j] = bits24(image, STREAM_RANDOM, j);
+    }
+    select_smallest(lid.x, params.random_keep);
+    for (var j = lid.x; j < params.patches; j += SELECT_WG) {
+        if keys[j] != 0u {
+            kept[image * params.random_keep + keys[j] - 1u] = j;
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! GPU masking: records the kernels of `shaders/cluster_mask.wgsl` into the step's encoder.
+//! Same (seed, step) → same mask as the CPU twin (`cluster_mask`, `random_mask`), except where a
+//! similarity lies within float rounding of the threshold.
+
+use super::MaskResult;
+use super::config::{ClusterMaskConfig, MaskError, check_ratio, random_keep_count};
+use super::rng::MaskRng;
+use crate::gpu::{Gpu, GpuBuf, GpuError, MAX_GROUPS_PER_DIM, Shader, linear_grid};
+
+/// Largest patch count L the selection kernels hold in workgroup memory (`MAX_PATCHES` in the
+/// shader; `tests/masking_gpu.rs` checks the two agree).
+pub const MAX_GPU_PATCHES: usize = 1024;
+
+fn shader() -> Shader {
+    crate::shader!("cluster_mask")
+}
+
+/// The shader's `Params`, field for field.
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    images: u32,
+    patches: u32,
+    height: u32,
+    width: u32,
+    patch_size: u32,
+    grid_cols: u32,
+    embed_dim: u32,
+    embed_tokens: u32,
+    embed_first: u32,
+    anchors: u32,
+    keep_floor: u32,
+    keep_cap: u32,
+    random_keep: u32,
+    threshold: f32,
+    embed_weight: f32,
+    seed_lo: u32,
+    seed_hi: u32,
+    step: u32,
+}
+
+impl Params {
+    fn new(images: usize, patches: usize, rng: MaskRng) -> Self {
+        let [seed_lo, seed_hi] = rng.seed_words();
+        Params {
+            images: images as u32,
+            patches: patches as u32,
+            seed_lo,
+            seed_hi,
+            step: rng.step,
+            ..Default::default()
+        }
+    }
+}
+
+/// A batch of CLIP-normalised images on the GPU, [images, 3, height, width].
+#[derive(Clone, Copy)]
+pub struct GpuImages<'a> {
+    pub pixels: &'a GpuBuf,
+    pub images: usize,
+    pub height: usize,
+    pub width: usize,
+    pub patch: usize,
+}
+
+impl GpuImages<'_> {
+    pub fn patches(&self) -> usize {
+        super::patch_grid(self.height, self.width, self.patch).2
+    }
+}
+
+/// Patch tokens (patch embeddings + positions) mixed into the similarity (M3.7).
+#[derive(Clone, Copy)]
+pub struct GpuEmbedding<'a> {
+    /// [images, tokens_per_image, dim]; patch j of an image is token `first_patch + j`.
+    pub tokens: &'a GpuBuf,
+    pub tokens_per_image: usize,
+    /// 1 when the class token comes first.
+    pub first_patch: usize,
+    pub dim: usize,
+    /// Training progress w in [0, 1].
+    pub weight: f32,
+}
+
+/// One batch's cluster mask, on the GPU (read it with [`GpuMask::read`]).
+pub struct GpuMask {
+    pub images: usize,
+    pub patches: usize,
+    pub anchor_count: usize,
+    /// [images, anchor_count], each row ascending.
+    pub anchors: GpuBuf,
+    /// [images, patches]: 1 where the clusters cover the patch.
+    pub masked: GpuBuf,
+    /// [1]: the batch keep count k (M3.4).
+    pub keep_count: GpuBuf,
+    /// [images, k] rows, ascending, at the front of an [images, patches] buffer.
+    pub kept: GpuBuf,
+}
+
+/// The shader's buffer list, bindings 1..=8, passed whole to every dispatch.
+struct MaskBuffers {
+    list: [GpuBuf; 8],
+}
+
+impl MaskBuffers {
+    fn refs(&self) -> Vec<&GpuBuf> {
+        self.list.iter().collect()
+    }
+}
+
+fn check_patches(patches: usize) -> Result<(), MaskError> {
+    if patches == 0 || patches > MAX_GPU_PATCHES {
+        return Err(MaskError::Shape(format!(
+            "{patches} patches per image; the GPU kernels take 1 to {MAX_GPU_PATCHES}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_images(images: usize) -> Result<(), MaskError> {
+    if images == 0 || images > MAX_GROUPS_PER_DIM as usize {
+        return Err(MaskError::Shape(format!(
+            "{images} images; the GPU kernels take 1 to 65535"
+        )));
+    }
+    Ok(())
+}
+
+/// Records cluster masking (M3.1–M3.4, M3.7) of `batch` into the step's encoder.
+pub fn cluster_mask_gpu(
+    gpu: &Gpu,
+    batch: &GpuImages,
+    embedding: Option<&GpuEmbedding>,
+    config: &ClusterMaskConfig,
+    rng: MaskRng,
+) -> Result<GpuMask, MaskError> {
+    config.validate()?;
+    let (n, p) = (batch.images, batch.patch);
+    if p == 0 || p > batch.height || p > batch.width {
+        return Err(MaskError::Shape(format!(
+            "patch size {p} does not fit a {}x{} image",
+            batch.height, batch.width
+        )));
+    }
+    if batch.pixels.len() != n * 3 * batch.height * batch.width {
+        return Err(MaskError::Shape(format!(
+            "{} pixels for {n} images of 3x{}x{}",
+            batch.pixels.len(),
+            batch.height,
+            batch.width
+        )));
+    }
+    let l = batch.patches();
+    check_patches(l)?;
+    check_images(n)?;
+    let anchor_count = config.anchor_count(l);
+    let bounds = config.keep_bounds(l);
+    let mut params = Params {
+        height: batch.height as u32,
+        width: batch.width as u32,
+        patch_size: p as u32,
+        grid_cols: (batch.width / p) as u32,
+        anchors: anchor_count as u32,
+        keep_floor: bounds.floor as u32,
+        keep_cap: bounds.cap as u32,
+        threshold: config.threshold,
+        ..Params::new(n, l, rng)
+    };
+    let (tokens, embed_features) = match embedding {
+        Some(e) => {
+            if e.dim == 0
+                || e.first_patch + l > e.tokens_per_image
+                || e.tokens.len() != n * e.tokens_per_image * e.dim
+                || !(0.0..=1.0).contains(&e.weight)
+            {
+                return Err(MaskError::Shape(format!(
+                    "embedding tokens: {} values for {n} images x {} tokens x {} dims, patches \
+                     from token {}, weight {}",
+                    e.tokens.len(),
+                    e.tokens_per_image,
+                    e.dim,
+                    e.first_patch,
+                    e.weight
+                )));
+            }
+            params.embed_dim = e.dim as u32;
+            params.embed_tokens = e.tokens_per_image as u32;
+            params.embed_first = e.first_patch as u32;
+            params.embed_weight = e.weight;
+            (e.tokens.clone(), gpu.alloc(n * l * e.dim))
+        }
+        None => (gpu.alloc(1), gpu.alloc(1)),
+    };
+    let buffers = MaskBuffers {
+        list: [
+            batch.pixels.clone(),
+            gpu.alloc(n * l * 3 * p * p),
+            tokens,
+            embed_features,
+            gpu.alloc(n * anchor_count),
+            gpu.alloc(n * l),
+            gpu.alloc(1),
+            gpu.alloc(n * l),
+        ],
+    };
+    let shader = shader();
+    let refs = buffers.refs();
+    let per_image = [n as u32, 1, 1];
+    gpu.dispatch(
+        &gpu.kernel(&shader, "patch_features"),
+        &params,
+        &refs,
+        linear_grid(n * l, 1),
+    );
+    if embedding.is_some() {
+        let kernel = gpu.kernel(&shader, "embedding_features");
+        gpu.dispatch(&kernel, &params, &refs, linear_grid(n * l, 1));
+    }
+    gpu.dispatch(
+        &gpu.kernel(&shader, "select_anchors"),
+        &params,
+        &refs,
+        per_image,
+    );
+    gpu.dispatch_linear(&gpu.kernel(&shader, "cluster_flags"), &params, &refs, n * l);
+    gpu.dispatch(
+        &gpu.kernel(&shader, "keep_count"),
+        &params,
+        &refs,
+        [1, 1, 1],
+    );
+    gpu.dispatch(
+        &gpu.kernel(&shader, "select_kept"),
+        &params,
+        &refs,
+        per_image,
+    );
+    let [_, _, _, _, anchors, masked, keep_count, kept] = buffers.list;
+    Ok(GpuMask {
+        images: n,
+        patches: l,
+        anchor_count,
+        anchors,
+        masked,
+        keep_count,
+        kept,
+    })
+}
+
+impl GpuMask {
+    /// Reads the mask back (submits the step's encoder).
+    pub fn read(&self, gpu: &Gpu) -> Result<MaskResult, GpuError> {
+        let (n, l) = (self.images, self.patches);
+        let keep_count = gpu.read_u32(&self.keep_count)?[0] as usize;
+        let kept = gpu.read_u32(&self.kept)?[..n * keep_count].to_vec();
+        let anchors = gpu.read_u32(&self.anchors)?;
+        let flags = gpu.read_u32(&self.masked)?;
+        let anchors = (0..n)
+            .map(|i| anchors[i * self.anchor_count..(i + 1) * self.anchor_count].to_vec())
+            .collect();
+        let masked = flags
+            .chunks_exact(l)
+            .map(|f| (0..l as u32).filter(|&j| f[j as usize] != 0).collect())
+            .collect();
+        Ok(MaskResult::new(l, keep_count, kept, anchors, masked))
+    }
+}
+
+/// Records FLIP random masking (M4): returns k and the kept indices [images, k], rows ascending.
+pub fn random_mask_gpu(
+    gpu: &Gpu,
+    images: usize,
+    patches: usize,
+    mask_ratio: f64,
+    rng: MaskRng,
+) -> Result<(usize, GpuBuf), MaskError> {
+    check_ratio("mask-ratio", mask_ratio)?;
+    check_patches(patches)?;
+    check_images(images)?;
+    let keep_count = random_keep_count(patches, mask_ratio);
+    let params = Params {
+        random_keep: keep_count as u32,
+        ..Params::new(images, patches, rng)
+    };
+    let kept = gpu.alloc(images * keep_count);
+    let unused = gpu.alloc(1);
+    let mut refs = vec![&unused; 7];
+    refs.push(&kept);
+    let kernel = gpu.kernel(&shader(), "random_kept");
+    gpu.dispatch(&kernel, &params, &refs, [images as u32, 1, 1]);
+    Ok((keep_count, kept))
+}

@@ -13,7 +13,8 @@
 //! Held-out splits: a scene's [`SceneLayout`] (what a caption can name, plus an 8×8 grid cell per
 //! shape) hashes to one of 16 buckets: bucket 0 is validation, bucket 1 test (and zero-shot), the
 //! rest training. Every generator redraws until its scene lands in its own bucket, so no
-//! validation or test image equals, or is a small shift of, any training image, for every seed.
+//! validation or test scene shares its layout with a training scene of any seed: an image is
+//! never repeated, nor repeated with its shapes moved within their cells or its texture changed.
 
 /// One image with its caption. `rgb` is `[size, size, 3]`, row-major, top row first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +175,7 @@ pub struct SceneLayout {
 }
 
 impl SceneLayout {
-    /// Stable across platforms and Rust versions (std's hasher is neither).
+    /// Our own hash: std's `DefaultHasher` may change between Rust versions.
     fn bucket(&self) -> u64 {
         let mut words = vec![self.shapes.len() as u64];
         for &(kind, colour, size, x, y) in &self.shapes {

@@ -12,7 +12,7 @@ use super::{
 /// Gap kept between the image border and a shape, and between two shapes (fraction of side).
 const PLACEMENT_MARGIN: f32 = 0.02;
 const PLACEMENT_TRIES: usize = 24;
-/// Probability of 1, 2 and 3 shapes.
+/// Probability of drawing 1, 2 and 3 shapes (a third that finds no room is dropped).
 const SHAPE_COUNT_WEIGHTS: [f32; 3] = [0.4, 0.35, 0.25];
 /// Plain backgrounds dominate: their uniform regions are what cluster masking groups (M3).
 const PLAIN_BACKGROUND_CHANCE: f32 = 0.5;
@@ -27,22 +27,25 @@ pub(super) fn draw_scene(rng: &mut SplitMix64) -> Scene {
     } else {
         3
     };
+    // The subject (first mentioned, the label) is the only shape that may be large, so the
+    // largest shape is never a close call; a lone shape is small or large.
+    let subject_size = if count == 1 && rng.chance(0.5) {
+        SizeClass::Small
+    } else {
+        SizeClass::Large
+    };
     let mut shapes: Vec<PlacedShape> = Vec::with_capacity(count);
-    for _ in 0..count {
-        let size = if rng.chance(0.5) {
-            SizeClass::Small
-        } else {
-            SizeClass::Large
-        };
+    for size in [subject_size, SizeClass::Small, SizeClass::Small]
+        .into_iter()
+        .take(count)
+    {
         let kind = rng.pick(&ShapeKind::ALL);
         let colour = rng.below(SHAPE_COLOURS.len());
-        // A shape that finds no free spot is dropped; the first always fits.
+        // A shape that finds no free spot is dropped; the subject always fits.
         if let Some(shape) = place_shape(rng, &shapes, kind, colour, size) {
             shapes.push(shape);
         }
     }
-    // Largest first: it is the first mentioned and the label.
-    shapes.sort_by(|a, b| b.radius.total_cmp(&a.radius));
     finish_scene(rng, shapes)
 }
 

@@ -1,5 +1,5 @@
 //! Rasterising a scene: backgrounds per pixel, shapes as signed distance functions blended over
-//! their bounding boxes. Only IEEE-exact operations (+, −, ×, ÷, sqrt, floor), so every platform
+//! their bounding boxes. Only IEEE-exact operations (+, −, ×, ÷, sqrt, floor, round), so every platform
 //! produces the same bytes.
 
 use super::rng::hash_words;

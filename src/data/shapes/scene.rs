@@ -185,6 +185,7 @@ impl Scene {
         self.shapes[0].class()
     }
 
+    /// The key that assigns the scene to a split (see [`SceneLayout`]).
     pub fn layout(&self) -> SceneLayout {
         let cell = |t: f32| ((t * LAYOUT_GRID) as u8).min(LAYOUT_GRID as u8 - 1);
         SceneLayout {

@@ -1,0 +1,122 @@
+//! Model presets, in one place (method.md M1): `tiny` for tests and CPUs, `s16` (OpenCLIP
+//! ViT-S-16) and `b16` (OpenCLIP ViT-B-16, the paper's model).
+
+/// The ViT image tower.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VisionConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+}
+
+/// The causal text tower.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextConfig {
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClipConfig {
+    pub embed_dim: usize,
+    pub vision: VisionConfig,
+    pub text: TextConfig,
+}
+
+/// LayerNorm epsilon of OpenCLIP (nn.LayerNorm default).
+pub const LAYER_NORM_EPS: f32 = 1e-5;
+/// MLP hidden width = 4 × width (M1).
+pub const MLP_RATIO: usize = 4;
+/// `logit_scale` starts at ln(1/0.07) (M1).
+pub const LOGIT_SCALE_INIT: f32 = 2.659_260_1;
+/// `logit_scale` is clamped to [0, ln 100] after every step (M1).
+pub const LOGIT_SCALE_MAX: f32 = 4.605_170_2;
+
+pub const PRESETS: &[&str] = &["tiny", "s16", "b16"];
+
+impl VisionConfig {
+    /// Patches per image, L = (H/p)².
+    pub fn patches(&self) -> usize {
+        (self.image_size / self.patch_size).pow(2)
+    }
+
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.width / self.heads
+    }
+}
+
+impl ClipConfig {
+    pub fn preset(name: &str) -> Result<ClipConfig, String> {
+        let config = match name {
+            // The configuration measured in PyTorch on the 2-core CI machine (issue 3).
+            "tiny" => ClipConfig {
+                embed_dim: 192,
+                vision: VisionConfig { image_size: 64, patch_size: 8, width: 192, layers: 4, heads: 3 },
+                text: TextConfig { context_length: 32, vocab_size: 1000, width: 192, layers: 4, heads: 3 },
+            },
+            // OpenCLIP ViT-S-16.json.
+            "s16" => ClipConfig {
+                embed_dim: 384,
+                vision: VisionConfig { image_size: 224, patch_size: 16, width: 384, layers: 12, heads: 6 },
+                text: TextConfig { context_length: 77, vocab_size: 49_408, width: 384, layers: 12, heads: 6 },
+            },
+            // OpenCLIP ViT-B-16.json, the paper's model (M1).
+            "b16" => ClipConfig {
+                embed_dim: 512,
+                vision: VisionConfig { image_size: 224, patch_size: 16, width: 768, layers: 12, heads: 12 },
+                text: TextConfig { context_length: 77, vocab_size: 49_408, width: 512, layers: 12, heads: 8 },
+            },
+            other => return Err(format!("unknown model preset '{other}': expected one of {}", PRESETS.join(", "))),
+        };
+        Ok(config)
+    }
+
+    /// Checks that the towers can be built; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        let v = &self.vision;
+        let t = &self.text;
+        let positive = [
+            ("embed_dim", self.embed_dim),
+            ("vision.image_size", v.image_size),
+            ("vision.patch_size", v.patch_size),
+            ("vision.width", v.width),
+            ("vision.layers", v.layers),
+            ("vision.heads", v.heads),
+            ("text.context_length", t.context_length),
+            ("text.vocab_size", t.vocab_size),
+            ("text.width", t.width),
+            ("text.layers", t.layers),
+            ("text.heads", t.heads),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(format!("model config: {field} must be positive"));
+            }
+        }
+        if v.image_size % v.patch_size != 0 {
+            return Err(format!(
+                "model config: vision.image_size {} is not a multiple of vision.patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        if v.width % v.heads != 0 {
+            return Err(format!("model config: vision.width {} is not divisible by vision.heads {}", v.width, v.heads));
+        }
+        if t.width % t.heads != 0 {
+            return Err(format!("model config: text.width {} is not divisible by text.heads {}", t.width, t.heads));
+        }
+        if t.vocab_size < 3 {
+            return Err("model config: text.vocab_size must leave room for the start and end tokens".into());
+        }
+        Ok(())
+    }
+}

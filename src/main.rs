@@ -19,6 +19,8 @@ enum Command {
     Bench(cli::bench::BenchCommand),
     /// Print CLIP token ids of texts.
     Tokenize(cli::tokenize::TokenizeArgs),
+    /// Compute one mask of image files: a picture and, with --json, the patch indices.
+    Mask(cli::mask::MaskArgs),
 }
 
 fn main() {
@@ -27,6 +29,7 @@ fn main() {
         Command::Info(args) => cli::info::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Tokenize(args) => cli::tokenize::run(args),
+        Command::Mask(args) => cli::mask::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err}");

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod info;
+pub mod mask;
 pub mod tokenize;
 
 /// Errors reach the user as one line.

@@ -1,0 +1,282 @@
+//! `clusterclip mask`: one mask of one batch of image files, as a picture (original beside
+//! masked: dropped patches greyed, anchors outlined) and, with `--json`, as indices (issue 4).
+
+use std::path::{Path, PathBuf};
+
+use super::CliResult;
+use crate::masking::{
+    ClusterMaskConfig, MaskResult, MaskRng, PatchFeatures, calibrate_threshold, check_ratio,
+    cluster_mask, patch_features, random_mask,
+};
+
+/// CLIP's per-channel mean and standard deviation of [0, 1] RGB (M2).
+const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+/// Picture: dropped patches keep this fraction of their own colour, the rest is mid-grey.
+const DROPPED_VISIBILITY: f32 = 0.25;
+const GREY: f32 = 128.0;
+const ANCHOR_OUTLINE: [u8; 3] = [230, 30, 30];
+/// Pixels between the original and the masked copy.
+const GAP: u32 = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    /// Cluster masking on pixel similarity (M3).
+    Cluster,
+    /// Cluster masking mixing in patch-embedding similarity (M3.7); needs a model.
+    ClusterEmbed,
+    /// FLIP random masking (M4).
+    Random,
+}
+
+/// `--threshold`: a similarity in [0, 1] or `auto` (calibrate, M3.6).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold {
+    Fixed(f32),
+    Auto,
+}
+
+fn parse_threshold(text: &str) -> Result<Threshold, String> {
+    if text == "auto" {
+        return Ok(Threshold::Auto);
+    }
+    text.parse::<f32>()
+        .map(Threshold::Fixed)
+        .map_err(|_| format!("'{text}' is neither a number nor 'auto'"))
+}
+
+#[derive(clap::Args)]
+pub struct MaskArgs {
+    /// Image file; repeat for a batch (one keep count for all, M3.4).
+    #[arg(long = "image", required = true, value_name = "FILE")]
+    pub images: Vec<PathBuf>,
+    /// Side of the square model input, in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Side of a patch, in pixels.
+    #[arg(long, default_value_t = 16)]
+    pub patch_size: usize,
+    #[arg(long, value_enum, default_value_t = Strategy::Cluster)]
+    pub strategy: Strategy,
+    /// Fraction of patches drawn as anchors (M3.2).
+    #[arg(long, default_value_t = ClusterMaskConfig::default().anchor_ratio)]
+    pub anchor_ratio: f64,
+    /// Similarity threshold r (M3.3), or `auto` with --target-mask-ratio (M3.6).
+    #[arg(long, default_value = "0.5", value_parser = parse_threshold)]
+    pub threshold: Threshold,
+    /// Cluster coverage that `--threshold auto` aims at.
+    #[arg(long)]
+    pub target_mask_ratio: Option<f64>,
+    #[arg(long, default_value_t = ClusterMaskConfig::default().min_mask_ratio)]
+    pub min_mask_ratio: f64,
+    #[arg(long, default_value_t = ClusterMaskConfig::default().max_mask_ratio)]
+    pub max_mask_ratio: f64,
+    /// Dropped fraction of `--strategy random` (M4).
+    #[arg(long, default_value_t = 0.5)]
+    pub mask_ratio: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Training step the mask is drawn for (the generator's second key).
+    #[arg(long, default_value_t = 0)]
+    pub step: u32,
+    /// Write the picture here (PNG); one row per image.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the mask as JSON (a list when there are several images).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One image as the model sees it: RGB bytes of the resized crop and its normalised [3, S, S].
+struct Loaded {
+    rgb: image::RgbImage,
+    normalised: Vec<f32>,
+}
+
+/// Shorter side resized to `size` (bicubic, as OpenCLIP), centre crop, CLIP normalisation.
+fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> {
+    let name = path.display();
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| format!("{name}: cannot read ({e})"))?
+        .with_guessed_format()
+        .map_err(|e| format!("{name}: cannot read ({e})"))?;
+    let decoded = reader
+        .decode()
+        .map_err(|e| format!("{name}: not a readable image ({e})"))?;
+    let (w, h) = (decoded.width() as usize, decoded.height() as usize);
+    if w < patch || h < patch {
+        return Err(format!(
+            "{name}: {w}x{h} pixels is smaller than one {patch}x{patch} patch"
+        ));
+    }
+    let scale = size as f64 / w.min(h) as f64;
+    let (rw, rh) = (
+        ((w as f64 * scale).round() as u32).max(size as u32),
+        ((h as f64 * scale).round() as u32).max(size as u32),
+    );
+    let resized = decoded
+        .resize_exact(rw, rh, image::imageops::FilterType::CatmullRom)
+        .into_rgb8();
+    let (left, top) = ((rw - size as u32) / 2, (rh - size as u32) / 2);
+    let rgb = image::imageops::crop_imm(&resized, left, top, size as u32, size as u32).to_image();
+    let plane = size * size;
+    let mut normalised = vec![0.0f32; 3 * plane];
+    for (i, pixel) in rgb.pixels().enumerate() {
+        for c in 0..3 {
+            normalised[c * plane + i] = (pixel[c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
+        }
+    }
+    Ok(Loaded { rgb, normalised })
+}
+
+pub fn run(args: MaskArgs) -> CliResult {
+    let (size, patch) = (args.image_size, args.patch_size);
+    if patch == 0 || size < patch || !size.is_multiple_of(patch) {
+        return Err(format!(
+            "--image-size {size} is not a positive multiple of --patch-size {patch}"
+        )
+        .into());
+    }
+    let config = ClusterMaskConfig {
+        anchor_ratio: args.anchor_ratio,
+        threshold: match args.threshold {
+            Threshold::Fixed(r) => r,
+            Threshold::Auto => ClusterMaskConfig::default().threshold,
+        },
+        min_mask_ratio: args.min_mask_ratio,
+        max_mask_ratio: args.max_mask_ratio,
+    };
+    match args.strategy {
+        Strategy::Random => check_ratio("mask-ratio", args.mask_ratio)?,
+        Strategy::Cluster => config.validate()?,
+        Strategy::ClusterEmbed => {
+            return Err(
+                "--strategy cluster-embed needs a model's patch embeddings (M3.7); \
+                        this command has no model to take them from yet"
+                    .into(),
+            );
+        }
+    }
+    if args.threshold == Threshold::Auto && args.target_mask_ratio.is_none() {
+        return Err("--threshold auto needs --target-mask-ratio".into());
+    }
+    let loaded = args
+        .images
+        .iter()
+        .map(|path| load_image(path, size, patch))
+        .collect::<Result<Vec<_>, _>>()?;
+    let n = loaded.len();
+    let patches = (size / patch) * (size / patch);
+    let pixels: Vec<f32> = loaded
+        .iter()
+        .flat_map(|l| l.normalised.iter().copied())
+        .collect();
+    let rng = MaskRng::new(args.seed, args.step);
+    let (mask, threshold) = match args.strategy {
+        Strategy::Random => (random_mask(n, patches, args.mask_ratio, rng)?, None),
+        _ => {
+            let features = patch_features(&pixels, n, size, size, patch);
+            let input = PatchFeatures::new(&features, n, patches)?;
+            let mut config = config;
+            if let (Threshold::Auto, Some(target)) = (args.threshold, args.target_mask_ratio) {
+                let calibration = calibrate_threshold(&[(input, rng)], &config, target)?;
+                eprintln!(
+                    "threshold auto: r = {:.4}, cluster coverage {:.4} (target {target}{})",
+                    calibration.threshold,
+                    calibration.mask_ratio,
+                    if calibration.converged {
+                        ""
+                    } else {
+                        ", not reachable within 0.01"
+                    }
+                );
+                config.threshold = calibration.threshold;
+            }
+            (cluster_mask(&input, &config, rng)?, Some(config.threshold))
+        }
+    };
+    if args.json {
+        println!("{}", mask_json(&mask, threshold));
+    } else {
+        println!(
+            "{n} image(s), {patches} patches each: keep {} (mask ratio {:.3})",
+            mask.keep_count, mask.mask_ratio
+        );
+    }
+    if let Some(out) = &args.out {
+        let picture = draw(&loaded, &mask, size, patch);
+        picture
+            .save(out)
+            .map_err(|e| format!("{}: cannot write the picture ({e})", out.display()))?;
+    }
+    Ok(())
+}
+
+/// The JSON of issue 4: per image `patches`, `anchors`, `masked`, `kept`, `keep_count`,
+/// `mask_ratio` (and `threshold` for cluster masking); a list when there are several images.
+fn mask_json(mask: &MaskResult, threshold: Option<f32>) -> String {
+    let list = |v: &[u32]| {
+        format!(
+            "[{}]",
+            v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+        )
+    };
+    let objects: Vec<String> = (0..mask.images())
+        .map(|i| {
+            let threshold = threshold.map(|r| format!(",\"threshold\":{r}")).unwrap_or_default();
+            format!(
+                "{{\"patches\":{},\"anchors\":{},\"masked\":{},\"kept\":{},\"keep_count\":{},\"mask_ratio\":{}{threshold}}}",
+                mask.patches,
+                list(&mask.anchors[i]),
+                list(&mask.masked[i]),
+                list(mask.kept_of(i)),
+                mask.keep_count,
+                mask.mask_ratio
+            )
+        })
+        .collect();
+    if objects.len() == 1 {
+        objects[0].clone()
+    } else {
+        format!("[{}]", objects.join(","))
+    }
+}
+
+/// One row per image: the crop, then the crop with dropped patches greyed and anchors outlined.
+fn draw(loaded: &[Loaded], mask: &MaskResult, size: usize, patch: usize) -> image::RgbImage {
+    let s = size as u32;
+    let mut picture = image::RgbImage::from_pixel(
+        2 * s + GAP,
+        loaded.len() as u32 * (s + GAP) - GAP,
+        image::Rgb([255; 3]),
+    );
+    let cols = size / patch;
+    for (i, image) in loaded.iter().enumerate() {
+        let top = i as u32 * (s + GAP);
+        let mut kept = vec![false; mask.patches];
+        mask.kept_of(i)
+            .iter()
+            .for_each(|&j| kept[j as usize] = true);
+        let mut anchor = vec![false; mask.patches];
+        mask.anchors[i]
+            .iter()
+            .for_each(|&j| anchor[j as usize] = true);
+        for (x, y, pixel) in image.rgb.enumerate_pixels() {
+            picture.put_pixel(x, top + y, *pixel);
+            let j = (y as usize / patch) * cols + x as usize / patch;
+            let (px, py) = (x as usize % patch, y as usize % patch);
+            let on_edge = px == 0 || py == 0 || px == patch - 1 || py == patch - 1;
+            let shown = if anchor[j] && on_edge {
+                image::Rgb(ANCHOR_OUTLINE)
+            } else if kept[j] {
+                *pixel
+            } else {
+                image::Rgb(pixel.0.map(|v| {
+                    (DROPPED_VISIBILITY * v as f32 + (1.0 - DROPPED_VISIBILITY) * GREY) as u8
+                }))
+            };
+            picture.put_pixel(s + GAP + x, top + y, shown);
+        }
+    }
+    picture
+}

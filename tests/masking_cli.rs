@@ -1,0 +1,251 @@
+//! `clusterclip mask`: JSON and picture of one mask, and one clear error line for bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("clusterclip-mask-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `width` x `height` PNG: left third reddish, the rest bluish, with a seeded per-pixel
+/// texture so no patch is flat.
+fn write_two_colour_png(path: &Path, width: u32, height: u32, seed: u64) {
+    let mut state = seed | 1;
+    let image = image::RgbImage::from_fn(width, height, |x, _| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let texture = (state % 24) as u8;
+        if x < width / 3 {
+            image::Rgb([200 + texture, 40 + texture, 30])
+        } else {
+            image::Rgb([30, 60 + texture, 190 + texture])
+        }
+    });
+    image.save(path).unwrap();
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_clusterclip"))
+        .arg("mask")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+fn indices(value: &Value) -> Vec<u64> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn cluster_mask_json_and_picture() {
+    let dir = temp_dir("cluster");
+    let (a, b, out) = (dir.join("a.png"), dir.join("b.png"), dir.join("mask.png"));
+    write_two_colour_png(&a, 96, 64, 1); // resized to 48 x 32, centre-cropped to 32 x 32
+    write_two_colour_png(&b, 40, 40, 2);
+    let common = [
+        "--image-size",
+        "32",
+        "--patch-size",
+        "4",
+        "--anchor-ratio",
+        "0.05",
+        "--seed",
+        "3",
+    ];
+    let args: Vec<&str> = [
+        "--image",
+        a.to_str().unwrap(),
+        "--image",
+        b.to_str().unwrap(),
+        "--json",
+    ]
+    .into_iter()
+    .chain(common)
+    .chain(["--out", out.to_str().unwrap()])
+    .collect();
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    let masks = json.as_array().expect("a list for two images");
+    assert_eq!(masks.len(), 2);
+    let keep_count = masks[0]["keep_count"].as_u64().unwrap();
+    for mask in masks {
+        assert_eq!(mask["patches"], 64);
+        assert_eq!(
+            mask["keep_count"].as_u64().unwrap(),
+            keep_count,
+            "one k per batch (M3.4)"
+        );
+        let (anchors, masked, kept) = (
+            indices(&mask["anchors"]),
+            indices(&mask["masked"]),
+            indices(&mask["kept"]),
+        );
+        assert_eq!(anchors.len(), 4); // 64 - floor(60.8)
+        assert!(anchors.iter().all(|a| masked.contains(a)));
+        assert_eq!(kept.len() as u64, keep_count);
+        assert!(kept.windows(2).all(|w| w[0] < w[1]) && kept.iter().all(|&j| j < 64));
+        let ratio = mask["mask_ratio"].as_f64().unwrap();
+        assert!((ratio - (1.0 - keep_count as f64 / 64.0)).abs() < 1e-6);
+        // Two colours: the clusters cover whole colour regions, so far more than the anchors.
+        assert!(masked.len() >= 16, "{masked:?}");
+    }
+    let picture = image::open(&out).unwrap().into_rgb8();
+    assert_eq!(picture.dimensions(), (2 * 32 + 8, 2 * 32 + 8));
+    // The same seed gives the same mask.
+    let (_, again, _) = run(&args);
+    assert_eq!(again, stdout);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn random_strategy_and_threshold_calibration() {
+    let dir = temp_dir("random");
+    let a = dir.join("a.png");
+    write_two_colour_png(&a, 48, 48, 5);
+    let image = a.to_str().unwrap();
+    let sizes = ["--image-size", "48", "--patch-size", "8"]; // L = 36
+    let random: Vec<&str> = [
+        "--image",
+        image,
+        "--json",
+        "--strategy",
+        "random",
+        "--mask-ratio",
+        "0.75",
+    ]
+    .into_iter()
+    .chain(sizes)
+    .collect();
+    let (ok, stdout, stderr) = run(&random);
+    assert!(ok, "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["keep_count"], 9); // round(36 * 0.25)
+    assert_eq!(indices(&json["masked"]).len(), 27);
+
+    let auto: Vec<&str> = [
+        "--image",
+        image,
+        "--json",
+        "--threshold",
+        "auto",
+        "--target-mask-ratio",
+        "0.5",
+    ]
+    .into_iter()
+    .chain(sizes)
+    .collect();
+    let (ok, stdout, stderr) = run(&auto);
+    assert!(ok, "{stderr}");
+    assert!(stderr.starts_with("threshold auto: r = "), "{stderr}");
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    let threshold = json["threshold"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&threshold));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bad_input_gives_one_clear_error_line() {
+    let dir = temp_dir("bad");
+    let (good, text, tiny) = (
+        dir.join("good.png"),
+        dir.join("notes.png"),
+        dir.join("tiny.png"),
+    );
+    write_two_colour_png(&good, 32, 32, 9);
+    std::fs::write(&text, "not an image").unwrap();
+    write_two_colour_png(&tiny, 12, 20, 9);
+    let missing = dir.join("missing.png");
+    let path = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec!["--image".into(), path(&missing)],
+            format!("{}: cannot read", missing.display()),
+        ),
+        (
+            vec!["--image".into(), path(&text)],
+            format!("{}: not a readable image", text.display()),
+        ),
+        (
+            vec!["--image".into(), path(&tiny)],
+            format!(
+                "{}: 12x20 pixels is smaller than one 16x16 patch",
+                tiny.display()
+            ),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
+                "--anchor-ratio".into(),
+                "1".into(),
+            ],
+            "--anchor-ratio 1 is outside [0, 1)".into(),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
+                "--min-mask-ratio".into(),
+                "0.7".into(),
+                "--max-mask-ratio".into(),
+                "0.6".into(),
+            ],
+            "--min-mask-ratio 0.7 is above --max-mask-ratio 0.6".into(),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
+                "--strategy".into(),
+                "random".into(),
+                "--mask-ratio=-0.5".into(),
+            ],
+            "--mask-ratio -0.5 is outside [0, 1)".into(),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
+                "--threshold".into(),
+                "auto".into(),
+            ],
+            "--threshold auto needs --target-mask-ratio".into(),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
+                "--image-size".into(),
+                "100".into(),
+            ],
+            "--image-size 100 is not a positive multiple of --patch-size 16".into(),
+        ),
+    ];
+    for (args, message) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, stdout, stderr) = run(&args);
+        assert!(!ok && stdout.is_empty(), "{args:?} should fail");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {message}")),
+            "{args:?}: {stderr}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

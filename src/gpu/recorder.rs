@@ -361,6 +361,36 @@ impl Gpu {
         Ok(bytes)
     }
 
+    /// Reads several buffers with one submit and one wait.
+    pub fn read_many_u32(&self, bufs: &[&GpuBuf]) -> Result<Vec<Vec<u32>>, GpuError> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Ok(bufs.iter().map(|_| Vec::new()).collect());
+        }
+        let joined = self.alloc(total);
+        let mut at = 0;
+        {
+            let mut rec = self.recorder.lock().unwrap();
+            let epoch = rec.epoch;
+            let encoder = rec.encoder(&self.device);
+            for b in bufs {
+                if !b.is_empty() {
+                    encoder.copy_buffer_to_buffer(b.buffer(), b.byte_offset(), joined.buffer(), (at * 4) as u64, (b.len() * 4) as u64);
+                }
+                at += b.len();
+            }
+            joined.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+        }
+        let words = self.read_u32(&joined)?;
+        let mut out = Vec::with_capacity(bufs.len());
+        let mut at = 0;
+        for b in bufs {
+            out.push(words[at..at + b.len()].to_vec());
+            at += b.len();
+        }
+        Ok(out)
+    }
+
     pub fn read_f32(&self, buf: &GpuBuf) -> Result<Vec<f32>, GpuError> {
         Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(buf)?))
     }

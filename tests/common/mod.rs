@@ -17,6 +17,9 @@ pub fn gpu() -> Arc<Gpu> {
         if std::env::var("CLUSTERCLIP_BACKEND").is_err() {
             options.backend = clusterclip::gpu::BackendChoice::Vulkan;
         }
+        // Tests run wgpu's bounds-checked shaders (release builds otherwise skip the checks);
+        // tests/ops_matmul.rs also runs the unchecked variant.
+        options.bounds_checks.get_or_insert(true);
         let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("{e}"));
         gpu.set_poison(true);
         gpu

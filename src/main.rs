@@ -19,6 +19,9 @@ enum Command {
     Bench(cli::bench::BenchCommand),
     /// Print CLIP token ids of texts.
     Tokenize(cli::tokenize::TokenizeArgs),
+    /// Make WebDataset shards from a CSV, or count a dataset's samples and bad records.
+    #[command(subcommand)]
+    Data(cli::data::DataCommand),
     /// Compute one mask of image files: a picture and, with --json, the patch indices.
     Mask(cli::mask::MaskArgs),
 }
@@ -29,6 +32,7 @@ fn main() {
         Command::Info(args) => cli::info::run(args),
         Command::Bench(cmd) => cli::bench::run(cmd),
         Command::Tokenize(args) => cli::tokenize::run(args),
+        Command::Data(cmd) => cli::data::run(cmd),
         Command::Mask(args) => cli::mask::run(args),
     };
     if let Err(err) = result {

@@ -1,6 +1,7 @@
 //! Subcommand implementations: each parses nothing itself (clap does) and calls the library.
 
 pub mod bench;
+pub mod data;
 pub mod info;
 pub mod mask;
 pub mod tokenize;

@@ -142,21 +142,7 @@ impl Tokenizer {
     /// by [`reduce_token_id`] (unchanged for the full 49,408). `vocab_size` below
     /// [`MIN_VOCAB_SIZE`] is treated as [`MIN_VOCAB_SIZE`].
     pub fn encode(&self, text: &str, context_length: usize, vocab_size: usize) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(context_length.max(2));
-        ids.push(START_OF_TEXT);
-        ids.extend(self.encode_ids(text));
-        ids.push(END_OF_TEXT);
-        if ids.len() > context_length {
-            ids.truncate(context_length);
-            if let Some(last) = ids.last_mut() {
-                *last = END_OF_TEXT;
-            }
-        }
-        for id in ids.iter_mut() {
-            *id = reduce_token_id(*id, vocab_size);
-        }
-        ids.resize(context_length, 0);
-        ids
+        frame_tokens(&self.encode_ids(text), context_length, vocab_size)
     }
 
     /// Text of full-vocabulary ids (start/end tokens and unknown ids are skipped), words
@@ -226,6 +212,27 @@ impl Default for Tokenizer {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Start token + `ids` + end token, truncated to `context_length` keeping the end token last,
+/// reduced to `vocab_size` ([`reduce_token_id`]) and zero padded: [`Tokenizer::encode`] after
+/// [`Tokenizer::encode_ids`].
+pub fn frame_tokens(ids: &[u32], context_length: usize, vocab_size: usize) -> Vec<u32> {
+    let mut framed = Vec::with_capacity(context_length.max(ids.len() + 2));
+    framed.push(START_OF_TEXT);
+    framed.extend_from_slice(ids);
+    framed.push(END_OF_TEXT);
+    if framed.len() > context_length {
+        framed.truncate(context_length);
+        if let Some(last) = framed.last_mut() {
+            *last = END_OF_TEXT;
+        }
+    }
+    for id in framed.iter_mut() {
+        *id = reduce_token_id(*id, vocab_size);
+    }
+    framed.resize(context_length, 0);
+    framed
 }
 
 /// Maps a full-vocabulary id into a vocabulary of `vocab_size` (for small presets, e.g. tiny's

@@ -1,0 +1,447 @@
+//! The batch loader the trainer and evaluator call: a reader thread (with a shuffle buffer for
+//! WebDataset), `workers` threads that decode, crop, normalise and tokenise, bounded queues
+//! between them, and batches assembled in record order, so a run is reproducible for a seed
+//! whatever the number of workers. Bad records are skipped and counted.
+
+use super::error::DataError;
+use super::image_ops::SampleRng;
+use super::records::{
+    BadKind, RawRecord, ReadOrder, RecordKeys, RecordStream, Sample, SampleShape, process_record,
+    record_stream,
+};
+use super::spec::{BuiltinSplit, DataSource, DatasetType, resolve_spec};
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+/// Offenders named in stats and errors.
+const OFFENDERS_KEPT: usize = 5;
+/// Records seen before the bad fraction can stop an unfinished pass (a pass's end always checks).
+const BAD_CHECK_MIN_RECORDS: u64 = 1000;
+
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    pub spec: String,
+    pub dataset_type: DatasetType,
+    pub image_size: usize,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub batch_size: usize,
+    /// Random crops and shuffling (training) or centre crops in stored order (evaluation).
+    pub train: bool,
+    pub seed: u64,
+    /// Decode threads; 0 counts as 1.
+    pub workers: usize,
+    /// Stop with an error when more than this share of records is bad (`--max-bad-fraction`).
+    pub max_bad_fraction: f64,
+    /// Endless sampling with replacement (`--dataset-resampled`).
+    pub resampled: bool,
+    /// WebDataset samples shuffled in a buffer of this many records when training.
+    pub shuffle_buffer: usize,
+    pub keys: RecordKeys,
+}
+
+impl LoaderConfig {
+    /// Defaults of the CLI flags: training order, 2 workers, 1% bad records allowed.
+    pub fn new(
+        spec: &str,
+        image_size: usize,
+        context_length: usize,
+        vocab_size: usize,
+        batch_size: usize,
+    ) -> Self {
+        LoaderConfig {
+            spec: spec.to_string(),
+            dataset_type: DatasetType::Auto,
+            image_size,
+            context_length,
+            vocab_size,
+            batch_size,
+            train: true,
+            seed: 0,
+            workers: 2,
+            max_bad_fraction: 0.01,
+            resampled: false,
+            shuffle_buffer: 1000,
+            keys: RecordKeys::default(),
+        }
+    }
+}
+
+/// One batch: `images` is `[n, 3, image_size, image_size]` CLIP-normalised, `tokens` is
+/// `[n, context_length]` zero padded; `labels` for image folders and the built-in dataset.
+/// The last batch of a pass may hold fewer than `batch_size` samples.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub images: Vec<f32>,
+    pub tokens: Vec<u32>,
+    pub labels: Option<Vec<usize>>,
+    pub n: usize,
+}
+
+/// Caption lengths in tokens (with start and end), before truncation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaptionLengths {
+    pub count: u64,
+    pub min: usize,
+    pub max: usize,
+    pub total: u64,
+    /// Captions longer than the context, so truncated.
+    pub truncated: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DataStats {
+    /// Good samples delivered.
+    pub samples: u64,
+    pub bad: u64,
+    /// Bad records per kind, e.g. ("empty caption", 3), in order of first appearance.
+    pub bad_by_kind: Vec<(String, u64)>,
+    /// "origin: reason" of the first few bad records.
+    pub first_offenders: Vec<String>,
+    /// Time `next_batch` spent waiting for workers.
+    pub wait_seconds: f64,
+    pub caption_tokens: CaptionLengths,
+}
+
+impl DataStats {
+    fn record_bad(&mut self, origin: &str, kind: &BadKind) {
+        self.bad += 1;
+        let name = bad_kind_name(kind);
+        match self.bad_by_kind.iter_mut().find(|(k, _)| *k == name) {
+            Some((_, count)) => *count += 1,
+            None => self.bad_by_kind.push((name, 1)),
+        }
+        if self.first_offenders.len() < OFFENDERS_KEPT {
+            self.first_offenders.push(format!("{origin}: {kind}"));
+        }
+    }
+
+    fn record_caption(&mut self, tokens: usize, context_length: usize) {
+        let lengths = &mut self.caption_tokens;
+        lengths.min = if lengths.count == 0 {
+            tokens
+        } else {
+            lengths.min.min(tokens)
+        };
+        lengths.max = lengths.max.max(tokens);
+        lengths.count += 1;
+        lengths.total += tokens as u64;
+        lengths.truncated += u64::from(tokens > context_length);
+    }
+
+    /// One summary line: "1200 samples, 3 bad (empty caption 2, no image member 1): a.tar:x: ...".
+    pub fn summary(&self) -> String {
+        let mut line = format!("{} samples, {} bad", self.samples, self.bad);
+        if self.bad > 0 {
+            let kinds: Vec<String> = self
+                .bad_by_kind
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            line.push_str(&format!(
+                " ({}); first: {}",
+                kinds.join(", "),
+                self.first_offenders.join("; ")
+            ));
+        }
+        line
+    }
+}
+
+/// Kind of a bad record without its details, for counting.
+fn bad_kind_name(kind: &BadKind) -> String {
+    match kind {
+        BadKind::CorruptImage(_) => "image does not decode".to_string(),
+        BadKind::UnreadableShard(_) => "shard unreadable".to_string(),
+        BadKind::UnreadableFile(_) => "image file unreadable".to_string(),
+        BadKind::ColumnCount { .. } => "wrong field count".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// A processed record, tagged with its place in the stream.
+struct Processed {
+    seq: u64,
+    origin: String,
+    sample: Result<Sample, BadKind>,
+}
+
+pub struct Loader {
+    results: Option<Receiver<Processed>>,
+    threads: Vec<JoinHandle<()>>,
+    reorder: BTreeMap<u64, Processed>,
+    next_seq: u64,
+    finished: bool,
+    stats: DataStats,
+    batch_size: usize,
+    image_size: usize,
+    context_length: usize,
+    max_bad_fraction: f64,
+    num_samples: Option<u64>,
+    class_names: Option<Vec<String>>,
+}
+
+/// Resolves the spec (failing up front when it matches nothing) and starts the threads.
+pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
+    if cfg.batch_size == 0 || cfg.image_size == 0 {
+        return Err(DataError::Config(format!(
+            "batch size {} and image size {} must be positive",
+            cfg.batch_size, cfg.image_size
+        )));
+    }
+    if !(0.0..=1.0).contains(&cfg.max_bad_fraction) {
+        return Err(DataError::Config(format!(
+            "--max-bad-fraction {} must be in [0, 1]",
+            cfg.max_bad_fraction
+        )));
+    }
+    let source = resolve_spec(&cfg.spec, cfg.dataset_type)?;
+    let order = match (cfg.resampled, cfg.train) {
+        (true, _) => ReadOrder::Resampled { seed: cfg.seed },
+        (false, true) => ReadOrder::Shuffled { seed: cfg.seed },
+        (false, false) => ReadOrder::Sequential,
+    };
+    let stream = record_stream(&source, &cfg.keys, order)?;
+    let buffer = match source {
+        DataSource::WebDataset { .. } if cfg.train => cfg.shuffle_buffer,
+        _ => 0,
+    };
+    let (num_samples, class_names) = source_size_and_classes(&source)?;
+    let shape = SampleShape {
+        image_size: cfg.image_size,
+        context_length: cfg.context_length,
+        vocab_size: cfg.vocab_size,
+        train: cfg.train,
+        seed: cfg.seed,
+    };
+    let workers = cfg.workers.max(1);
+    let queue = 2 * cfg.batch_size.max(workers);
+    let (work_tx, work_rx) = sync_channel::<(u64, RawRecord)>(queue);
+    let (result_tx, result_rx) = sync_channel::<Processed>(queue);
+    let mut threads = Vec::with_capacity(workers + 1);
+    let shuffle_seed = cfg.seed ^ 0x5348_5546_464C_4521;
+    threads.push(std::thread::spawn(move || {
+        read_records(stream, buffer, shuffle_seed, work_tx)
+    }));
+    let work_rx = Arc::new(Mutex::new(work_rx));
+    for _ in 0..workers {
+        let work_rx = Arc::clone(&work_rx);
+        let result_tx = result_tx.clone();
+        threads.push(std::thread::spawn(move || {
+            process_records(&work_rx, &result_tx, &shape)
+        }));
+    }
+    Ok(Loader {
+        results: Some(result_rx),
+        threads,
+        reorder: BTreeMap::new(),
+        next_seq: 0,
+        finished: false,
+        stats: DataStats::default(),
+        batch_size: cfg.batch_size,
+        image_size: cfg.image_size,
+        context_length: cfg.context_length,
+        max_bad_fraction: cfg.max_bad_fraction,
+        num_samples,
+        class_names,
+    })
+}
+
+fn source_size_and_classes(
+    source: &DataSource,
+) -> Result<(Option<u64>, Option<Vec<String>>), DataError> {
+    Ok(match source {
+        DataSource::WebDataset { num_samples, .. } => (*num_samples, None),
+        DataSource::Csv { .. } => (None, None),
+        DataSource::ImageFolder(folder) => (
+            Some(folder.items.len() as u64),
+            Some(folder.classes.clone()),
+        ),
+        DataSource::Builtin(split) => {
+            let size = match split {
+                BuiltinSplit::ShapesTrain => None,
+                BuiltinSplit::ShapesVal => Some(super::shapes::VAL_SIZE as u64),
+                BuiltinSplit::ShapesTest => Some(super::shapes::TEST_SIZE as u64),
+            };
+            (size, Some(super::shapes::zeroshot_classes()))
+        }
+    })
+}
+
+/// Reader thread: numbers records in delivery order, through a shuffle buffer when asked.
+fn read_records(
+    stream: RecordStream,
+    buffer: usize,
+    seed: u64,
+    work: SyncSender<(u64, RawRecord)>,
+) {
+    let mut rng = SampleRng::new(seed);
+    let mut held: Vec<RawRecord> = Vec::with_capacity(buffer);
+    let mut seq = 0u64;
+    let send = |record: RawRecord, seq: &mut u64| {
+        let sent = work.send((*seq, record)).is_ok();
+        *seq += 1;
+        sent
+    };
+    for record in stream {
+        if buffer == 0 {
+            if !send(record, &mut seq) {
+                return;
+            }
+            continue;
+        }
+        held.push(record);
+        if held.len() >= buffer {
+            let pick = rng.below(held.len());
+            if !send(held.swap_remove(pick), &mut seq) {
+                return;
+            }
+        }
+    }
+    while !held.is_empty() {
+        let pick = rng.below(held.len());
+        if !send(held.swap_remove(pick), &mut seq) {
+            return;
+        }
+    }
+}
+
+/// Worker thread: processes records until the reader is done or the loader is dropped.
+fn process_records(
+    work: &Mutex<Receiver<(u64, RawRecord)>>,
+    results: &SyncSender<Processed>,
+    shape: &SampleShape,
+) {
+    loop {
+        let next = match work.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, record)) = next else { return };
+        let sample = match record.payload {
+            Ok(payload) => catch_unwind(AssertUnwindSafe(|| process_record(payload, shape, seq)))
+                .unwrap_or_else(|_| Err(BadKind::CorruptImage("decoder panicked".to_string()))),
+            Err(kind) => Err(kind),
+        };
+        if results
+            .send(Processed {
+                seq,
+                origin: record.origin,
+                sample,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+impl Loader {
+    /// The next batch; None at the end of a pass (never for endless streams); an error when
+    /// bad records exceed the allowed share.
+    pub fn next_batch(&mut self) -> Result<Option<Batch>, DataError> {
+        let plane = 3 * self.image_size * self.image_size;
+        let mut images = Vec::with_capacity(self.batch_size * plane);
+        let mut tokens = Vec::with_capacity(self.batch_size * self.context_length);
+        let mut labels = Vec::with_capacity(self.batch_size);
+        let mut all_labelled = true;
+        let mut n = 0;
+        while n < self.batch_size {
+            let Some(processed) = self.next_processed() else {
+                break;
+            };
+            match processed.sample {
+                Ok(sample) => {
+                    images.extend_from_slice(&sample.image);
+                    tokens.extend_from_slice(&sample.tokens);
+                    all_labelled &= sample.label.is_some();
+                    labels.push(sample.label.unwrap_or(0));
+                    self.stats.samples += 1;
+                    self.stats
+                        .record_caption(sample.caption_tokens, self.context_length);
+                    n += 1;
+                }
+                Err(kind) => self.stats.record_bad(&processed.origin, &kind),
+            }
+        }
+        self.check_bad_fraction()?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Batch {
+            images,
+            tokens,
+            labels: all_labelled.then_some(labels),
+            n,
+        }))
+    }
+
+    /// The next record in stream order, waiting for workers as needed.
+    fn next_processed(&mut self) -> Option<Processed> {
+        loop {
+            if let Some(processed) = self.reorder.remove(&self.next_seq) {
+                self.next_seq += 1;
+                return Some(processed);
+            }
+            if self.finished {
+                // A record lost to a dead worker would leave a gap: skip to what arrived.
+                let (&seq, _) = self.reorder.iter().next()?;
+                self.next_seq = seq;
+                continue;
+            }
+            let waited = Instant::now();
+            let received = self.results.as_ref().map(Receiver::recv);
+            self.stats.wait_seconds += waited.elapsed().as_secs_f64();
+            match received {
+                Some(Ok(processed)) => {
+                    self.reorder.insert(processed.seq, processed);
+                }
+                _ => self.finished = true,
+            }
+        }
+    }
+
+    fn check_bad_fraction(&self) -> Result<(), DataError> {
+        let seen = self.stats.samples + self.stats.bad;
+        let decided = self.finished || seen >= BAD_CHECK_MIN_RECORDS;
+        if decided && self.stats.bad as f64 > self.max_bad_fraction * seen as f64 {
+            return Err(DataError::TooManyBad {
+                bad: self.stats.bad,
+                seen,
+                max_fraction: self.max_bad_fraction,
+                first_offenders: self.stats.first_offenders.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> &DataStats {
+        &self.stats
+    }
+
+    /// Records in one pass when known (sizes.json, image folders, built-in val/test); this
+    /// counts bad records too.
+    pub fn num_samples(&self) -> Option<u64> {
+        self.num_samples
+    }
+
+    /// Class names for labelled sources (image folders, built-in dataset), indexed by label.
+    pub fn class_names(&self) -> Option<&[String]> {
+        self.class_names.as_deref()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the result queue stops the workers, whose exit stops the reader.
+        self.results = None;
+        self.reorder.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}

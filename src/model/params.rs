@@ -41,6 +41,7 @@ pub struct ParamStore {
     /// Flat length, padding included.
     pub total: usize,
     pub values: Storage,
+    backend: Backend,
     index: HashMap<String, usize>,
 }
 
@@ -61,12 +62,12 @@ impl ParamStore {
         let (offsets, total) = layout(&specs);
         assert_eq!(flat.len(), total, "flat parameter length");
         let index = specs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
-        ParamStore { values: backend.upload(flat), specs, offsets, total, index }
+        ParamStore { values: backend.upload(flat), backend: backend.clone(), specs, offsets, total, index }
     }
 
     /// A store of zeros with the same layout (gradients, moments).
     pub fn zeros_like(&self, backend: &Backend) -> ParamStore {
-        ParamStore { values: backend.zeros(self.total), ..self.clone() }
+        ParamStore { values: backend.zeros(self.total), backend: backend.clone(), ..self.clone() }
     }
 
     pub fn position(&self, name: &str) -> Option<usize> {
@@ -106,13 +107,27 @@ impl ParamStore {
     /// Adds every parameter to `g` as a leaf that needs a gradient; graph shapes are at least
     /// 1-D (`logit_scale` becomes `[1]`).
     pub fn bind(&self, g: &mut Graph) -> BoundParams {
+        self.bind_with(g, true)
+    }
+
+    /// Adds the parameters without gradients (evaluation: nothing goes on the tape).
+    pub fn bind_frozen(&self, g: &mut Graph) -> BoundParams {
+        self.bind_with(g, false)
+    }
+
+    fn bind_with(&self, g: &mut Graph, requires_grad: bool) -> BoundParams {
         let tensors = (0..self.len())
             .map(|i| {
                 let shape = if self.specs[i].shape.is_empty() { vec![1] } else { self.specs[i].shape.clone() };
-                g.from_storage(self.storage(i), &shape, true).expect("parameter storage matches its shape")
+                g.from_storage(self.storage(i), &shape, requires_grad).expect("parameter storage matches its shape")
             })
             .collect();
         BoundParams { tensors, index: self.index.clone() }
+    }
+
+    /// The backend the values live on (a CPU store has no device handle: CPU).
+    pub fn values_backend(&self) -> Backend {
+        self.backend.clone()
     }
 
     /// Copies the values to the host, in layout order (padding included).

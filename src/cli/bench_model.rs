@@ -1,0 +1,190 @@
+//! `clusterclip bench tower` and `bench step`: images/s of the image and text towers'
+//! forward+backward, and of whole training steps by masking strategy, after warm-up, medians
+//! of repeated runs, waiting for the device.
+
+use std::time::Instant;
+
+use crate::data::shapes;
+use crate::graph::{Backend, Graph};
+use crate::masking::{ClusterMaskConfig, MaskRng};
+use crate::model::{Clip, ClipConfig, ClipInputs, text, vision};
+use crate::train::mask_step::{MaskStrategy, compute_mask};
+use crate::train::{AdamWConfig, Trainer};
+
+use super::{CliResult, GpuArgs};
+
+#[derive(clap::Args)]
+pub struct TowerArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Patches kept per image (the masked image tower); all when absent.
+    #[arg(long)]
+    pub keep: Option<usize>,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+#[derive(clap::Args)]
+pub struct StepArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// none, random or cluster.
+    #[arg(long, default_value = "cluster")]
+    pub mask: String,
+    #[arg(long, default_value_t = 0.5)]
+    pub mask_ratio: f64,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+/// Matmul FLOPs of one tower's forward on `tokens` tokens per sequence (the GEMMs dominate).
+fn tower_forward_flops(batch: usize, tokens: usize, width: usize, layers: usize) -> f64 {
+    let (b, t, w) = (batch as f64, tokens as f64, width as f64);
+    layers as f64 * b * (24.0 * t * w * w + 4.0 * t * t * w)
+}
+
+/// Builtin-shapes images and captions: realistic structure for cluster masking.
+pub fn synthetic_batch(config: &ClipConfig, batch: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+    let size = config.vision.image_size;
+    let tokenizer = crate::data::tokenizer::Tokenizer::shared();
+    let mut images = vec![0f32; batch * 3 * size * size];
+    let mut tokens = Vec::with_capacity(batch * config.text.context_length);
+    for i in 0..batch {
+        let sample = shapes::train_sample(seed, i as u64, size);
+        let view = crate::data::image_ops::RgbView { rgb: &sample.rgb, width: size, height: size };
+        crate::data::image_ops::eval_transform(view, size, &mut images[i * 3 * size * size..(i + 1) * 3 * size * size]);
+        tokens.extend(tokenizer.encode(&sample.caption, config.text.context_length, config.text.vocab_size));
+    }
+    (images, tokens)
+}
+
+pub fn run_tower(args: TowerArgs) -> CliResult {
+    let config = ClipConfig::preset(&args.preset)?;
+    let gpu = crate::gpu::Gpu::new(&args.gpu.options()?)?;
+    let backend = Backend::Gpu(gpu.clone());
+    let clip = Clip::new(config.clone(), &backend, 0)?;
+    let (images, tokens) = synthetic_batch(&config, args.batch_size, 0);
+    let v = &config.vision;
+    let patches = v.patches();
+    let keep = args.keep.unwrap_or(patches).min(patches);
+    let kept: Vec<u32> = (0..args.batch_size).flat_map(|_| 0..keep as u32).collect();
+    let image_pass = || -> Result<(), Box<dyn std::error::Error>> {
+        let mut g = Graph::new(backend.clone());
+        let params = clip.params.bind(&mut g);
+        let x = g.constant(&images, &[args.batch_size, 3, v.image_size, v.image_size])?;
+        let t = vision::embed(&mut g, &params, v, x)?;
+        let f = vision::encode(&mut g, &params, v, t, args.keep.map(|_| kept.as_slice()))?;
+        let ones = vec![1.0; g.numel(f)];
+        g.backward_from(f, &ones)?;
+        Ok(())
+    };
+    let text_pass = || -> Result<(), Box<dyn std::error::Error>> {
+        let mut g = Graph::new(backend.clone());
+        let params = clip.params.bind(&mut g);
+        let f = text::encode(&mut g, &params, &config.text, &tokens)?;
+        let ones = vec![1.0; g.numel(f)];
+        g.backward_from(f, &ones)?;
+        Ok(())
+    };
+    let time = |pass: &dyn Fn() -> Result<(), Box<dyn std::error::Error>>| -> Result<f64, Box<dyn std::error::Error>> {
+        pass()?;
+        gpu.sync();
+        let mut runs = Vec::new();
+        for _ in 0..args.repeats.max(1) {
+            let start = Instant::now();
+            pass()?;
+            gpu.sync();
+            runs.push(start.elapsed().as_secs_f64());
+        }
+        Ok(median(runs))
+    };
+    let image_s = time(&image_pass)?;
+    let text_s = time(&text_pass)?;
+    let image_flops = 3.0 * tower_forward_flops(args.batch_size, keep + 1, v.width, v.layers);
+    let text_flops = 3.0 * tower_forward_flops(args.batch_size, config.text.context_length, config.text.width, config.text.layers);
+    let b = args.batch_size as f64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "preset": args.preset, "batch_size": args.batch_size, "kept_patches": keep,
+                "adapter": gpu.info.name, "backend": format!("{:?}", gpu.info.backend),
+                "image": {"seconds": image_s, "images_per_s": b / image_s, "gflops": image_flops / image_s / 1e9},
+                "text": {"seconds": text_s, "texts_per_s": b / text_s, "gflops": text_flops / text_s / 1e9},
+            })
+        );
+    } else {
+        println!("{} on {}: batch {}, {keep} of {patches} patches kept", args.preset, gpu.describe(), args.batch_size);
+        println!("  image tower fwd+bwd: {:.1} ms, {:.1} images/s, {:.1} GFLOP/s", image_s * 1e3, b / image_s, image_flops / image_s / 1e9);
+        println!("  text tower  fwd+bwd: {:.1} ms, {:.1} texts/s, {:.1} GFLOP/s", text_s * 1e3, b / text_s, text_flops / text_s / 1e9);
+    }
+    Ok(())
+}
+
+pub fn parse_strategy(mask: &str, mask_ratio: f64) -> Result<MaskStrategy, String> {
+    match mask {
+        "none" => Ok(MaskStrategy::None),
+        "random" => Ok(MaskStrategy::Random { mask_ratio }),
+        "cluster" => Ok(MaskStrategy::Cluster(ClusterMaskConfig::default())),
+        "cluster-embed" => Ok(MaskStrategy::ClusterEmbed(ClusterMaskConfig::default())),
+        other => Err(format!("--mask: unknown strategy '{other}' (none, random, cluster, cluster-embed)")),
+    }
+}
+
+pub fn run_step(args: StepArgs) -> CliResult {
+    let config = ClipConfig::preset(&args.preset)?;
+    let strategy = parse_strategy(&args.mask, args.mask_ratio)?;
+    let gpu = crate::gpu::Gpu::new(&args.gpu.options()?)?;
+    let backend = Backend::Gpu(gpu.clone());
+    let clip = Clip::new(config.clone(), &backend, 0)?;
+    let (images, tokens) = synthetic_batch(&config, args.batch_size, 0);
+    let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
+    let mut ratios = Vec::new();
+    let mut step = |i: u32| -> Result<f64, Box<dyn std::error::Error>> {
+        let start = Instant::now();
+        let mask = compute_mask(&trainer.clip, &backend, &strategy, &images, args.batch_size, MaskRng::new(0, i), 0.5)?;
+        ratios.push(mask.as_ref().map_or(0.0, |m| m.mask_ratio as f64));
+        let inputs = ClipInputs { images: &images, tokens: &tokens, batch: args.batch_size, kept: mask.as_ref().map(|m| m.kept.as_slice()) };
+        trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?;
+        gpu.sync();
+        Ok(start.elapsed().as_secs_f64())
+    };
+    step(0)?;
+    let runs: Vec<f64> = (1..=args.repeats.max(1) as u32).map(&mut step).collect::<Result<_, _>>()?;
+    let seconds = median(runs);
+    let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    let per_s = args.batch_size as f64 / seconds;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "preset": args.preset, "batch_size": args.batch_size, "mask": args.mask,
+                "adapter": gpu.info.name, "backend": format!("{:?}", gpu.info.backend),
+                "seconds_per_step": seconds, "images_per_s": per_s, "mask_ratio": ratio,
+            })
+        );
+    } else {
+        println!(
+            "{} batch {} mask {} on {}: {:.3} s/step, {:.1} images/s, realised mask ratio {:.3}",
+            args.preset, args.batch_size, args.mask, gpu.describe(), seconds, per_s, ratio
+        );
+    }
+    Ok(())
+}

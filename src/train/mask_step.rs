@@ -1,0 +1,112 @@
+//! The mask of one training step (M3, M4): which patches each image keeps. Cluster masking runs
+//! on the GPU on the GPU backend (its CPU twin on the CPU backend); only the batch keep count
+//! and the kept indices come back to the host, in one read. Random masking is N·L hashes of a
+//! counter-based generator, cheaper on the host than a device round trip, and bit-identical to
+//! its GPU kernel (tests/masking*.rs).
+
+use crate::graph::{Backend, Graph};
+use crate::masking::{
+    ClusterMaskConfig, GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures, cluster_mask,
+    cluster_mask_gpu, embedding_features, patch_features, random_mask,
+};
+use crate::model::{Clip, vision};
+
+/// How patches are dropped before the image encoder.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MaskStrategy {
+    /// Plain CLIP (M4 baseline).
+    None,
+    /// FLIP: a fixed ratio of random patches (M4).
+    Random { mask_ratio: f64 },
+    /// Cluster masking on raw-pixel similarity (M3.1–M3.4).
+    Cluster(ClusterMaskConfig),
+    /// Cluster masking mixing in patch-embedding similarity by training progress (M3.7).
+    ClusterEmbed(ClusterMaskConfig),
+}
+
+impl MaskStrategy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            MaskStrategy::None => "none",
+            MaskStrategy::Random { .. } => "random",
+            MaskStrategy::Cluster(_) => "cluster",
+            MaskStrategy::ClusterEmbed(_) => "cluster-embed",
+        }
+    }
+}
+
+/// The kept patches of one batch of normalised images [batch, 3, S, S]; `None` keeps all.
+/// `progress` in [0, 1] weighs the embedding similarity of `ClusterEmbed` (M3.7).
+pub fn compute_mask(
+    clip: &Clip,
+    backend: &Backend,
+    strategy: &MaskStrategy,
+    images: &[f32],
+    batch: usize,
+    rng: MaskRng,
+    progress: f32,
+) -> Result<Option<MaskResult>, MaskError> {
+    let v = &clip.config.vision;
+    let (size, patch, patches) = (v.image_size, v.patch_size, v.patches());
+    let config = match strategy {
+        MaskStrategy::None => return Ok(None),
+        MaskStrategy::Random { mask_ratio } => return random_mask(batch, patches, *mask_ratio, rng).map(Some),
+        MaskStrategy::Cluster(config) | MaskStrategy::ClusterEmbed(config) => config,
+    };
+    let embed = matches!(strategy, MaskStrategy::ClusterEmbed(_));
+    // Patch embeddings + positions, detached (M3.7): a frozen forward of the embedding.
+    let tokens = if embed {
+        let mut g = Graph::new(backend.clone());
+        let params = clip.params.bind_frozen(&mut g);
+        let x = g.constant(images, &[batch, 3, size, size]).map_err(|e| MaskError::Shape(e.to_string()))?;
+        let t = vision::embed(&mut g, &params, v, x).map_err(|e| MaskError::Shape(e.to_string()))?;
+        Some(g.storage(t).clone())
+    } else {
+        None
+    };
+    match backend {
+        Backend::Gpu(gpu) => {
+            let pixels = gpu.upload_f32(images);
+            let gpu_images = GpuImages { pixels: &pixels, images: batch, height: size, width: size, patch };
+            let embedding = tokens.as_ref().map(|t| GpuEmbedding {
+                tokens: t.gpu(),
+                tokens_per_image: patches + 1,
+                first_patch: 1,
+                dim: v.width,
+                weight: progress,
+            });
+            let mask = cluster_mask_gpu(gpu, &gpu_images, embedding.as_ref(), config, rng)?;
+            let read = gpu
+                .read_many_u32(&[&mask.keep_count, &mask.kept])
+                .map_err(|e| MaskError::Shape(e.to_string()))?;
+            let keep_count = read[0][0] as usize;
+            let kept = read[1][..batch * keep_count].to_vec();
+            Ok(Some(MaskResult {
+                patches,
+                keep_count,
+                kept,
+                anchors: vec![Vec::new(); batch],
+                masked: vec![Vec::new(); batch],
+                mask_ratio: 1.0 - keep_count as f32 / patches as f32,
+            }))
+        }
+        Backend::Cpu => {
+            let pixels = patch_features(images, batch, size, size, patch);
+            let mut features = PatchFeatures::new(&pixels, batch, patches)?;
+            let embedded;
+            if let Some(tokens) = &tokens {
+                // Drop the class token: patch j is token 1 + j.
+                let all = tokens.cpu();
+                let rows: Vec<f32> = all
+                    .chunks(v.width)
+                    .enumerate()
+                    .filter(|(i, _)| i % (patches + 1) != 0)
+                    .flat_map(|(_, row)| row.iter().copied())
+                    .collect();
+                embedded = embedding_features(&rows, v.width);
+                features = features.with_embedding(&embedded, progress)?;
+            }
+            cluster_mask(&features, config, rng).map(Some)
+        }
+    }
+}

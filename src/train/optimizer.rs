@@ -1,0 +1,240 @@
+//! AdamW over the flat parameter buffer with OpenCLIP's decay rule (M2), gradient gathering
+//! and accumulation, global-norm gradient clipping, and the logit_scale clamp (M1).
+//! Shaders: `shaders/adamw.wgsl`, `shaders/grad_flat.wgsl`. The CPU twin follows each step.
+
+use std::sync::Arc;
+
+use crate::graph::{Backend, Graph, Storage};
+use crate::model::config::LOGIT_SCALE_MAX;
+use crate::model::params::{BoundParams, ParamStore};
+
+/// AdamW settings (M2's defaults: β 0.9/0.98, ε 1e-6, weight decay 0.2).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// Clip gradients to this global L2 norm (`--grad-clip-norm`).
+    pub grad_clip_norm: Option<f32>,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: 0.2, grad_clip_norm: None }
+    }
+}
+
+/// A contiguous stretch of the flat layout with one decay setting. Padding between
+/// parameters holds zeros in parameters and gradients, so AdamW leaves it at zero.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    offset: usize,
+    len: usize,
+    decay: bool,
+}
+
+/// Gradients and both Adam moments in the parameters' flat layout.
+pub struct Optimizer {
+    pub config: AdamWConfig,
+    pub grads: ParamStore,
+    pub moment1: ParamStore,
+    pub moment2: ParamStore,
+    /// Optimizer steps taken (t of the bias corrections).
+    pub steps: u64,
+    runs: Vec<Run>,
+    logit_scale_offset: Option<usize>,
+    /// First-pass sums of the gradient norm, and [norm, clip coefficient].
+    norm_partial: Storage,
+    clip: Storage,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AdamParams {
+    offset: u32,
+    len: u32,
+    lr: f32,
+    weight_decay: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+    correction1: f32,
+    correction2: f32,
+    use_clip: u32,
+    lo: f32,
+    hi: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FlatParams {
+    offset: u32,
+    len: u32,
+    max_norm: f32,
+    parts: u32,
+}
+
+/// Workgroups of the first pass of the gradient norm.
+const NORM_PARTS: usize = 256;
+
+impl Optimizer {
+    pub fn new(params: &ParamStore, backend: &Backend, config: AdamWConfig) -> Optimizer {
+        let mut runs: Vec<Run> = Vec::new();
+        for (spec, &offset) in params.specs.iter().zip(&params.offsets) {
+            let decay = spec.decays();
+            let end = offset + spec.numel().next_multiple_of(crate::model::params::ALIGN_WORDS);
+            match runs.last_mut() {
+                Some(run) if run.decay == decay && run.offset + run.len == offset => run.len = end - run.offset,
+                _ => runs.push(Run { offset, len: end - offset, decay }),
+            }
+        }
+        let logit_scale_offset = params.position("logit_scale").map(|i| params.offsets[i]);
+        Optimizer {
+            grads: params.zeros_like(backend),
+            moment1: params.zeros_like(backend),
+            moment2: params.zeros_like(backend),
+            norm_partial: backend.zeros(NORM_PARTS),
+            clip: backend.zeros(2),
+            config,
+            steps: 0,
+            runs,
+            logit_scale_offset,
+        }
+    }
+
+    /// Copies (or, with `accumulate`, adds) the graph's parameter gradients into the flat
+    /// gradient buffer; a parameter the loss did not reach gets zeros.
+    pub fn gather_grads(&mut self, g: &Graph, bound: &BoundParams, accumulate: bool) {
+        let backend = g.backend.clone();
+        match &backend {
+            Backend::Cpu => {
+                let flat = cpu_flat_mut(&mut self.grads.values);
+                for (i, tensor) in bound.tensors.iter().enumerate() {
+                    let offset = self.grads.offsets[i];
+                    let len = self.grads.specs[i].numel();
+                    let dst = &mut flat[offset..offset + len];
+                    match g.grad(*tensor) {
+                        Some(grad) => {
+                            for (d, s) in dst.iter_mut().zip(grad.cpu()) {
+                                *d = if accumulate { *d + s } else { *s };
+                            }
+                        }
+                        None if !accumulate => dst.fill(0.0),
+                        None => {}
+                    }
+                }
+            }
+            Backend::Gpu(gpu) => {
+                let shader = crate::shader!("grad_flat");
+                let kernel = gpu.kernel(&shader, if accumulate { "accumulate" } else { "store" });
+                let flat = self.grads.values.gpu();
+                for (i, tensor) in bound.tensors.iter().enumerate() {
+                    let offset = self.grads.offsets[i];
+                    let len = self.grads.specs[i].numel();
+                    let piece = match g.grad(*tensor) {
+                        Some(grad) => grad.clone(),
+                        None if accumulate => continue,
+                        None => backend.zeros(len),
+                    };
+                    let params = FlatParams { offset: offset as u32, len: len as u32, max_norm: 0.0, parts: 0 };
+                    gpu.dispatch_linear(&kernel, &params, &[flat, piece.gpu()], len);
+                }
+            }
+        }
+    }
+
+    /// Multiplies the flat gradients by `factor` (averaging accumulated micro-batches).
+    pub fn scale_grads(&mut self, backend: &Backend, factor: f32) {
+        if factor == 1.0 {
+            return;
+        }
+        match backend {
+            Backend::Cpu => cpu_flat_mut(&mut self.grads.values).iter_mut().for_each(|x| *x *= factor),
+            Backend::Gpu(gpu) => {
+                let kernel = gpu.kernel(&crate::shader!("grad_flat"), "scale");
+                let len = self.grads.total;
+                let params = FlatParams { offset: 0, len: len as u32, max_norm: factor, parts: 0 };
+                gpu.dispatch_linear(&kernel, &params, &[self.grads.values.gpu()], len);
+            }
+        }
+    }
+
+    /// One AdamW step at learning rate `lr` on `params`, then the logit_scale clamp.
+    pub fn step(&mut self, params: &mut ParamStore, backend: &Backend, lr: f32) {
+        self.steps += 1;
+        let t = self.steps as i32;
+        let c = &self.config;
+        let correction1 = 1.0 - (c.beta1 as f64).powi(t);
+        let correction2 = 1.0 - (c.beta2 as f64).powi(t);
+        match backend {
+            Backend::Cpu => {
+                let clip = c.grad_clip_norm.map(|max| {
+                    let norm = self.grads.values.cpu().iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+                    (max as f64 / (norm + 1e-6)).min(1.0) as f32
+                });
+                let grads = self.grads.values.cpu().to_vec();
+                let p = cpu_flat_mut(&mut params.values);
+                let m = cpu_flat_mut(&mut self.moment1.values);
+                let v = cpu_flat_mut(&mut self.moment2.values);
+                for run in &self.runs {
+                    let wd = if run.decay { c.weight_decay } else { 0.0 };
+                    for i in run.offset..run.offset + run.len {
+                        let g = grads[i] * clip.unwrap_or(1.0);
+                        p[i] -= lr * wd * p[i];
+                        m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g;
+                        v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g * g;
+                        let denom = v[i].sqrt() / (correction2 as f32).sqrt() + c.eps;
+                        p[i] -= (lr / correction1 as f32) * m[i] / denom;
+                    }
+                }
+                if let Some(at) = self.logit_scale_offset {
+                    p[at] = p[at].clamp(0.0, LOGIT_SCALE_MAX);
+                }
+            }
+            Backend::Gpu(gpu) => {
+                if let Some(max_norm) = c.grad_clip_norm {
+                    let shader = crate::shader!("grad_flat");
+                    let (partial, result) = (self.norm_partial.gpu(), self.clip.gpu());
+                    let params = FlatParams { offset: 0, len: self.grads.total as u32, max_norm, parts: NORM_PARTS as u32 };
+                    let flat = self.grads.values.gpu();
+                    gpu.dispatch(&gpu.kernel(&shader, "norm_partial"), &params, &[flat, flat, partial], [NORM_PARTS as u32, 1, 1]);
+                    gpu.dispatch(&gpu.kernel(&shader, "norm_final"), &params, &[flat, flat, partial, result], [1, 1, 1]);
+                }
+                let shader = crate::shader!("adamw");
+                let kernel = gpu.kernel(&shader, "adamw");
+                let p = params.values.gpu();
+                for run in &self.runs {
+                    let adam = AdamParams {
+                        offset: run.offset as u32,
+                        len: run.len as u32,
+                        lr,
+                        weight_decay: if run.decay { c.weight_decay } else { 0.0 },
+                        beta1: c.beta1,
+                        beta2: c.beta2,
+                        eps: c.eps,
+                        correction1: correction1 as f32,
+                        correction2: correction2 as f32,
+                        use_clip: u32::from(c.grad_clip_norm.is_some()),
+                        lo: 0.0,
+                        hi: 0.0,
+                    };
+                    let buffers = [p, self.grads.values.gpu(), self.moment1.values.gpu(), self.moment2.values.gpu(), self.clip.gpu()];
+                    gpu.dispatch_linear(&kernel, &adam, &buffers, run.len);
+                }
+                if let Some(at) = self.logit_scale_offset {
+                    let clamp = AdamParams { offset: at as u32, len: 1, lo: 0.0, hi: LOGIT_SCALE_MAX, ..bytemuck::Zeroable::zeroed() };
+                    gpu.dispatch(&gpu.kernel(&shader, "clamp_value"), &clamp, &[p], [1, 1, 1]);
+                }
+            }
+        }
+    }
+}
+
+/// Mutable access to CPU flat storage (copy-on-write if a graph still shares it).
+fn cpu_flat_mut(storage: &mut Storage) -> &mut Vec<f32> {
+    match storage {
+        Storage::Cpu(values) => Arc::make_mut(values),
+        Storage::Gpu(_) => panic!("CPU optimizer on GPU storage"),
+    }
+}

@@ -8,3 +8,30 @@ pub mod tokenize;
 
 /// Errors reach the user as one line.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The adapter flags every GPU subcommand shares; they override `CLUSTERCLIP_BACKEND` /
+/// `CLUSTERCLIP_ADAPTER`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct GpuArgs {
+    /// auto, vulkan, metal, dx12 or gl (default: CLUSTERCLIP_BACKEND, else auto).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Case-insensitive substring of the adapter name (default: CLUSTERCLIP_ADAPTER).
+    #[arg(long)]
+    pub adapter: Option<String>,
+}
+
+impl GpuArgs {
+    /// The environment's options with these flags applied on top.
+    pub fn options(&self) -> Result<crate::gpu::GpuOptions, String> {
+        let mut options = crate::gpu::GpuOptions::from_env()?;
+        if let Some(text) = &self.backend {
+            options.backend =
+                crate::gpu::BackendChoice::parse(text).map_err(|e| format!("--backend: {e}"))?;
+        }
+        if let Some(name) = &self.adapter {
+            options.adapter = Some(name.clone());
+        }
+        Ok(options)
+    }
+}

@@ -549,3 +549,40 @@ fn eval_transform_matches_pillow_bicubic() {
     }
     assert!(worst <= 1.01, "differs from Pillow by {worst} / 255");
 }
+
+#[test]
+fn builtin_shapes_route_through_the_loader() {
+    let mut cfg = config("builtin:shapes-val");
+    cfg.batch_size = 8;
+    let mut loader = open_loader(&cfg).unwrap();
+    assert_eq!(
+        loader.num_samples(),
+        Some(clusterclip::data::shapes::VAL_SIZE as u64)
+    );
+    let classes = clusterclip::data::shapes::zeroshot_classes();
+    assert_eq!(loader.class_names().unwrap(), classes.as_slice());
+    let batch = loader.next_batch().unwrap().unwrap();
+    assert_eq!(batch.n, 8);
+    for i in 0..8 {
+        let sample = clusterclip::data::shapes::val_sample(i as u64, SIZE);
+        let mut image = vec![0f32; 3 * SIZE * SIZE];
+        normalise_rgb(&sample.rgb, SIZE, &mut image);
+        let plane = 3 * SIZE * SIZE;
+        assert_eq!(&batch.images[i * plane..(i + 1) * plane], image.as_slice());
+        let tokens = Tokenizer::shared().encode(&sample.caption, CONTEXT, 49_408);
+        assert_eq!(
+            &batch.tokens[i * CONTEXT..(i + 1) * CONTEXT],
+            tokens.as_slice()
+        );
+        assert_eq!(batch.labels.as_ref().unwrap()[i], sample.label);
+    }
+    let mut train = config("builtin:shapes");
+    train.train = true;
+    train.seed = 5;
+    let mut loader = open_loader(&train).unwrap();
+    let first = loader.next_batch().unwrap().unwrap();
+    let sample = clusterclip::data::shapes::train_sample(5, 0, SIZE);
+    let tokens = Tokenizer::shared().encode(&sample.caption, CONTEXT, 49_408);
+    assert_eq!(&first.tokens[..CONTEXT], tokens.as_slice());
+    assert_eq!(loader.num_samples(), None, "the training stream is endless");
+}

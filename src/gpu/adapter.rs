@@ -91,6 +91,7 @@ fn instance(backends: wgpu::Backends) -> wgpu::Instance {
 }
 
 /// Real GPUs first, then virtual ones, then CPU (software) adapters; GL after the others.
+#[cfg(not(target_arch = "wasm32"))]
 fn rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     let device = match info.device_type {
         wgpu::DeviceType::DiscreteGpu => 0,

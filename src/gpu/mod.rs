@@ -15,7 +15,9 @@ mod buffer;
 mod kernel;
 mod recorder;
 
-pub use adapter::{AdapterSummary, BackendChoice, GpuOptions, adapter_summaries};
+#[cfg(not(target_arch = "wasm32"))]
+pub use adapter::adapter_summaries;
+pub use adapter::{AdapterSummary, BackendChoice, GpuOptions};
 pub use buffer::GpuBuf;
 pub use kernel::{Kernel, Shader, validate_wgsl};
 

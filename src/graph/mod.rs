@@ -296,11 +296,6 @@ impl Graph {
         }
         out
     }
-
-    /// An output that no gradient flows through (e.g. argmax, index arithmetic).
-    pub(crate) fn push_value(&mut self, value: Storage, shape: Vec<usize>, dtype: DType) -> Tensor {
-        self.add_node(value, shape, dtype, false)
-    }
 }
 
 fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<(), ShapeError> {

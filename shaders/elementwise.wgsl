@@ -1,11 +1,15 @@
 // Elementwise arithmetic and the row sum that reverses broadcasting.
-// out[i] = a[i] + b[i % b_len]: b is either as long as a or broadcast over a's leading dims.
+// b is either as long as a or broadcast over a's leading dims: b[i % b_len].
 
 struct Params {
     len: u32,
     b_len: u32,
     rows: u32,
     cols: u32,
+    factor: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -19,6 +23,7 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
 
+// out[i] = a[i] + b[i % b_len]
 @compute @workgroup_size(WG)
 fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_index(wid, nwg, lid);
@@ -26,6 +31,26 @@ fn add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         return;
     }
     out[i] = a[i] + b[i % params.b_len];
+}
+
+// out[i] = a[i] * b[i % b_len]
+@compute @workgroup_size(WG)
+fn mul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.len {
+        return;
+    }
+    out[i] = a[i] * b[i % params.b_len];
+}
+
+// out[i] = factor * a[i]
+@compute @workgroup_size(WG)
+fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.len {
+        return;
+    }
+    out[i] = params.factor * a[i];
 }
 
 // out[col] = sum over rows of a[row, col]; one invocation per column (columns are contiguous

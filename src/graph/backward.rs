@@ -14,6 +14,11 @@ pub enum Op {
     Matmul(ops::matmul::MatmulOp),
     Add(ops::elementwise::AddOp),
     Reshape(Tensor),
+    Patchify(ops::patches::PatchifyOp),
+    PrependRow(ops::patches::PrependRowOp),
+    Mul(ops::elementwise::MulOp),
+    Scale(ops::elementwise::ScaleOp),
+    Reduce(ops::reduce::ReduceOp),
 }
 
 impl Graph {
@@ -53,6 +58,11 @@ impl Graph {
                 Op::Matmul(op) => ops::matmul::backward(self, op, &grad),
                 Op::Add(op) => ops::elementwise::add_backward(self, op, &grad),
                 Op::Reshape(input) => self.accumulate(*input, grad),
+                Op::Patchify(op) => ops::patches::patchify_backward(self, op, &grad),
+                Op::PrependRow(op) => ops::patches::prepend_row_backward(self, op, &grad),
+                Op::Mul(op) => ops::elementwise::mul_backward(self, op, &grad),
+                Op::Scale(op) => ops::elementwise::scale_backward(self, op, &grad),
+                Op::Reduce(op) => ops::reduce::backward(self, op, &grad),
             }
             // An intermediate's gradient is dead once its producer has consumed it.
             if !self.nodes[out.0].keep_grad {

@@ -1,10 +1,11 @@
-//! Elementwise add (with broadcasting of a trailing-shape operand) and the row sum that
-//! reverses that broadcast. Shader: `shaders/elementwise.wgsl`.
+//! Elementwise add and multiply (with broadcasting of a trailing-shape operand), scaling by a
+//! constant, the row sum that reverses a broadcast, and reshape (the identity on storage).
+//! Shader: `shaders/elementwise.wgsl`.
 
 use std::sync::Arc;
 
 use crate::gpu::Gpu;
-use crate::graph::{Backend, Graph, Op, OpResult, Storage, Tensor, shape_error};
+use crate::graph::{Backend, DType, Graph, Op, OpResult, Storage, Tensor, shape_error};
 
 #[derive(Clone, Debug)]
 pub struct AddOp {
@@ -14,28 +15,93 @@ pub struct AddOp {
     pub broadcast_rows: usize,
 }
 
+#[derive(Clone, Debug)]
+pub struct MulOp {
+    pub a: Tensor,
+    pub b: Tensor,
+    /// b's shape is a suffix of a's: b is repeated over a's leading dimensions.
+    pub broadcast_rows: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScaleOp {
+    pub a: Tensor,
+    pub factor: f32,
+}
+
+/// Rows of `a` that `b` repeats over, or an error naming `op` and both shapes.
+fn broadcast_rows(
+    g: &Graph,
+    op: &'static str,
+    a: Tensor,
+    b: Tensor,
+) -> Result<usize, crate::graph::ShapeError> {
+    let (sa, sb) = (g.shape(a), g.shape(b));
+    if sb.len() > sa.len() || sa[sa.len() - sb.len()..] != sb[..] {
+        return Err(shape_error(
+            op,
+            format!("b {sb:?} is neither a's shape {sa:?} nor a suffix of it"),
+        ));
+    }
+    Ok(g.numel(a) / g.numel(b).max(1))
+}
+
 impl Graph {
     /// `a + b`, where `b` has `a`'s shape or a suffix of it (e.g. a bias or positions).
     pub fn add(&mut self, a: Tensor, b: Tensor) -> OpResult {
-        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
-        if sb.len() > sa.len() || sa[sa.len() - sb.len()..] != sb[..] {
+        let rows = broadcast_rows(self, "add", a, b)?;
+        let value = add_storage(&self.backend, self.storage(a), self.storage(b));
+        let op = Op::Add(AddOp {
+            a,
+            b,
+            broadcast_rows: rows,
+        });
+        Ok(self.push_op(value, self.shape(a).to_vec(), &[a, b], op))
+    }
+
+    /// `a * b` elementwise, where `b` has `a`'s shape or a suffix of it (e.g. a LayerNorm gain).
+    pub fn mul(&mut self, a: Tensor, b: Tensor) -> OpResult {
+        let rows = broadcast_rows(self, "mul", a, b)?;
+        let value = mul_storage(&self.backend, self.storage(a), self.storage(b));
+        let op = Op::Mul(MulOp {
+            a,
+            b,
+            broadcast_rows: rows,
+        });
+        Ok(self.push_op(value, self.shape(a).to_vec(), &[a, b], op))
+    }
+
+    /// `factor · a`.
+    pub fn scale(&mut self, a: Tensor, factor: f32) -> OpResult {
+        let value = scale_storage(&self.backend, self.storage(a), factor);
+        let op = Op::Scale(ScaleOp { a, factor });
+        Ok(self.push_op(value, self.shape(a).to_vec(), &[a], op))
+    }
+
+    /// The same values with another shape of equal size; shares `a`'s storage (no copy).
+    /// Index tensors are not reshaped (gather takes indices of any shape).
+    pub fn reshape(&mut self, a: Tensor, shape: &[usize]) -> OpResult {
+        let from = self.shape(a);
+        if shape.iter().product::<usize>() != self.numel(a) {
             return Err(shape_error(
-                "add",
-                format!("b {sb:?} is neither a's shape {sa:?} nor a suffix of it"),
+                "reshape",
+                format!(
+                    "{from:?} ({} values) cannot become {shape:?} ({} values)",
+                    self.numel(a),
+                    shape.iter().product::<usize>()
+                ),
             ));
         }
-        let rows = self.numel(a) / self.numel(b).max(1);
-        let value = add_storage(&self.backend, self.storage(a), self.storage(b));
-        Ok(self.push_op(
-            value,
-            sa,
-            &[a, b],
-            Op::Add(AddOp {
-                a,
-                b,
-                broadcast_rows: rows,
-            }),
-        ))
+        if self.dtype(a) == DType::U32 {
+            return Err(shape_error(
+                "reshape",
+                format!(
+                    "index tensor {from:?} -> {shape:?}: create indices with the shape you need"
+                ),
+            ));
+        }
+        let value = self.storage(a).clone();
+        Ok(self.push_op(value, shape.to_vec(), &[a], Op::Reshape(a)))
     }
 }
 
@@ -52,6 +118,31 @@ pub fn add_backward(g: &mut Graph, op: &AddOp, grad: &Storage) {
     }
 }
 
+/// d a = dy · b (broadcast), d b = Σ over the broadcast rows of dy · a.
+pub fn mul_backward(g: &mut Graph, op: &MulOp, grad: &Storage) {
+    let backend = g.backend.clone();
+    if g.requires_grad(op.a) {
+        let da = mul_storage(&backend, grad, g.storage(op.b));
+        g.accumulate(op.a, da);
+    }
+    if g.requires_grad(op.b) {
+        let prod = mul_storage(&backend, grad, g.storage(op.a));
+        let db = if op.broadcast_rows == 1 {
+            prod
+        } else {
+            sum_rows(&backend, &prod, op.broadcast_rows, g.numel(op.b))
+        };
+        g.accumulate(op.b, db);
+    }
+}
+
+pub fn scale_backward(g: &mut Graph, op: &ScaleOp, grad: &Storage) {
+    if g.requires_grad(op.a) {
+        let da = scale_storage(&g.backend, grad, op.factor);
+        g.accumulate(op.a, da);
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
@@ -59,28 +150,65 @@ struct Params {
     b_len: u32,
     rows: u32,
     cols: u32,
+    factor: f32,
+    _pad: [u32; 3],
+}
+
+impl Params {
+    fn linear(len: usize, b_len: usize, factor: f32) -> Self {
+        Params {
+            len: len as u32,
+            b_len: b_len.max(1) as u32,
+            rows: 0,
+            cols: 0,
+            factor,
+            _pad: [0; 3],
+        }
+    }
 }
 
 fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
     gpu.kernel(&crate::shader!("elementwise"), entry)
 }
 
+/// `a ∘ b` with `b` repeated to `a`'s length, by the shader's `entry` (`add` or `mul`).
+fn binary(gpu: &Gpu, entry: &str, a: &Storage, b: &Storage) -> Storage {
+    let out = gpu.alloc(a.len());
+    gpu.dispatch_linear(
+        &kernel(gpu, entry),
+        &Params::linear(a.len(), b.len(), 0.0),
+        &[a.gpu(), b.gpu(), &out],
+        a.len(),
+    );
+    Storage::Gpu(out)
+}
+
 /// `a + b` with `b` repeated to `a`'s length.
 pub fn add_storage(backend: &Backend, a: &Storage, b: &Storage) -> Storage {
     match backend {
         Backend::Cpu => Storage::Cpu(Arc::new(cpu::add(a.cpu(), b.cpu()))),
+        Backend::Gpu(gpu) => binary(gpu, "add", a, b),
+    }
+}
+
+/// `a * b` with `b` repeated to `a`'s length.
+pub fn mul_storage(backend: &Backend, a: &Storage, b: &Storage) -> Storage {
+    match backend {
+        Backend::Cpu => Storage::Cpu(Arc::new(cpu::mul(a.cpu(), b.cpu()))),
+        Backend::Gpu(gpu) => binary(gpu, "mul", a, b),
+    }
+}
+
+/// `factor · a`.
+pub fn scale_storage(backend: &Backend, a: &Storage, factor: f32) -> Storage {
+    match backend {
+        Backend::Cpu => Storage::Cpu(Arc::new(cpu::scale(a.cpu(), factor))),
         Backend::Gpu(gpu) => {
             let out = gpu.alloc(a.len());
-            let params = Params {
-                len: a.len() as u32,
-                b_len: b.len().max(1) as u32,
-                rows: 0,
-                cols: 0,
-            };
             gpu.dispatch_linear(
-                &kernel(gpu, "add"),
-                &params,
-                &[a.gpu(), b.gpu(), &out],
+                &kernel(gpu, "scale"),
+                &Params::linear(a.len(), 1, factor),
+                &[a.gpu(), a.gpu(), &out],
                 a.len(),
             );
             Storage::Gpu(out)
@@ -95,10 +223,9 @@ pub fn sum_rows(backend: &Backend, x: &Storage, rows: usize, cols: usize) -> Sto
         Backend::Gpu(gpu) => {
             let out = gpu.alloc(cols);
             let params = Params {
-                len: 0,
-                b_len: 1,
                 rows: rows as u32,
                 cols: cols as u32,
+                ..Params::linear(0, 1, 0.0)
             };
             gpu.dispatch_linear(
                 &kernel(gpu, "sum_rows"),
@@ -118,6 +245,17 @@ pub mod cpu {
             .enumerate()
             .map(|(i, x)| x + b[i % b.len()])
             .collect()
+    }
+
+    pub fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
+        a.iter()
+            .enumerate()
+            .map(|(i, x)| x * b[i % b.len()])
+            .collect()
+    }
+
+    pub fn scale(a: &[f32], factor: f32) -> Vec<f32> {
+        a.iter().map(|x| factor * x).collect()
     }
 
     pub fn sum_rows(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {

@@ -3,3 +3,5 @@
 
 pub mod elementwise;
 pub mod matmul;
+pub mod patches;
+pub mod reduce;

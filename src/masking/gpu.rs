@@ -5,7 +5,7 @@
 use super::MaskResult;
 use super::config::{ClusterMaskConfig, MaskError, check_ratio, random_keep_count};
 use super::rng::MaskRng;
-use crate::gpu::{Gpu, GpuBuf, GpuError, MAX_GROUPS_PER_DIM, Shader, linear_grid};
+use crate::gpu::{Gpu, GpuBuf, GpuError, MAX_GROUPS_PER_DIM, Shader};
 
 /// Largest patch count L the selection kernels hold in workgroup memory (`MAX_PATCHES` in the
 /// shader; `tests/masking_gpu.rs` checks the two agree).
@@ -205,36 +205,30 @@ pub fn cluster_mask_gpu(
     };
     let shader = shader();
     let refs = buffers.refs();
-    let per_image = [n as u32, 1, 1];
-    gpu.dispatch(
-        &gpu.kernel(&shader, "patch_features"),
-        &params,
-        &refs,
-        linear_grid(n * l, 1),
-    );
+    let per_patch = |entry: &str| {
+        gpu.dispatch_linear(&gpu.kernel(&shader, entry), &params, &refs, n * l);
+    };
+    let per_image = |entry: &str| {
+        gpu.dispatch(
+            &gpu.kernel(&shader, entry),
+            &params,
+            &refs,
+            [n as u32, 1, 1],
+        );
+    };
+    per_patch("patch_features");
     if embedding.is_some() {
-        let kernel = gpu.kernel(&shader, "embedding_features");
-        gpu.dispatch(&kernel, &params, &refs, linear_grid(n * l, 1));
+        per_patch("embedding_features");
     }
-    gpu.dispatch(
-        &gpu.kernel(&shader, "select_anchors"),
-        &params,
-        &refs,
-        per_image,
-    );
-    gpu.dispatch_linear(&gpu.kernel(&shader, "cluster_flags"), &params, &refs, n * l);
+    per_image("select_anchors");
+    per_patch("cluster_flags");
     gpu.dispatch(
         &gpu.kernel(&shader, "keep_count"),
         &params,
         &refs,
         [1, 1, 1],
     );
-    gpu.dispatch(
-        &gpu.kernel(&shader, "select_kept"),
-        &params,
-        &refs,
-        per_image,
-    );
+    per_image("select_kept");
     let [_, _, _, _, anchors, masked, keep_count, kept] = buffers.list;
     Ok(GpuMask {
         images: n,

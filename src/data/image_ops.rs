@@ -255,41 +255,47 @@ fn resample_normalise(
         .unwrap_or(0);
     // Horizontal pass over the source rows the window needs: [row][column][channel].
     let mut horizontal = vec![0f32; (row_hi - row_lo) * size * 3];
+    let mut src = vec![0f32; image.width * 3];
     for y in row_lo..row_hi {
-        let src = &image.rgb[y * image.width * 3..(y + 1) * image.width * 3];
+        let bytes = &image.rgb[y * image.width * 3..(y + 1) * image.width * 3];
+        src.iter_mut().zip(bytes).for_each(|(f, &b)| *f = b as f32);
         let dst = &mut horizontal[(y - row_lo) * size * 3..(y - row_lo + 1) * size * 3];
-        for (x, taps) in columns.iter().enumerate() {
+        for (taps, out_pixel) in columns.iter().zip(dst.chunks_exact_mut(3)) {
+            let pixels = &src[taps.first * 3..(taps.first + taps.weights.len()) * 3];
             let mut acc = [0f32; 3];
-            for (k, &w) in taps.weights.iter().enumerate() {
-                let p = &src[(taps.first + k) * 3..(taps.first + k) * 3 + 3];
-                acc[0] += w * p[0] as f32;
-                acc[1] += w * p[1] as f32;
-                acc[2] += w * p[2] as f32;
-            }
-            dst[x * 3..x * 3 + 3].copy_from_slice(&acc.map(to_byte_value));
-        }
-    }
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * CLIP_STD[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| CLIP_MEAN[c] / CLIP_STD[c]);
-    for (y, taps) in rows.iter().enumerate() {
-        for x in 0..size {
-            let mut acc = [0f32; 3];
-            for (k, &w) in taps.weights.iter().enumerate() {
-                let p = &horizontal[((taps.first + k - row_lo) * size + x) * 3..][..3];
+            for (&w, p) in taps.weights.iter().zip(pixels.chunks_exact(3)) {
                 acc[0] += w * p[0];
                 acc[1] += w * p[1];
                 acc[2] += w * p[2];
             }
+            out_pixel.copy_from_slice(&acc.map(to_byte_value));
+        }
+    }
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * CLIP_STD[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| CLIP_MEAN[c] / CLIP_STD[c]);
+    // Vertical pass a whole row at a time, so the inner loop is contiguous and vectorises.
+    let row_len = size * 3;
+    let mut acc = vec![0f32; row_len];
+    for (y, taps) in rows.iter().enumerate() {
+        acc.fill(0.0);
+        for (k, &w) in taps.weights.iter().enumerate() {
+            let row = taps.first + k - row_lo;
+            let src = &horizontal[row * row_len..(row + 1) * row_len];
+            for (a, &v) in acc.iter_mut().zip(src) {
+                *a += w * v;
+            }
+        }
+        for (x, pixel) in acc.chunks_exact(3).enumerate() {
             for c in 0..3 {
-                out[c * plane + y * size + x] = to_byte_value(acc[c]) * scale[c] - shift[c];
+                out[c * plane + y * size + x] = to_byte_value(pixel[c]) * scale[c] - shift[c];
             }
         }
     }
 }
 
-/// A resampled value as PIL stores it: rounded and clamped to a byte.
+/// A resampled value as PIL stores it: clamped to a byte, rounded half up.
 fn to_byte_value(value: f32) -> f32 {
-    value.round().clamp(0.0, 255.0)
+    ((value.clamp(0.0, 255.0) + 0.5) as u32) as f32
 }
 
 /// Normalises an HWC RGB image that already has the model's size, into CHW `out`.

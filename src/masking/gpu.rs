@@ -242,13 +242,15 @@ pub fn cluster_mask_gpu(
 }
 
 impl GpuMask {
-    /// Reads the mask back (submits the step's encoder).
+    /// Reads the mask back (submits the step's encoder once).
     pub fn read(&self, gpu: &Gpu) -> Result<MaskResult, GpuError> {
         let (n, l) = (self.images, self.patches);
-        let keep_count = gpu.read_u32(&self.keep_count)?[0] as usize;
-        let kept = gpu.read_u32(&self.kept)?[..n * keep_count].to_vec();
-        let anchors = gpu.read_u32(&self.anchors)?;
-        let flags = gpu.read_u32(&self.masked)?;
+        let [keep_count, kept, anchors, flags]: [Vec<u32>; 4] = gpu
+            .read_many_u32(&[&self.keep_count, &self.kept, &self.anchors, &self.masked])?
+            .try_into()
+            .expect("one vector per buffer read");
+        let keep_count = keep_count[0] as usize;
+        let kept = kept[..n * keep_count].to_vec();
         let anchors = (0..n)
             .map(|i| anchors[i * self.anchor_count..(i + 1) * self.anchor_count].to_vec())
             .collect();

@@ -158,3 +158,83 @@ fn reductions_give_the_right_shapes_and_values() {
         "{err}"
     );
 }
+
+#[test]
+fn gather_and_scatter_rows_gpu_match_cpu_and_gradcheck() {
+    let mut rng = Rng::new(13);
+    // 300 vocabulary rows of [3, 5]; 2×150 lookups with many repeats and one index past the end.
+    let (rows, n) = (300usize, 300usize);
+    let mut ids: Vec<u32> = (0..n).map(|_| rng.below(40) * 7).collect();
+    ids[17] = rows as u32 + 5;
+    let ids_gather = ids.clone();
+    let inputs = vec![(rng.vec(rows * 15), vec![rows, 3, 5])];
+    // Gather copies exactly; its gradient sums up to ~10 repeats per row in a different order.
+    compare_backends(
+        "gather_rows",
+        &inputs,
+        |g, v| {
+            let idx = g.indices(&ids_gather, &[2, n / 2]).unwrap();
+            let out = g.gather_rows(v[0], idx).unwrap();
+            assert_eq!(g.shape(out), [2, n / 2, 3, 5]);
+            out
+        },
+        1e-5,
+    );
+    let ids_scatter = ids.clone();
+    let inputs = vec![(rng.vec(n * 15), vec![n, 15])];
+    compare_backends(
+        "scatter_add_rows",
+        &inputs,
+        |g, v| {
+            let idx = g.indices(&ids_scatter, &[n]).unwrap();
+            g.scatter_add_rows(v[0], idx, rows).unwrap()
+        },
+        1e-5,
+    );
+    let small: Vec<u32> = vec![2, 0, 2, 9, 1, 2];
+    let inputs = vec![(rng.vec(4 * 3), vec![4, 3])];
+    gradcheck(
+        "gather_rows",
+        &inputs,
+        |g, v| {
+            let idx = g.indices(&small, &[6]).unwrap();
+            g.gather_rows(v[0], idx).unwrap()
+        },
+        1e-2,
+    );
+    let inputs = vec![(rng.vec(6 * 3), vec![6, 3])];
+    gradcheck(
+        "scatter_add_rows",
+        &inputs,
+        |g, v| {
+            let idx = g.indices(&small, &[6]).unwrap();
+            g.scatter_add_rows(v[0], idx, 4).unwrap()
+        },
+        1e-2,
+    );
+}
+
+#[test]
+fn gather_and_scatter_values_and_errors() {
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let src = g
+            .variable(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[3, 2])
+            .unwrap();
+        let idx = g.indices(&[2, 0, 2, 7], &[4]).unwrap();
+        let out = g.gather_rows(src, idx).unwrap();
+        assert_eq!(g.to_vec(out), [5.0, 6.0, 1.0, 2.0, 5.0, 6.0, 0.0, 0.0]);
+        let back = g.scatter_add_rows(out, idx, 3).unwrap();
+        assert_eq!(g.to_vec(back), [1.0, 2.0, 0.0, 0.0, 10.0, 12.0]);
+        let err = g.gather_rows(src, src).unwrap_err().to_string();
+        assert!(
+            err.starts_with("gather_rows:") && err.contains("[3, 2]"),
+            "{err}"
+        );
+        let idx3 = g.indices(&[0, 1, 2], &[3]).unwrap();
+        let err = g.scatter_add_rows(out, idx3, 3).unwrap_err().to_string();
+        assert!(
+            err.starts_with("scatter_add_rows:") && err.contains("[3]") && err.contains("[4, 2]"),
+            "{err}"
+        );
+    }
+}

@@ -19,6 +19,9 @@ pub enum Op {
     Mul(ops::elementwise::MulOp),
     Scale(ops::elementwise::ScaleOp),
     Reduce(ops::reduce::ReduceOp),
+    GatherRows(ops::gather::GatherRowsOp),
+    ScatterAddRows(ops::gather::ScatterAddRowsOp),
+    Softmax(ops::softmax::SoftmaxOp),
 }
 
 impl Graph {
@@ -63,6 +66,9 @@ impl Graph {
                 Op::Mul(op) => ops::elementwise::mul_backward(self, op, &grad),
                 Op::Scale(op) => ops::elementwise::scale_backward(self, op, &grad),
                 Op::Reduce(op) => ops::reduce::backward(self, op, &grad),
+                Op::GatherRows(op) => ops::gather::gather_rows_backward(self, op, &grad),
+                Op::ScatterAddRows(op) => ops::gather::scatter_add_rows_backward(self, op, &grad),
+                Op::Softmax(op) => ops::softmax::backward(self, op, &grad),
             }
             // An intermediate's gradient is dead once its producer has consumed it.
             if !self.nodes[out.0].keep_grad {

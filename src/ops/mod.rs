@@ -2,6 +2,8 @@
 //! of its WGSL file, its backward, and its plain-Rust CPU reference (`cpu` submodule).
 
 pub mod elementwise;
+pub mod gather;
 pub mod matmul;
 pub mod patches;
 pub mod reduce;
+pub mod softmax;

@@ -1,0 +1,123 @@
+// Row gather (embedding lookup, kept-token selection) and its reverse, a row scatter-add.
+// Rows are `cols` contiguous values. An index at or past `rows` reads zeros / is skipped.
+// The scatter-add needs no float atomics: a CSR of the index list (count with u32 atomics,
+// scan, fill) lets one invocation own each (destination row, column) and sum its segment.
+
+struct Params {
+    // number of indices
+    n: u32,
+    // rows of the gathered-from / scattered-into tensor
+    rows: u32,
+    cols: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> idx: array<u32>;
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+// [rows]: indices per destination row, counted up then back down by the fill.
+@group(0) @binding(4) var<storage, read_write> counts: array<atomic<u32>>;
+// [rows + 1]: start of each destination row's segment in `order`.
+@group(0) @binding(5) var<storage, read_write> offsets: array<u32>;
+// [n]: positions of the index list grouped by destination row.
+@group(0) @binding(6) var<storage, read_write> order: array<u32>;
+
+const WG: u32 = 256u;
+
+var<workgroup> lane_totals: array<u32, WG>;
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+// out[i, c] = src[idx[i], c]; one invocation per output element.
+@compute @workgroup_size(WG)
+fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_index(wid, nwg, lid);
+    if e >= params.n * params.cols {
+        return;
+    }
+    let row = idx[e / params.cols];
+    if row >= params.rows {
+        out[e] = 0.0;
+        return;
+    }
+    out[e] = src[row * params.cols + e % params.cols];
+}
+
+// counts[r] = #{i : idx[i] == r}; `counts` starts zeroed.
+@compute @workgroup_size(WG)
+fn csr_count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.n {
+        return;
+    }
+    let row = idx[i];
+    if row < params.rows {
+        atomicAdd(&counts[row], 1u);
+    }
+}
+
+// offsets = exclusive prefix sum of counts (one workgroup: each lane scans a contiguous chunk).
+@compute @workgroup_size(WG)
+fn csr_scan(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let chunk = (params.rows + WG - 1u) / WG;
+    let begin = min(lid.x * chunk, params.rows);
+    let end = min(begin + chunk, params.rows);
+    var total = 0u;
+    for (var r = begin; r < end; r++) {
+        total += atomicLoad(&counts[r]);
+    }
+    lane_totals[lid.x] = total;
+    workgroupBarrier();
+    // Hillis-Steele inclusive scan of the lane totals.
+    for (var step = 1u; step < WG; step *= 2u) {
+        var add = 0u;
+        if lid.x >= step {
+            add = lane_totals[lid.x - step];
+        }
+        workgroupBarrier();
+        lane_totals[lid.x] += add;
+        workgroupBarrier();
+    }
+    var running = lane_totals[lid.x] - total;
+    for (var r = begin; r < end; r++) {
+        offsets[r] = running;
+        running += atomicLoad(&counts[r]);
+    }
+    if lid.x == WG - 1u {
+        offsets[params.rows] = lane_totals[WG - 1u];
+    }
+}
+
+// order[offsets[r] + slot] = i for each i with idx[i] == r (slot order is arbitrary).
+@compute @workgroup_size(WG)
+fn csr_fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.n {
+        return;
+    }
+    let row = idx[i];
+    if row < params.rows {
+        let slot = atomicSub(&counts[row], 1u) - 1u;
+        order[offsets[row] + slot] = i;
+    }
+}
+
+// out[r, c] = Σ over the segment of row r of src[i, c]; one invocation per output element.
+@compute @workgroup_size(WG)
+fn segment_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_index(wid, nwg, lid);
+    if e >= params.rows * params.cols {
+        return;
+    }
+    let r = e / params.cols;
+    let c = e % params.cols;
+    let end = min(offsets[r + 1u], params.n);
+    var acc = 0.0;
+    for (var p = offsets[r]; p < end; p++) {
+        acc += src[order[p] * params.cols + c];
+    }
+    out[e] = acc;
+}

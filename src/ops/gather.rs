@@ -1,0 +1,238 @@
+//! Row gather (embedding lookup, kept-token selection, pooling) and row scatter-add (its
+//! backward, and an op of its own). An index at or past the row count gathers zeros and
+//! scatters nowhere, on both backends. Shader: `shaders/gather.wgsl`.
+
+use std::sync::Arc;
+
+use crate::gpu::Gpu;
+use crate::graph::{Backend, DType, Graph, Op, OpResult, ShapeError, Storage, Tensor, shape_error};
+
+/// `out = src[idx]` row-wise.
+#[derive(Clone, Debug)]
+pub struct GatherRowsOp {
+    pub src: Tensor,
+    pub idx: Tensor,
+    /// Rows of `src`.
+    pub rows: usize,
+    /// Values per row.
+    pub cols: usize,
+}
+
+/// `out[idx[i]] += src[i]` row-wise into `rows` rows.
+#[derive(Clone, Debug)]
+pub struct ScatterAddRowsOp {
+    pub src: Tensor,
+    pub idx: Tensor,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+fn check_indices(g: &Graph, op: &'static str, src: Tensor, idx: Tensor) -> Result<(), ShapeError> {
+    if g.dtype(idx) != DType::U32 {
+        return Err(shape_error(
+            op,
+            format!(
+                "idx {:?} must be an index tensor (Graph::indices), src {:?}",
+                g.shape(idx),
+                g.shape(src)
+            ),
+        ));
+    }
+    if g.dtype(src) != DType::F32 {
+        return Err(shape_error(
+            op,
+            format!("src {:?} must hold f32 values", g.shape(src)),
+        ));
+    }
+    Ok(())
+}
+
+impl Graph {
+    /// src [R, ...rest], idx u32 [n...] -> [n..., ...rest]. Rows may repeat (an embedding
+    /// lookup); the backward scatter-adds into src.
+    pub fn gather_rows(&mut self, src: Tensor, idx: Tensor) -> OpResult {
+        check_indices(self, "gather_rows", src, idx)?;
+        let (ss, si) = (self.shape(src).to_vec(), self.shape(idx).to_vec());
+        if ss.is_empty() {
+            return Err(shape_error(
+                "gather_rows",
+                format!("src {ss:?} has no rows, idx {si:?}"),
+            ));
+        }
+        let (rows, cols) = (ss[0], ss[1..].iter().product::<usize>());
+        let mut shape = si;
+        shape.extend_from_slice(&ss[1..]);
+        let value = gather_storage(
+            &self.backend,
+            self.storage(src),
+            self.storage(idx),
+            rows,
+            cols,
+        );
+        let op = Op::GatherRows(GatherRowsOp {
+            src,
+            idx,
+            rows,
+            cols,
+        });
+        Ok(self.push_op(value, shape, &[src], op))
+    }
+
+    /// src [n..., ...rest], idx u32 [n...] (a prefix of src's shape) -> [rows, ...rest] with
+    /// out[idx[i]] += src[i].
+    pub fn scatter_add_rows(&mut self, src: Tensor, idx: Tensor, rows: usize) -> OpResult {
+        check_indices(self, "scatter_add_rows", src, idx)?;
+        let (ss, si) = (self.shape(src).to_vec(), self.shape(idx).to_vec());
+        if si.len() > ss.len() || ss[..si.len()] != si[..] {
+            return Err(shape_error(
+                "scatter_add_rows",
+                format!("idx {si:?} is not a prefix of src {ss:?}"),
+            ));
+        }
+        let cols = ss[si.len()..].iter().product::<usize>();
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&ss[si.len()..]);
+        let value = scatter_add_storage(
+            &self.backend,
+            self.storage(src),
+            self.storage(idx),
+            rows,
+            cols,
+        );
+        let op = Op::ScatterAddRows(ScatterAddRowsOp {
+            src,
+            idx,
+            rows,
+            cols,
+        });
+        Ok(self.push_op(value, shape, &[src], op))
+    }
+}
+
+pub fn gather_rows_backward(g: &mut Graph, op: &GatherRowsOp, grad: &Storage) {
+    if g.requires_grad(op.src) {
+        let ds = scatter_add_storage(&g.backend, grad, g.storage(op.idx), op.rows, op.cols);
+        g.accumulate(op.src, ds);
+    }
+}
+
+pub fn scatter_add_rows_backward(g: &mut Graph, op: &ScatterAddRowsOp, grad: &Storage) {
+    if g.requires_grad(op.src) {
+        let ds = gather_storage(&g.backend, grad, g.storage(op.idx), op.rows, op.cols);
+        g.accumulate(op.src, ds);
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    rows: u32,
+    cols: u32,
+    _pad: u32,
+}
+
+fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
+    gpu.kernel(&crate::shader!("gather"), entry)
+}
+
+/// src [rows, cols] gathered by idx [n] -> [n, cols].
+pub fn gather_storage(
+    backend: &Backend,
+    src: &Storage,
+    idx: &Storage,
+    rows: usize,
+    cols: usize,
+) -> Storage {
+    match backend {
+        Backend::Cpu => Storage::Cpu(Arc::new(cpu::gather_rows(
+            src.cpu(),
+            idx.cpu_u32(),
+            rows,
+            cols,
+        ))),
+        Backend::Gpu(gpu) => {
+            let n = idx.len();
+            let out = gpu.alloc(n * cols);
+            let params = Params {
+                n: n as u32,
+                rows: rows as u32,
+                cols: cols as u32,
+                _pad: 0,
+            };
+            gpu.dispatch_linear(
+                &kernel(gpu, "gather_rows"),
+                &params,
+                &[idx.gpu(), src.gpu(), &out],
+                n * cols,
+            );
+            Storage::Gpu(out)
+        }
+    }
+}
+
+/// src [n, cols] scatter-added by idx [n] into [rows, cols].
+pub fn scatter_add_storage(
+    backend: &Backend,
+    src: &Storage,
+    idx: &Storage,
+    rows: usize,
+    cols: usize,
+) -> Storage {
+    match backend {
+        Backend::Cpu => Storage::Cpu(Arc::new(cpu::scatter_add_rows(
+            src.cpu(),
+            idx.cpu_u32(),
+            rows,
+            cols,
+        ))),
+        Backend::Gpu(gpu) => {
+            let n = idx.len();
+            let out = gpu.alloc(rows * cols);
+            let counts = gpu.zeros(rows);
+            let offsets = gpu.alloc(rows + 1);
+            let order = gpu.alloc(n.max(1));
+            let params = Params {
+                n: n as u32,
+                rows: rows as u32,
+                cols: cols as u32,
+                _pad: 0,
+            };
+            let (idx, src) = (idx.gpu(), src.gpu());
+            let buffers = [idx, src, &out, &counts, &offsets, &order];
+            gpu.dispatch_linear(&kernel(gpu, "csr_count"), &params, &buffers, n);
+            gpu.dispatch(&kernel(gpu, "csr_scan"), &params, &buffers, [1, 1, 1]);
+            gpu.dispatch_linear(&kernel(gpu, "csr_fill"), &params, &buffers, n);
+            gpu.dispatch_linear(&kernel(gpu, "segment_sum"), &params, &buffers, rows * cols);
+            Storage::Gpu(out)
+        }
+    }
+}
+
+/// Plain-Rust references.
+pub mod cpu {
+    pub fn gather_rows(src: &[f32], idx: &[u32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut out = vec![0f32; idx.len() * cols];
+        for (i, &r) in idx.iter().enumerate() {
+            if (r as usize) < rows {
+                let r = r as usize;
+                out[i * cols..(i + 1) * cols].copy_from_slice(&src[r * cols..(r + 1) * cols]);
+            }
+        }
+        out
+    }
+
+    /// f64 accumulation per destination element.
+    pub fn scatter_add_rows(src: &[f32], idx: &[u32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut acc = vec![0f64; rows * cols];
+        for (i, &r) in idx.iter().enumerate() {
+            if (r as usize) < rows {
+                let r = r as usize;
+                for c in 0..cols {
+                    acc[r * cols + c] += src[i * cols + c] as f64;
+                }
+            }
+        }
+        acc.into_iter().map(|x| x as f32).collect()
+    }
+}

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::data::loader::LoaderConfig;
+use crate::data::spec::{DatasetType, resolve_spec};
 use crate::graph::Backend;
 use crate::masking::{ClusterMaskConfig, MaskRng, PatchFeatures, calibrate_threshold, check_ratio, patch_features};
 use crate::model::{Clip, ClipConfig, ClipInputs};
@@ -171,7 +172,19 @@ impl TrainConfig {
         if self.resume == Some(ResumeFrom::Latest) && self.name.is_none() {
             return Err("--resume latest needs --name (the run whose checkpoints to resume)".into());
         }
-        self.model.validate().map_err(|e| format!("--model: {e}"))
+        self.model.validate().map_err(|e| format!("--model: {e}"))?;
+        // Specs are resolved up front, so one that matches nothing fails before anything starts.
+        resolve_spec(&self.train_data, DatasetType::Auto).map_err(|e| format!("--train-data: {e}"))?;
+        if let Some(spec) = &self.val_data {
+            resolve_spec(spec, DatasetType::Auto).map_err(|e| format!("--val-data: {e}"))?;
+        }
+        match &self.zeroshot_data {
+            Some(spec) if spec != BUILTIN_ZEROSHOT => {
+                resolve_spec(spec, DatasetType::Auto).map_err(|e| format!("--zeroshot-data: {e}"))?;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The run folder name (OpenCLIP's default when `--name` is absent).

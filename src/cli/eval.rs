@@ -19,10 +19,10 @@ pub struct EvalArgs {
     /// A training checkpoint or a safetensors file of OpenCLIP weights (then give --model).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// builtin:shapes-zeroshot or imagefolder:DIR for zeroshot; builtin:shapes-test, shards or a CSV
-    /// for retrieval.
-    #[arg(long, default_value = BUILTIN_ZEROSHOT)]
-    pub data: String,
+    /// builtin:shapes-zeroshot (default) or imagefolder:DIR for zeroshot; builtin:shapes-test
+    /// (default), shards or a CSV for retrieval.
+    #[arg(long)]
+    pub data: Option<String>,
     /// zeroshot or retrieval.
     #[arg(long, default_value = "zeroshot")]
     pub task: String,
@@ -70,13 +70,14 @@ pub fn run(args: EvalArgs) -> CliResult {
         Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
     };
     let clip = checkpoint.model(&backend);
+    let data = args.data.clone().unwrap_or_else(|| if args.task == "zeroshot" { BUILTIN_ZEROSHOT } else { "builtin:shapes-test" }.to_string());
     let (metrics, summary) = if args.task == "zeroshot" {
         let set =
-            zeroshot_set(&args.data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
+            zeroshot_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
         let m = zeroshot_eval(&clip, &set, args.batch_size)?;
         let line = format!(
             "zero-shot on {} ({} images, {} classes, chance {:.1}%): top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
-            args.data,
+            data,
             set.labels.len(),
             set.classes.len(),
             100.0 / set.classes.len() as f64,
@@ -87,7 +88,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         (zeroshot_json(&m), line)
     } else {
         let set =
-            caption_set(&args.data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
+            caption_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
         let (m, loss) = retrieval_eval(&clip, &set, args.batch_size)?;
         let r = |v: [f64; 3]| {
             format!(
@@ -99,7 +100,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         };
         let line = format!(
             "retrieval on {} ({} pairs): image->text R@1/5/10 {}, text->image R@1/5/10 {}, loss {loss:.4}",
-            args.data,
+            data,
             set.n,
             r(m.text_retrieval_recall),
             r(m.image_retrieval_recall)

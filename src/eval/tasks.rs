@@ -58,13 +58,13 @@ pub fn zeroshot_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<Lab
         return Ok(LabelledSet { images, labels, classes: shapes::zeroshot_classes(), templates });
     }
     if spec.starts_with("builtin:") {
-        return Err(format!("--data {spec}: the zero-shot task on built-in data is {BUILTIN_ZEROSHOT}"));
+        return Err(format!("{spec}: the zero-shot task on built-in data is {BUILTIN_ZEROSHOT}"));
     }
     let mut loader = eval_loader(spec, clip, 64)?;
-    let classes = loader.class_names().map(<[String]>::to_vec).ok_or_else(|| format!("--data {spec}: no class labels (zero-shot needs imagefolder:DIR)"))?;
+    let classes = loader.class_names().map(<[String]>::to_vec).ok_or_else(|| format!("{spec}: no class labels (zero-shot needs imagefolder:DIR)"))?;
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     while let Some(batch) = loader.next_batch().map_err(|e| e.to_string())? {
-        let batch_labels = batch.labels.ok_or_else(|| format!("--data {spec}: a batch without labels"))?;
+        let batch_labels = batch.labels.ok_or_else(|| format!("{spec}: a batch without labels"))?;
         images.extend(batch.images);
         labels.extend(batch_labels);
         if limit.is_some_and(|l| labels.len() >= l) {
@@ -76,7 +76,7 @@ pub fn zeroshot_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<Lab
         images.truncate(l * 3 * size * size);
     }
     if labels.is_empty() {
-        return Err(format!("--data {spec}: no images"));
+        return Err(format!("{spec}: no images"));
     }
     let templates = crate::data::prompts::ZERO_SHOT_TEMPLATES.iter().map(|t| t.to_string()).collect();
     Ok(LabelledSet { images, labels, classes, templates })
@@ -118,7 +118,7 @@ pub fn caption_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<Capt
         n = l;
     }
     if n == 0 {
-        return Err(format!("--data {spec}: no samples"));
+        return Err(format!("{spec}: no samples"));
     }
     Ok(CaptionSet { images, tokens, n })
 }

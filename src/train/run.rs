@@ -394,6 +394,7 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
     let mut last_checkpoint = resume_path.clone();
     let mut last_metrics = None;
     let mut last_loss = None;
+    let mut last_scale = logit_scale(&trainer.clip);
     let (mut window_start, mut window_steps, mut window_ratio) = (Instant::now(), 0u64, 0.0f64);
     let (mut eval_ratio_sum, mut eval_ratio_steps, mut ratio_sum) = (0.0f64, 0u64, 0.0f64);
     let mut eval_seconds = 0.0;
@@ -432,6 +433,9 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
             state.loss_history.push((state.step, loss));
             last_loss = Some(loss);
         }
+        if read_loss {
+            last_scale = logit_scale(&trainer.clip);
+        }
         let milestone = report.loss.is_some() && (state.step % config.log_every_n_steps == 0 || state.step == stop_at);
         let elapsed = started.elapsed().as_secs_f64() - eval_seconds;
         let per_step = elapsed / (state.step - first_step) as f64;
@@ -446,7 +450,7 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
             (window_steps * config.step_samples()) as f64 / window,
             window_ratio / window_steps as f64,
             lr,
-            if read_loss { logit_scale(&trainer.clip) } else { f32::NAN },
+            last_scale,
             format_duration(per_step * (stop_at - state.step) as f64),
             100.0 * stream.wait_seconds / elapsed.max(1e-9),
         );

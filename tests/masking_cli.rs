@@ -179,7 +179,7 @@ fn bad_input_gives_one_clear_error_line() {
         ),
         (
             vec!["--image".into(), path(&text)],
-            format!("{}: not a readable image", text.display()),
+            format!("{}: image does not decode", text.display()),
         ),
         (
             vec!["--image".into(), path(&tiny)],

@@ -4,14 +4,13 @@
 use std::path::{Path, PathBuf};
 
 use super::CliResult;
+use crate::data::image_ops::{CLIP_MEAN, CLIP_STD, RgbView, eval_transform};
+use crate::data::records::decode_rgb;
 use crate::masking::{
     ClusterMaskConfig, MaskResult, MaskRng, PatchFeatures, calibrate_threshold, check_ratio,
     cluster_mask, patch_features, random_mask,
 };
 
-/// CLIP's per-channel mean and standard deviation of [0, 1] RGB (M2).
-const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 /// Picture: dropped patches keep this fraction of their own colour, the rest is mid-grey.
 const DROPPED_VISIBILITY: f32 = 0.25;
 const GREY: f32 = 128.0;
@@ -87,46 +86,44 @@ pub struct MaskArgs {
     pub json: bool,
 }
 
-/// One image as the model sees it: RGB bytes of the resized crop and its normalised [3, S, S].
+/// One image as the model sees it: the normalised [3, S, S] input and its RGB picture.
 struct Loaded {
     rgb: image::RgbImage,
     normalised: Vec<f32>,
 }
 
-/// Shorter side resized to `size` (bicubic, as OpenCLIP), centre crop, CLIP normalisation.
+/// OpenCLIP's evaluation transform (shorter side resized, centre crop, CLIP normalisation).
 fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> {
     let name = path.display();
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| format!("{name}: cannot read ({e})"))?
-        .with_guessed_format()
-        .map_err(|e| format!("{name}: cannot read ({e})"))?;
-    let decoded = reader
-        .decode()
-        .map_err(|e| format!("{name}: not a readable image ({e})"))?;
-    let (w, h) = (decoded.width() as usize, decoded.height() as usize);
-    if w < patch || h < patch {
+    let bytes = std::fs::read(path).map_err(|e| format!("{name}: cannot read ({e})"))?;
+    let (rgb, width, height) = decode_rgb(&bytes).map_err(|e| format!("{name}: {e}"))?;
+    if width < patch || height < patch {
         return Err(format!(
-            "{name}: {w}x{h} pixels is smaller than one {patch}x{patch} patch"
+            "{name}: {width}x{height} pixels is smaller than one {patch}x{patch} patch"
         ));
     }
-    let scale = size as f64 / w.min(h) as f64;
-    let (rw, rh) = (
-        ((w as f64 * scale).round() as u32).max(size as u32),
-        ((h as f64 * scale).round() as u32).max(size as u32),
+    let mut normalised = vec![0.0f32; 3 * size * size];
+    eval_transform(
+        RgbView {
+            rgb: &rgb,
+            width,
+            height,
+        },
+        size,
+        &mut normalised,
     );
-    let resized = decoded
-        .resize_exact(rw, rh, image::imageops::FilterType::CatmullRom)
-        .into_rgb8();
-    let (left, top) = ((rw - size as u32) / 2, (rh - size as u32) / 2);
-    let rgb = image::imageops::crop_imm(&resized, left, top, size as u32, size as u32).to_image();
     let plane = size * size;
-    let mut normalised = vec![0.0f32; 3 * plane];
-    for (i, pixel) in rgb.pixels().enumerate() {
-        for c in 0..3 {
-            normalised[c * plane + i] = (pixel[c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-        }
-    }
-    Ok(Loaded { rgb, normalised })
+    let picture = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
+        let i = y as usize * size + x as usize;
+        image::Rgb(std::array::from_fn(|c| {
+            let unit = normalised[c * plane + i] * CLIP_STD[c] + CLIP_MEAN[c];
+            (unit * 255.0).round().clamp(0.0, 255.0) as u8
+        }))
+    });
+    Ok(Loaded {
+        rgb: picture,
+        normalised,
+    })
 }
 
 pub fn run(args: MaskArgs) -> CliResult {

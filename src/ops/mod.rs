@@ -3,6 +3,7 @@
 
 pub mod elementwise;
 pub mod gather;
+pub mod layer_norm;
 pub mod matmul;
 pub mod patches;
 pub mod reduce;

@@ -1,0 +1,127 @@
+// LayerNorm over the last axis (M1: pre-norm blocks, ln_pre, ln_post, ln_final), as PyTorch:
+// y = (x - mean) / sqrt(var + eps) · gain + bias with the biased variance.
+// Row kernels run one workgroup per row (the grid folds into y past 65,535 rows); the
+// parameter gradients are column sums in two passes (row chunks here, then elementwise
+// sum_rows), since WGSL has no float atomics.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    // rows per chunk of the parameter-gradient partial sums
+    chunk_rows: u32,
+    eps: f32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> gain: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read> grad: array<f32>;
+// per row: mean, 1/sqrt(var + eps); written by the forward, read by the backward
+@group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> out2: array<f32>;
+
+const WG: u32 = 128u;
+
+var<workgroup> partial: array<f32, WG>;
+
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wid.y * nwg.x + wid.x;
+}
+
+// Sum of `value` over the workgroup's lanes (every lane gets it).
+fn workgroup_sum(lane: u32, value: f32) -> f32 {
+    partial[lane] = value;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if lane < stride {
+            partial[lane] += partial[lane + stride];
+        }
+        workgroupBarrier();
+    }
+    let total = partial[0];
+    workgroupBarrier();
+    return total;
+}
+
+@compute @workgroup_size(WG)
+fn layer_norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = row_index(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let lane = lid.x;
+    let base = row * params.cols;
+    let n = f32(params.cols);
+    var sum = 0.0;
+    for (var c = lane; c < params.cols; c += WG) {
+        sum += x[base + c];
+    }
+    let mean = workgroup_sum(lane, sum) / n;
+    // Two passes (mean, then squared deviations) as PyTorch: no cancellation for large means.
+    var sq = 0.0;
+    for (var c = lane; c < params.cols; c += WG) {
+        let d = x[base + c] - mean;
+        sq += d * d;
+    }
+    let rstd = 1.0 / sqrt(workgroup_sum(lane, sq) / n + params.eps);
+    for (var c = lane; c < params.cols; c += WG) {
+        out[base + c] = (x[base + c] - mean) * rstd * gain[c] + bias[c];
+    }
+    if lane == 0u {
+        stats[2u * row] = mean;
+        stats[2u * row + 1u] = rstd;
+    }
+}
+
+// dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gain, x̂ = (x - mean) · rstd.
+@compute @workgroup_size(WG)
+fn layer_norm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = row_index(wid, nwg);
+    if row >= params.rows {
+        return;
+    }
+    let lane = lid.x;
+    let base = row * params.cols;
+    let n = f32(params.cols);
+    let mean = stats[2u * row];
+    let rstd = stats[2u * row + 1u];
+    var sum_g = 0.0;
+    var sum_gx = 0.0;
+    for (var c = lane; c < params.cols; c += WG) {
+        let g = grad[base + c] * gain[c];
+        sum_g += g;
+        sum_gx += g * (x[base + c] - mean) * rstd;
+    }
+    let mean_g = workgroup_sum(lane, sum_g) / n;
+    let mean_gx = workgroup_sum(lane, sum_gx) / n;
+    for (var c = lane; c < params.cols; c += WG) {
+        let g = grad[base + c] * gain[c];
+        let xhat = (x[base + c] - mean) * rstd;
+        out[base + c] = rstd * (g - mean_g - xhat * mean_gx);
+    }
+}
+
+// Partial column sums over chunk `wid.y` of rows: out = Σ dy · x̂ (gain), out2 = Σ dy (bias),
+// both [chunks, cols]. One invocation per (column, chunk).
+@compute @workgroup_size(WG)
+fn layer_norm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let col = wid.x * WG + lid.x;
+    let chunk = wid.y;
+    if col >= params.cols {
+        return;
+    }
+    let first = chunk * params.chunk_rows;
+    let last = min(first + params.chunk_rows, params.rows);
+    var sum_gain = 0.0;
+    var sum_bias = 0.0;
+    for (var row = first; row < last; row++) {
+        let dy = grad[row * params.cols + col];
+        let xhat = (x[row * params.cols + col] - stats[2u * row]) * stats[2u * row + 1u];
+        sum_gain += dy * xhat;
+        sum_bias += dy;
+    }
+    out[chunk * params.cols + col] = sum_gain;
+    out2[chunk * params.cols + col] = sum_bias;
+}

@@ -1,0 +1,186 @@
+//! The model ops of issue 3 (patchify, class-token prepend, LayerNorm, GELU, L2 normalisation,
+//! multi-head attention): GPU vs the CPU reference on seeded inputs with awkward shapes,
+//! finite-difference gradchecks of the CPU backward, direct formulas, and shape errors.
+
+mod common;
+
+use common::*;
+
+/// Inputs with a [shape] each, from a seeded generator.
+fn random_inputs(seed: u64, shapes: &[Vec<usize>]) -> Vec<(Vec<f32>, Vec<usize>)> {
+    let mut rng = Rng::new(seed);
+    shapes
+        .iter()
+        .map(|s| (rng.vec(s.iter().product()), s.clone()))
+        .collect()
+}
+
+#[test]
+fn patchify_matches_a_hand_indexed_example() {
+    // images [2, 3, 4, 6], value = n·1000 + c·100 + y·10 + x, patch 2: a 2×3 grid of patches.
+    let (n, c, h, w, p) = (2, 3, 4, 6, 2);
+    let mut images = Vec::new();
+    for ni in 0..n {
+        for ci in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    images.push((ni * 1000 + ci * 100 + y * 10 + x) as f32);
+                }
+            }
+        }
+    }
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let t = g.constant(&images, &[n, c, h, w]).unwrap();
+        let out = g.patchify(t, p).unwrap();
+        assert_eq!(g.shape(out), [n, 6, 12]);
+        let got = g.to_vec(out);
+        // Patch (i, j) is row i·3 + j; inside it (channel, row, col) as conv1.weight [w, 3, p, p].
+        let mut want = Vec::new();
+        for ni in 0..n {
+            for i in 0..h / p {
+                for j in 0..w / p {
+                    for ci in 0..c {
+                        for r in 0..p {
+                            for col in 0..p {
+                                let (y, x) = (i * p + r, j * p + col);
+                                want.push((ni * 1000 + ci * 100 + y * 10 + x) as f32);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(got, want, "{}", g.backend.name());
+        // Spot check: image 1, patch (1, 2) = row 5, value (channel 2, row 1, col 0).
+        assert_eq!(got[(6 + 5) * 12 + 2 * 4 + 2], 1000.0 + 200.0 + 30.0 + 4.0);
+    }
+}
+
+#[test]
+fn patchify_gpu_matches_cpu_and_gradchecks() {
+    // 3 images of 2 channels, 10×15 with patch 5 (a 2×3 grid): nothing is a power of two.
+    let inputs = random_inputs(11, &[vec![3, 2, 10, 15]]);
+    // A permutation: exact on both backends (the smallest positive tolerance avoids 0/0).
+    compare_backends(
+        "patchify",
+        &inputs,
+        |g, v| g.patchify(v[0], 5).unwrap(),
+        f32::MIN_POSITIVE,
+    );
+    let small = random_inputs(12, &[vec![1, 3, 4, 4]]);
+    gradcheck(
+        "patchify",
+        &small,
+        |g, v| g.patchify(v[0], 2).unwrap(),
+        1e-3,
+    );
+}
+
+#[test]
+fn prepend_row_puts_the_row_first_and_sums_its_gradient() {
+    let mut g = cpu_graph();
+    let x = g
+        .variable(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], &[2, 2, 2])
+        .unwrap();
+    let row = g.variable(&[-1.0, -2.0], &[2]).unwrap();
+    let out = g.prepend_row(x, row).unwrap();
+    assert_eq!(g.shape(out), [2, 3, 2]);
+    assert_eq!(
+        g.to_vec(out),
+        [
+            -1.0, -2.0, 1.0, 2.0, 3.0, 4.0, -1.0, -2.0, 5.0, 6.0, 7.0, 8.0
+        ]
+    );
+    let upstream: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    g.backward_from(out, &upstream).unwrap();
+    assert_eq!(g.grad_vec(row).unwrap(), [0.0 + 6.0, 1.0 + 7.0]);
+    assert_eq!(
+        g.grad_vec(x).unwrap(),
+        [2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0, 11.0]
+    );
+
+    let inputs = random_inputs(13, &[vec![5, 17, 33], vec![33]]);
+    // Copies and one sum of 5 terms: 1e-6 covers f32 vs f64 summation.
+    compare_backends(
+        "prepend_row",
+        &inputs,
+        |g, v| g.prepend_row(v[0], v[1]).unwrap(),
+        1e-6,
+    );
+    let small = random_inputs(14, &[vec![2, 3, 4], vec![4]]);
+    gradcheck(
+        "prepend_row",
+        &small,
+        |g, v| g.prepend_row(v[0], v[1]).unwrap(),
+        1e-3,
+    );
+}
+
+#[test]
+fn bad_shapes_name_the_op_and_the_shapes() {
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let images = g.variable(&[0.0; 3 * 10 * 12], &[1, 3, 10, 12]).unwrap();
+        let err = g.patchify(images, 4).unwrap_err().to_string();
+        assert!(
+            err.starts_with("patchify:") && err.contains("[1, 3, 10, 12]") && err.contains('4'),
+            "{err}"
+        );
+        let x = g.variable(&[0.0; 24], &[2, 3, 4]).unwrap();
+        let row = g.variable(&[0.0; 5], &[5]).unwrap();
+        let err = g.prepend_row(x, row).unwrap_err().to_string();
+        assert!(
+            err.starts_with("prepend_row:") && err.contains("[2, 3, 4]") && err.contains("[5]"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn layer_norm_matches_the_direct_formula() {
+    // One row: mean 2.5, biased variance 1.25.
+    let x = [1.0f32, 2.0, 3.0, 4.0];
+    let (gain, bias) = ([1.0f32, 2.0, -1.0, 0.5], [0.0f32, 0.1, 0.2, 0.3]);
+    let rstd = 1.0 / (1.25f64 + 1e-5).sqrt();
+    let want: Vec<f32> = (0..4)
+        .map(|i| ((x[i] as f64 - 2.5) * rstd * gain[i] as f64 + bias[i] as f64) as f32)
+        .collect();
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let tx = g.constant(&x, &[1, 4]).unwrap();
+        let tg = g.constant(&gain, &[4]).unwrap();
+        let tb = g.constant(&bias, &[4]).unwrap();
+        let y = g.layer_norm(tx, tg, tb, 1e-5).unwrap();
+        // f32 arithmetic on values of size ~1: a few ulps.
+        assert_close("layer_norm direct", &g.to_vec(y), &want, 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn layer_norm_gpu_matches_cpu_and_gradchecks() {
+    // Widths below, at and above the workgroup (128), rows past a param-gradient chunk (64).
+    for (rows, cols) in [(1, 1), (3, 7), (70, 192), (5, 300), (130, 64)] {
+        let mut inputs = random_inputs(
+            20 + cols as u64,
+            &[vec![rows, cols], vec![cols], vec![cols]],
+        );
+        // A large common offset: the two-pass variance must not cancel.
+        for v in inputs[0].0.iter_mut().take(cols) {
+            *v += 100.0;
+        }
+        // Normalised values are O(1); sums of up to 130 rows in f32 for the parameter
+        // gradients, and the input gradient's cancellation of three O(1) terms: 2e-5.
+        compare_backends(
+            &format!("layer_norm {rows}x{cols}"),
+            &inputs,
+            |g, v| g.layer_norm(v[0], v[1], v[2], 1e-5).unwrap(),
+            2e-5,
+        );
+    }
+    // 3-d input; eps large enough that the finite differences stay smooth.
+    let small = random_inputs(30, &[vec![2, 3, 5], vec![5], vec![5]]);
+    gradcheck(
+        "layer_norm",
+        &small,
+        |g, v| g.layer_norm(v[0], v[1], v[2], 1e-5).unwrap(),
+        1e-2,
+    );
+}

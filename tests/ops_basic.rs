@@ -238,3 +238,62 @@ fn gather_and_scatter_values_and_errors() {
         );
     }
 }
+
+#[test]
+fn softmax_gpu_matches_cpu_and_gradchecks() {
+    let mut rng = Rng::new(14);
+    // Rows shorter and longer than the 64-lane workgroup; causal square blocks of 77 (CLIP's
+    // text context) and 5.
+    for (shape, scale, causal) in [
+        (vec![3, 7], 1.0, false),
+        (vec![2, 4, 77, 77], 0.125, true),
+        (vec![9, 300], 3.0, false),
+        (vec![2, 5, 5], -0.7, true),
+    ] {
+        let inputs = vec![(rng.vec(numel(&shape)), shape.clone())];
+        // exp and sums of up to 300 terms in f32 vs f64: 1e-5 absolute and relative.
+        compare_backends(
+            &format!("softmax {shape:?} scale {scale} causal {causal}"),
+            &inputs,
+            |g, v| g.softmax(v[0], scale, causal).unwrap(),
+            1e-5,
+        );
+    }
+    for causal in [false, true] {
+        let inputs = vec![(rng.vec(2 * 4 * 4), vec![2, 4, 4])];
+        gradcheck(
+            &format!("softmax causal {causal}"),
+            &inputs,
+            |g, v| g.softmax(v[0], 1.7, causal).unwrap(),
+            1e-2,
+        );
+    }
+}
+
+#[test]
+fn softmax_rows_sum_to_one_and_mask_the_future() {
+    let mut rng = Rng::new(15);
+    let t = 6;
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let x = g.variable(&rng.vec(2 * t * t), &[2, t, t]).unwrap();
+        let y = g.to_vec(g.softmax(x, 2.0, true).unwrap());
+        for (r, row) in y.chunks(t).enumerate() {
+            let sum: f32 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-5, "row {r} sums to {sum}");
+            assert!(
+                row[r % t + 1..].iter().all(|&p| p == 0.0),
+                "row {r} sees the future: {row:?}"
+            );
+            assert!(row[..=r % t].iter().all(|&p| p > 0.0), "row {r}: {row:?}");
+        }
+        let err = g.softmax(x, 1.0, true).map(|_| ()).and_then(|_| {
+            let bad = g.variable(&[0.0; 6], &[2, 3]).unwrap();
+            g.softmax(bad, 1.0, true).map(|_| ())
+        });
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.starts_with("softmax:") && err.contains("[2, 3]"),
+            "{err}"
+        );
+    }
+}

@@ -23,6 +23,7 @@ pub enum Op {
     GatherRows(ops::gather::GatherRowsOp),
     ScatterAddRows(ops::gather::ScatterAddRowsOp),
     Softmax(ops::softmax::SoftmaxOp),
+    ContrastiveLoss(ops::contrastive::ContrastiveOp),
 }
 
 impl Graph {
@@ -71,6 +72,7 @@ impl Graph {
                 Op::GatherRows(op) => ops::gather::gather_rows_backward(self, op, &grad),
                 Op::ScatterAddRows(op) => ops::gather::scatter_add_rows_backward(self, op, &grad),
                 Op::Softmax(op) => ops::softmax::backward(self, op, &grad),
+                Op::ContrastiveLoss(op) => ops::contrastive::backward(self, op, &grad),
             }
             // An intermediate's gradient is dead once its producer has consumed it.
             if !self.nodes[out.0].keep_grad {

@@ -1,7 +1,16 @@
-// Batched matrix multiply C[b] = op(A[b]) · op(B[b]) (+ bias), op = optional transpose.
+// Batched matrix multiply C[b] = op(A[b]) · op(B[b]) (+ bias) (+ C[b]), op = optional transpose.
 // A is [M, K] (or [K, M] when transposed), B is [K, N] (or [N, K]), C is [M, N], row-major.
-// Each invocation computes a TILE_M × TILE_N block of C in registers; no workgroup memory
-// (on lavapipe, register blocking beats workgroup-memory tiling; see benches/matmul.rs).
+//
+// Each invocation keeps a TILE × TILE block of C in registers (16 mat4x4 blocks); there is no
+// workgroup memory. Lavapipe runs a workgroup as SIMD over invocations and turns every storage
+// load into a per-invocation scalar loop, so loads, not FMAs, bound the speed: a big register
+// tile and vec4 loads along contiguous memory minimise loads per FMA (see benches/matmul.rs).
+//
+// Entry points: `matmul_nn`, `_nt`, `_tn`, `_tt` (n = stored as written, t = transposed) read
+// vec4s and need the vec4 axis of each operand to be a multiple of 4 (K for row-major A and
+// transposed B, M for transposed A, N for row-major B); `matmul_strided` reads scalars and
+// takes any shape. Rows and columns past the edge of C read clamped (valid) elements and are
+// never stored, so no shape needs padding and the inner loops have no guards.
 
 struct Params {
     m: u32,
@@ -16,85 +25,273 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+// The vec4 entry points read A and B through the `*4` views, `matmul_strided` through scalars.
 @group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
-const WG_X: u32 = 16u;
-const WG_Y: u32 = 16u;
-const TILE_M: u32 = 4u;
-const TILE_N: u32 = 4u;
+// A SIMD batch of invocations should share its rows (measured: 8×1 beats 4×2 by 1.7×).
+const WG_X: u32 = 8u;
+const WG_Y: u32 = 1u;
+// Rows and columns of C per invocation (fixed: `Tile` below spells out its 4 × 4 blocks).
+const TILE: u32 = 16u;
 
-fn load_a(base: u32, row: u32, kk: u32) -> f32 {
-    if (params.flags & 1u) != 0u {
-        return a[base + kk * params.m + row];
-    }
-    return a[base + row * params.k + kk];
+// Block 4g + j holds rows 4g..4g+3 and columns 4j..4j+3 of the invocation's tile; column r of
+// the mat4x4 is row 4g + r of C.
+alias Tile = array<mat4x4<f32>, 16>;
+
+fn block_update(acc: mat4x4<f32>, rows: vec4<f32>, cols: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(
+        fma(vec4(rows.x), cols, acc[0]),
+        fma(vec4(rows.y), cols, acc[1]),
+        fma(vec4(rows.z), cols, acc[2]),
+        fma(vec4(rows.w), cols, acc[3]),
+    );
 }
 
-fn load_b(base: u32, kk: u32, col: u32) -> f32 {
-    if (params.flags & 2u) != 0u {
-        return b[base + col * params.k + kk];
-    }
-    return b[base + kk * params.n + col];
+// One step of k: tile += (A column of 16 rows) ⊗ (B row of 16 columns), as 4 + 4 vec4s.
+fn rank1_update(t: ptr<function, Tile>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>,
+                a3: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {
+    (*t)[0] = block_update((*t)[0], a0, b0);
+    (*t)[1] = block_update((*t)[1], a0, b1);
+    (*t)[2] = block_update((*t)[2], a0, b2);
+    (*t)[3] = block_update((*t)[3], a0, b3);
+    (*t)[4] = block_update((*t)[4], a1, b0);
+    (*t)[5] = block_update((*t)[5], a1, b1);
+    (*t)[6] = block_update((*t)[6], a1, b2);
+    (*t)[7] = block_update((*t)[7], a1, b3);
+    (*t)[8] = block_update((*t)[8], a2, b0);
+    (*t)[9] = block_update((*t)[9], a2, b1);
+    (*t)[10] = block_update((*t)[10], a2, b2);
+    (*t)[11] = block_update((*t)[11], a2, b3);
+    (*t)[12] = block_update((*t)[12], a3, b0);
+    (*t)[13] = block_update((*t)[13], a3, b1);
+    (*t)[14] = block_update((*t)[14], a3, b2);
+    (*t)[15] = block_update((*t)[15], a3, b3);
 }
 
+// `rank1_update` with the 16 columns of B loaded as vec4s at the offsets `at`.
+fn rank1_update_b(t: ptr<function, Tile>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>,
+                  a3: vec4<f32>, at: vec4<u32>) {
+    rank1_update(t, a0, a1, a2, a3, b4[at.x], b4[at.y], b4[at.z], b4[at.w]);
+}
+
+// `rank1_update` with the 16 rows of A loaded as vec4s at the offsets `at`.
+fn rank1_update_a(t: ptr<function, Tile>, at: vec4<u32>, b0: vec4<f32>, b1: vec4<f32>,
+                  b2: vec4<f32>, b3: vec4<f32>) {
+    rank1_update(t, a4[at.x], a4[at.y], a4[at.z], a4[at.w], b0, b1, b2, b3);
+}
+
+// The invocation's tile origin (row, column) in C.
+fn tile_origin(wid: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
+    return vec2((wid.y * WG_Y + lid.y) * TILE, (wid.x * WG_X + lid.x) * TILE);
+}
+
+// Offsets of 4 consecutive rows (or vec4 groups) from `first`, each clamped to `count - 1`,
+// times `stride`, plus `base`: computed once, outside the k loop.
+fn clamped4(first: u32, count: u32, stride: u32, base: u32) -> vec4<u32> {
+    let last = vec4(count - 1u);
+    return min(vec4(first) + vec4(0u, 1u, 2u, 3u), last) * stride + base;
+}
+
+// Loads the vec4s at `at + step` (4 rows, 4 consecutive k each) and transposes them: column kk
+// holds the 4 rows' values at k = 4·step + kk.
+fn load_block_a(at: vec4<u32>, step: u32) -> mat4x4<f32> {
+    return transpose(mat4x4(a4[at.x + step], a4[at.y + step], a4[at.z + step], a4[at.w + step]));
+}
+
+fn load_block_b(at: vec4<u32>, step: u32) -> mat4x4<f32> {
+    return transpose(mat4x4(b4[at.x + step], b4[at.y + step], b4[at.z + step], b4[at.w + step]));
+}
+
+// Writes rows `row`..`row + 3` and columns `col`..`col + 3` of C from a tile block (column r of
+// `block` is row `row + r`), adding the bias and the old C when the flags say so.
+fn store_block(block: mat4x4<f32>, c_base: u32, row: u32, col: u32) {
+    for (var r = 0u; r < 4u; r++) {
+        for (var q = 0u; q < 4u; q++) {
+            if row + r < params.m && col + q < params.n {
+                var value = block[r][q];
+                let index = c_base + (row + r) * params.n + col + q;
+                if (params.flags & 4u) != 0u {
+                    value += bias[col + q];
+                }
+                if (params.flags & 8u) != 0u {
+                    value += c[index];
+                }
+                c[index] = value;
+            }
+        }
+    }
+}
+
+// Constant block indices keep the tile in registers (a dynamic index would spill it to memory).
+fn store_tile(t: ptr<function, Tile>, batch: u32, origin: vec2<u32>) {
+    let base = batch * params.c_batch_stride;
+    let r = origin.x;
+    let col = origin.y;
+    store_block((*t)[0], base, r, col);
+    store_block((*t)[1], base, r, col + 4u);
+    store_block((*t)[2], base, r, col + 8u);
+    store_block((*t)[3], base, r, col + 12u);
+    store_block((*t)[4], base, r + 4u, col);
+    store_block((*t)[5], base, r + 4u, col + 4u);
+    store_block((*t)[6], base, r + 4u, col + 8u);
+    store_block((*t)[7], base, r + 4u, col + 12u);
+    store_block((*t)[8], base, r + 8u, col);
+    store_block((*t)[9], base, r + 8u, col + 4u);
+    store_block((*t)[10], base, r + 8u, col + 8u);
+    store_block((*t)[11], base, r + 8u, col + 12u);
+    store_block((*t)[12], base, r + 12u, col);
+    store_block((*t)[13], base, r + 12u, col + 4u);
+    store_block((*t)[14], base, r + 12u, col + 8u);
+    store_block((*t)[15], base, r + 12u, col + 12u);
+}
+
+// A [M, K], B [K, N].
 @compute @workgroup_size(WG_X, WG_Y)
-fn matmul(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let batch = gid.z;
-    let row0 = gid.y * TILE_M;
-    let col0 = gid.x * TILE_N;
-    if batch >= params.batch || row0 >= params.m || col0 >= params.n {
-        return;
+fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let origin = tile_origin(wid, lid);
+    let k4 = params.k / 4u;
+    let n4 = params.n / 4u;
+    let a_base = wid.z * params.a_batch_stride / 4u;
+    let b_base = wid.z * params.b_batch_stride / 4u;
+    var a_rows: array<vec4<u32>, 4>;
+    for (var g = 0u; g < 4u; g++) {
+        a_rows[g] = clamped4(origin.x + 4u * g, params.m, k4, a_base);
     }
-    let a_base = batch * params.a_batch_stride;
-    let b_base = batch * params.b_batch_stride;
-    let c_base = batch * params.c_batch_stride;
-    // Out-of-range rows/columns read a clamped (valid) element and are never stored.
-    var rows: array<u32, TILE_M>;
-    var cols: array<u32, TILE_N>;
-    for (var i = 0u; i < TILE_M; i++) {
-        rows[i] = min(row0 + i, params.m - 1u);
+    let b_cols = clamped4(origin.y / 4u, n4, 1u, b_base);
+    var t: Tile;
+    var b_row = 0u;
+    for (var kq = 0u; kq < k4; kq++) {
+        let a0 = load_block_a(a_rows[0], kq);
+        let a1 = load_block_a(a_rows[1], kq);
+        let a2 = load_block_a(a_rows[2], kq);
+        let a3 = load_block_a(a_rows[3], kq);
+        rank1_update_b(&t, a0[0], a1[0], a2[0], a3[0], b_cols + b_row);
+        rank1_update_b(&t, a0[1], a1[1], a2[1], a3[1], b_cols + (b_row + n4));
+        rank1_update_b(&t, a0[2], a1[2], a2[2], a3[2], b_cols + (b_row + 2u * n4));
+        rank1_update_b(&t, a0[3], a1[3], a2[3], a3[3], b_cols + (b_row + 3u * n4));
+        b_row += 4u * n4;
     }
-    for (var j = 0u; j < TILE_N; j++) {
-        cols[j] = min(col0 + j, params.n - 1u);
+    store_tile(&t, wid.z, origin);
+}
+
+// A [M, K], B [N, K].
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let origin = tile_origin(wid, lid);
+    let k4 = params.k / 4u;
+    let a_base = wid.z * params.a_batch_stride / 4u;
+    let b_base = wid.z * params.b_batch_stride / 4u;
+    var a_rows: array<vec4<u32>, 4>;
+    var b_rows: array<vec4<u32>, 4>;
+    for (var g = 0u; g < 4u; g++) {
+        a_rows[g] = clamped4(origin.x + 4u * g, params.m, k4, a_base);
+        b_rows[g] = clamped4(origin.y + 4u * g, params.n, k4, b_base);
     }
-    var acc: array<array<f32, TILE_N>, TILE_M>;
+    var t: Tile;
+    for (var kq = 0u; kq < k4; kq++) {
+        let a0 = load_block_a(a_rows[0], kq);
+        let a1 = load_block_a(a_rows[1], kq);
+        let a2 = load_block_a(a_rows[2], kq);
+        let a3 = load_block_a(a_rows[3], kq);
+        let b0 = load_block_b(b_rows[0], kq);
+        let b1 = load_block_b(b_rows[1], kq);
+        let b2 = load_block_b(b_rows[2], kq);
+        let b3 = load_block_b(b_rows[3], kq);
+        rank1_update(&t, a0[0], a1[0], a2[0], a3[0], b0[0], b1[0], b2[0], b3[0]);
+        rank1_update(&t, a0[1], a1[1], a2[1], a3[1], b0[1], b1[1], b2[1], b3[1]);
+        rank1_update(&t, a0[2], a1[2], a2[2], a3[2], b0[2], b1[2], b2[2], b3[2]);
+        rank1_update(&t, a0[3], a1[3], a2[3], a3[3], b0[3], b1[3], b2[3], b3[3]);
+    }
+    store_tile(&t, wid.z, origin);
+}
+
+// A [K, M], B [K, N].
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let origin = tile_origin(wid, lid);
+    let m4 = params.m / 4u;
+    let n4 = params.n / 4u;
+    let a_cols = clamped4(origin.x / 4u, m4, 1u, wid.z * params.a_batch_stride / 4u);
+    let b_cols = clamped4(origin.y / 4u, n4, 1u, wid.z * params.b_batch_stride / 4u);
+    var t: Tile;
+    var a_row = 0u;
+    var b_row = 0u;
     for (var kk = 0u; kk < params.k; kk++) {
-        var av: array<f32, TILE_M>;
-        var bv: array<f32, TILE_N>;
-        for (var i = 0u; i < TILE_M; i++) {
-            av[i] = load_a(a_base, rows[i], kk);
-        }
-        for (var j = 0u; j < TILE_N; j++) {
-            bv[j] = load_b(b_base, kk, cols[j]);
-        }
-        for (var i = 0u; i < TILE_M; i++) {
-            for (var j = 0u; j < TILE_N; j++) {
-                acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-            }
-        }
+        let a_at = a_cols + a_row;
+        rank1_update_b(&t, a4[a_at.x], a4[a_at.y], a4[a_at.z], a4[a_at.w], b_cols + b_row);
+        a_row += m4;
+        b_row += n4;
     }
-    for (var i = 0u; i < TILE_M; i++) {
-        let row = row0 + i;
-        if row >= params.m {
-            break;
-        }
-        for (var j = 0u; j < TILE_N; j++) {
-            let col = col0 + j;
-            if col >= params.n {
-                break;
-            }
-            var value = acc[i][j];
-            if (params.flags & 4u) != 0u {
-                value += bias[col];
-            }
-            let index = c_base + row * params.n + col;
-            if (params.flags & 8u) != 0u {
-                value += c[index];
-            }
-            c[index] = value;
-        }
+    store_tile(&t, wid.z, origin);
+}
+
+// A [K, M], B [N, K].
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let origin = tile_origin(wid, lid);
+    let m4 = params.m / 4u;
+    let k4 = params.k / 4u;
+    let a_cols = clamped4(origin.x / 4u, m4, 1u, wid.z * params.a_batch_stride / 4u);
+    let b_base = wid.z * params.b_batch_stride / 4u;
+    var b_rows: array<vec4<u32>, 4>;
+    for (var g = 0u; g < 4u; g++) {
+        b_rows[g] = clamped4(origin.y + 4u * g, params.n, k4, b_base);
     }
+    var t: Tile;
+    var a_row = 0u;
+    for (var kq = 0u; kq < k4; kq++) {
+        let b0 = load_block_b(b_rows[0], kq);
+        let b1 = load_block_b(b_rows[1], kq);
+        let b2 = load_block_b(b_rows[2], kq);
+        let b3 = load_block_b(b_rows[3], kq);
+        rank1_update_a(&t, a_cols + a_row, b0[0], b1[0], b2[0], b3[0]);
+        rank1_update_a(&t, a_cols + (a_row + m4), b0[1], b1[1], b2[1], b3[1]);
+        rank1_update_a(&t, a_cols + (a_row + 2u * m4), b0[2], b1[2], b2[2], b3[2]);
+        rank1_update_a(&t, a_cols + (a_row + 3u * m4), b0[3], b1[3], b2[3], b3[3]);
+        a_row += 4u * m4;
+    }
+    store_tile(&t, wid.z, origin);
+}
+
+// Any shape and layout: scalar loads at row·row_stride + k·k_stride (the strides encode the
+// transposes), 16 rows × 16 columns per invocation as in the vec4 entry points.
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let origin = tile_origin(wid, lid);
+    let trans_a = (params.flags & 1u) != 0u;
+    let trans_b = (params.flags & 2u) != 0u;
+    let a_row_stride = select(params.k, 1u, trans_a);
+    let a_k_stride = select(1u, params.m, trans_a);
+    let b_col_stride = select(1u, params.k, trans_b);
+    let b_k_stride = select(params.n, 1u, trans_b);
+    let a_base = wid.z * params.a_batch_stride;
+    let b_base = wid.z * params.b_batch_stride;
+    var a_rows: array<vec4<u32>, 4>;
+    var b_cols: array<vec4<u32>, 4>;
+    for (var g = 0u; g < 4u; g++) {
+        a_rows[g] = clamped4(origin.x + 4u * g, params.m, a_row_stride, a_base);
+        b_cols[g] = clamped4(origin.y + 4u * g, params.n, b_col_stride, b_base);
+    }
+    var t: Tile;
+    var a_k = 0u;
+    var b_k = 0u;
+    for (var kk = 0u; kk < params.k; kk++) {
+        var av: array<vec4<f32>, 4>;
+        var bv: array<vec4<f32>, 4>;
+        for (var g = 0u; g < 4u; g++) {
+            let ar = a_rows[g] + a_k;
+            let bc = b_cols[g] + b_k;
+            av[g] = vec4(a[ar.x], a[ar.y], a[ar.z], a[ar.w]);
+            bv[g] = vec4(b[bc.x], b[bc.y], b[bc.z], b[bc.w]);
+        }
+        rank1_update(&t, av[0], av[1], av[2], av[3], bv[0], bv[1], bv[2], bv[3]);
+        a_k += a_k_stride;
+        b_k += b_k_stride;
+    }
+    store_tile(&t, wid.z, origin);
 }

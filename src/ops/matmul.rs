@@ -178,6 +178,36 @@ struct Params {
     flags: u32,
 }
 
+/// Which entry point of `shaders/matmul.wgsl` computes `dims`: a vec4 kernel when the vec4 axis
+/// of each operand (the contiguous one) is a multiple of 4, else the scalar strided kernel.
+pub fn entry_point(dims: &MatmulDims) -> &'static str {
+    let a_vec_axis = if dims.trans_a { dims.m } else { dims.k };
+    let b_vec_axis = if dims.trans_b { dims.k } else { dims.n };
+    if a_vec_axis % 4 != 0 || b_vec_axis % 4 != 0 {
+        return "matmul_strided";
+    }
+    match (dims.trans_a, dims.trans_b) {
+        (false, false) => "matmul_nn",
+        (false, true) => "matmul_nt",
+        (true, false) => "matmul_tn",
+        (true, true) => "matmul_tt",
+    }
+}
+
+/// Rows and columns of C per invocation: `TILE` in `shaders/matmul.wgsl`.
+fn tile_size() -> u32 {
+    static TILE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *TILE.get_or_init(|| {
+        let source = crate::shader!("matmul").source;
+        let value = source
+            .split("const TILE: u32 = ")
+            .nth(1)
+            .and_then(|rest| rest.split('u').next())
+            .and_then(|digits| digits.trim().parse().ok());
+        value.expect("shaders/matmul.wgsl declares `const TILE: u32 = <n>u;`")
+    })
+}
+
 /// Records the matmul kernel writing (or, with `accumulate`, adding) into `c`.
 pub fn dispatch(
     gpu: &Gpu,
@@ -188,7 +218,7 @@ pub fn dispatch(
     dims: MatmulDims,
     accumulate: bool,
 ) {
-    let kernel = gpu.kernel(&crate::shader!("matmul"), "matmul");
+    let kernel = gpu.kernel(&crate::shader!("matmul"), entry_point(&dims));
     let flags = u32::from(dims.trans_a)
         | u32::from(dims.trans_b) << 1
         | u32::from(bias.is_some()) << 2
@@ -207,11 +237,11 @@ pub fn dispatch(
         c_batch_stride: (dims.m * dims.n) as u32,
         flags,
     };
-    const TILE: u32 = 4;
+    let tile = tile_size();
     let [wx, wy, _] = kernel.workgroup_size;
     let groups = [
-        (dims.n as u32).div_ceil(TILE * wx),
-        (dims.m as u32).div_ceil(TILE * wy),
+        (dims.n as u32).div_ceil(tile * wx),
+        (dims.m as u32).div_ceil(tile * wy),
         dims.batch as u32,
     ];
     // The kernel always binds a bias; without one, A stands in (never read).

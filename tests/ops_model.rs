@@ -184,3 +184,95 @@ fn layer_norm_gpu_matches_cpu_and_gradchecks() {
         1e-2,
     );
 }
+
+#[test]
+fn gelu_matches_known_values() {
+    use clusterclip::ops::gelu::cpu;
+    // erf to f64 rounding (values from the standard tables).
+    for (x, want) in [
+        (0.5, 0.5204998778130465),
+        (2.0, 0.9953222650189527),
+        (-1.0, -0.8427007929497149),
+        (4.0, 0.9999999845827421),
+    ] {
+        assert!(
+            (cpu::erf(x) - want).abs() < 1e-15,
+            "erf({x}) = {}",
+            cpu::erf(x)
+        );
+    }
+    let x = [1.0f32, -0.5, 0.0, 3.0];
+    let want = [
+        0.8413447460685429f32,
+        -0.15426876936299347,
+        0.0,
+        2.99595030590511,
+    ];
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let t = g.constant(&x, &[4]).unwrap();
+        let y = g.gelu(t).unwrap();
+        // f32 rounding plus the shader's erfc fit (relative error < 1.2e-7).
+        assert_close(
+            &format!("gelu {}", g.backend.name()),
+            &g.to_vec(y),
+            &want,
+            1e-7,
+            3e-7,
+        );
+    }
+}
+
+#[test]
+fn gelu_gpu_matches_cpu_and_gradchecks() {
+    // Values across [-8, 8), including the far negative tail; 1000 is not a multiple of 256.
+    let mut rng = Rng::new(40);
+    let x: Vec<f32> = (0..1000).map(|_| rng.signed() * 8.0).collect();
+    // erfc fit error < 1.2e-7 relative plus a few f32 roundings: 1e-6 (relative and absolute).
+    compare_backends(
+        "gelu",
+        &[(x, vec![10, 100])],
+        |g, v| g.gelu(v[0]).unwrap(),
+        1e-6,
+    );
+    let small = random_inputs(41, &[vec![3, 7]]);
+    let scaled: Vec<(Vec<f32>, Vec<usize>)> = small
+        .into_iter()
+        .map(|(v, s)| (v.iter().map(|x| x * 3.0).collect(), s))
+        .collect();
+    gradcheck("gelu", &scaled, |g, v| g.gelu(v[0]).unwrap(), 1e-3);
+}
+
+#[test]
+fn l2_normalize_gives_unit_rows_and_matches_cpu() {
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let t = g
+            .constant(&[3.0, 4.0, 0.0, 0.0, 0.0, 0.0], &[2, 3])
+            .unwrap();
+        let y = g.l2_normalize(t).unwrap();
+        // A zero row stays zero (the norm is clamped at 1e-12), as F.normalize.
+        assert_close(
+            "l2 direct",
+            &g.to_vec(y),
+            &[0.6, 0.8, 0.0, 0.0, 0.0, 0.0],
+            1e-7,
+            1e-7,
+        );
+    }
+    for (rows, cols) in [(1, 1), (7, 64), (33, 300), (4, 129)] {
+        let inputs = random_inputs(50 + cols as u64, &[vec![rows, cols]]);
+        // Unit-norm outputs; f32 sums of up to 300 squares: 1e-5.
+        compare_backends(
+            &format!("l2_normalize {rows}x{cols}"),
+            &inputs,
+            |g, v| g.l2_normalize(v[0]).unwrap(),
+            1e-5,
+        );
+    }
+    let small = random_inputs(60, &[vec![2, 3, 5]]);
+    gradcheck(
+        "l2_normalize",
+        &small,
+        |g, v| g.l2_normalize(v[0]).unwrap(),
+        1e-2,
+    );
+}

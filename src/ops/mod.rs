@@ -4,6 +4,8 @@
 pub mod contrastive;
 pub mod elementwise;
 pub mod gather;
+pub mod gelu;
+pub mod l2_normalize;
 pub mod layer_norm;
 pub mod matmul;
 pub mod patches;

@@ -1,0 +1,70 @@
+// Exact GELU, x·Φ(x) = 0.5·x·erfc(−x/√2), as torch.nn.GELU() (M1: the MLP of every block).
+// WGSL has no erf: erfc comes from the Chebyshev fit of Numerical Recipes (erfcc), whose
+// relative error is below 1.2e-7 for every argument, so the tail x → −∞ (where 1 + erf(x/√2)
+// would cancel) keeps its relative accuracy too.
+
+struct Params {
+    len: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+const FRAC_1_SQRT_2: f32 = 0.70710678118654752;
+// 1/sqrt(2π)
+const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
+
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
+}
+
+// erfc(z) for any z (Numerical Recipes' erfcc, relative error < 1.2e-7).
+fn erfc(z: f32) -> f32 {
+    let a = abs(z);
+    let t = 1.0 / (1.0 + 0.5 * a);
+    var p = 0.17087277;
+    p = fma(p, t, -0.82215223);
+    p = fma(p, t, 1.48851587);
+    p = fma(p, t, -1.13520398);
+    p = fma(p, t, 0.27886807);
+    p = fma(p, t, -0.18628806);
+    p = fma(p, t, 0.09678418);
+    p = fma(p, t, 0.37409196);
+    p = fma(p, t, 1.00002368);
+    p = fma(p, t, -1.26551223);
+    let r = t * exp(p - a * a);
+    return select(r, 2.0 - r, z < 0.0);
+}
+
+// Φ(x), the standard normal CDF.
+fn normal_cdf(v: f32) -> f32 {
+    return 0.5 * erfc(-v * FRAC_1_SQRT_2);
+}
+
+@compute @workgroup_size(WG)
+fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.len {
+        return;
+    }
+    let v = x[i];
+    out[i] = v * normal_cdf(v);
+}
+
+// d gelu / dx = Φ(x) + x·φ(x).
+@compute @workgroup_size(WG)
+fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.len {
+        return;
+    }
+    let v = x[i];
+    let density = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
+    out[i] = grad[i] * (normal_cdf(v) + v * density);
+}

@@ -586,3 +586,96 @@ fn builtin_shapes_route_through_the_loader() {
     assert_eq!(&first.tokens[..CONTEXT], tokens.as_slice());
     assert_eq!(loader.num_samples(), None, "the training stream is endless");
 }
+
+fn clusterclip(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_clusterclip"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (
+        output.status.success(),
+        text(output.stdout),
+        text(output.stderr),
+    )
+}
+
+#[test]
+fn cli_tokenize_make_shards_and_stats() {
+    let (ok, out, _) = clusterclip(&[
+        "tokenize",
+        "--context-length",
+        "10",
+        "--json",
+        "a photo of a cat.",
+        "ankle boot",
+    ]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        "[[49406,320,1125,539,320,2368,269,49407,0,0],[49406,14777,8087,49407,0,0,0,0,0,0]]"
+    );
+    let (ok, out, _) = clusterclip(&[
+        "tokenize",
+        "--context-length",
+        "6",
+        "--vocab-size",
+        "1000",
+        "a photo of a cat.",
+    ]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        format!("998 320 {} 539 320 999", 512 + (1125 - 512) % 486)
+    );
+
+    let dir = temp_dir("cli");
+    let csv = write_bad_csv(&dir);
+    let out_dir = dir.join("shards");
+    let args = [
+        "data",
+        "make-shards",
+        "--csv",
+        csv.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    let (ok, _, err) = clusterclip(&[&args[..], &["--shard-size", "4"]].concat());
+    assert!(!ok, "7 bad of 13 is over the default 1%");
+    assert!(
+        err.starts_with("error: 7 of 13 records are bad") && err.lines().count() == 1,
+        "{err}"
+    );
+    let (ok, out, err) = clusterclip(
+        &[
+            &args[..],
+            &["--shard-size", "4", "--max-bad-fraction", "0.6"],
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("wrote 6 samples in 2 shards; 7 bad rows skipped"),
+        "{out}"
+    );
+    let spec = format!("{}/shard-{{000000..000001}}.tar", out_dir.display());
+    assert!(out.contains(&spec), "{out}");
+    let (ok, out, err) = clusterclip(&["data", "stats", &spec, "--image-size", "8"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("6 samples, 0 bad\nsizes: 6 records expected\n"),
+        "{out}"
+    );
+    let (ok, out, _) = clusterclip(&["data", "stats", csv.to_str().unwrap(), "--image-size", "8"]);
+    assert!(ok);
+    assert!(
+        out.starts_with("6 samples, 7 bad (image file missing 1, wrong field count 2,"),
+        "{out}"
+    );
+    let (ok, _, err) = clusterclip(&["data", "stats", "/nonexistent/shard-{0..3}.tar"]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        "error: data spec \"/nonexistent/shard-{0..3}.tar\": matches no file"
+    );
+}

@@ -530,3 +530,43 @@ fn embedding_mix_interpolates_between_pixels_and_embeddings() {
         assert!((mixed - expected).abs() < 1e-5, "{mixed} vs {expected}");
     }
 }
+
+/// `n` built-in training images (`builtin:shapes`) at `size` pixels, CLIP-normalised [n, 3, S, S].
+fn shapes_batch(seed: u64, n: usize, size: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * 3 * size * size];
+    for (i, image) in out.chunks_exact_mut(3 * size * size).enumerate() {
+        let sample = clusterclip::data::shapes::train_sample(seed, i as u64, size);
+        clusterclip::data::image_ops::normalise_rgb(&sample.rgb, size, image);
+    }
+    out
+}
+
+#[test]
+fn calibration_on_the_built_in_images() {
+    let (n, size, p) = (16, 64, 8); // the tiny preset's input: L = 64
+    let images: Vec<Vec<f32>> = (0..2).map(|seed| shapes_batch(seed, n, size)).collect();
+    let features: Vec<Vec<f32>> = images
+        .iter()
+        .map(|i| patch_features(i, n, size, size, p))
+        .collect();
+    let batches: Vec<(PatchFeatures, MaskRng)> = features
+        .iter()
+        .enumerate()
+        .map(|(step, f)| {
+            (
+                PatchFeatures::new(f, n, 64).unwrap(),
+                MaskRng::new(3, step as u32),
+            )
+        })
+        .collect();
+    let config = ClusterMaskConfig::default();
+    // Textured backgrounds repeat exactly (Pearson 1), so coverage falls smoothly from 0.93 at
+    // r = 0 to 0.53 at r = 0.99, then jumps to 0.17 at r = 1: targets in the smooth part.
+    for target in [0.6, 0.7, 0.8] {
+        let calibration = calibrate_threshold(&batches, &config, target).unwrap();
+        assert!(
+            calibration.converged && (calibration.mask_ratio - target).abs() <= 0.01,
+            "{calibration:?}"
+        );
+    }
+}

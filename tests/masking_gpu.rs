@@ -230,3 +230,29 @@ fn gpu_masking_refuses_shapes_it_cannot_hold() {
     assert!(cluster_mask_gpu(&gpu, &short, None, &config, MaskRng::new(0, 0)).is_err());
     assert!(random_mask_gpu(&gpu, 2, 49, 1.0, MaskRng::new(0, 0)).is_err());
 }
+
+#[test]
+fn gpu_cluster_mask_equals_the_cpu_twin_on_built_in_images() {
+    let gpu = gpu();
+    let (n, size, p) = (8, 64, 8); // the tiny preset's input: L = 64
+    let mut images = vec![0.0f32; n * 3 * size * size];
+    for (i, image) in images.chunks_exact_mut(3 * size * size).enumerate() {
+        let sample = clusterclip::data::shapes::train_sample(7, i as u64, size);
+        clusterclip::data::image_ops::normalise_rgb(&sample.rgb, size, image);
+    }
+    let config = ClusterMaskConfig {
+        anchor_ratio: 0.05,
+        ..Default::default()
+    };
+    for step in 0..3 {
+        let (cpu, on_gpu, borderline) = both(
+            &gpu,
+            &images,
+            (n, size, size, p),
+            None,
+            &config,
+            MaskRng::new(11, step),
+        );
+        assert_same_mask(&format!("shapes, step {step}"), &cpu, &on_gpu, borderline);
+    }
+}

@@ -1,6 +1,7 @@
 //! Ops: one file per op family, each holding the graph method (shape checks), the GPU dispatch
 //! of its WGSL file, its backward, and its plain-Rust CPU reference (`cpu` submodule).
 
+pub mod attention;
 pub mod contrastive;
 pub mod elementwise;
 pub mod gather;

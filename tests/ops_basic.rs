@@ -295,3 +295,43 @@ fn softmax_rows_sum_to_one_and_mask_the_future() {
         );
     }
 }
+
+#[test]
+fn unchecked_shaders_give_the_same_results() {
+    // Release builds drop wgpu's bounds checks; these kernels must guard their own indices.
+    let options = clusterclip::gpu::GpuOptions {
+        backend: clusterclip::gpu::BackendChoice::Vulkan,
+        bounds_checks: Some(false),
+        ..Default::default()
+    };
+    let gpu = clusterclip::gpu::Gpu::new(&options).unwrap();
+    gpu.set_poison(true);
+    let mut rng = Rng::new(16);
+    let x = rng.vec(3 * 77 * 77);
+    let ids: Vec<u32> = (0..200).map(|_| rng.below(50)).collect();
+    let run = |g: &mut clusterclip::Graph| -> Vec<Vec<f32>> {
+        let xv = g.variable(&x, &[3, 77, 77]).unwrap();
+        let idx = g.indices(&ids, &[200]).unwrap();
+        let p = g.softmax(xv, 0.5, true).unwrap();
+        let s = g.sum(p, 1).unwrap();
+        let flat = g.reshape(xv, &[231, 77]).unwrap();
+        let rows = g.gather_rows(flat, idx).unwrap();
+        let back = g.scatter_add_rows(rows, idx, 50).unwrap();
+        let total = g.mean_all(back).unwrap();
+        let s_total = g.sum_all(s).unwrap();
+        let loss = g.add(total, s_total).unwrap();
+        g.backward(loss).unwrap();
+        vec![
+            g.to_vec(p),
+            g.to_vec(back),
+            g.to_vec(loss),
+            g.grad_vec(xv).unwrap(),
+        ]
+    };
+    let got = run(&mut clusterclip::Graph::new(clusterclip::Backend::Gpu(gpu)));
+    let want = run(&mut cpu_graph());
+    // Same kernels as the checked runs above, same tolerances (sums of ≤ 231·77 terms: 1e-4).
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("unchecked output {i}"), g, w, 1e-4, 1e-4);
+    }
+}

@@ -186,6 +186,7 @@ pub fn scatter_add_storage(
             rows,
             cols,
         ))),
+        Backend::Gpu(gpu) if idx.is_empty() => Storage::Gpu(gpu.zeros(rows * cols)),
         Backend::Gpu(gpu) => {
             let n = idx.len();
             let out = gpu.alloc(rows * cols);

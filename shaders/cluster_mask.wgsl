@@ -29,9 +29,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> images: array<f32>;                // [N, 3, H, W]
-@group(0) @binding(2) var<storage, read_write> pixel_features: array<f32>;  // [N, L, 3p²]
+@group(0) @binding(2) var<storage, read_write> pixel_features: array<f32>;  // [N, 3p², L]
 @group(0) @binding(3) var<storage, read> embeddings: array<f32>;            // [N, tokens, D]
-@group(0) @binding(4) var<storage, read_write> embed_features: array<f32>;  // [N, L, D]
+@group(0) @binding(4) var<storage, read_write> embed_features: array<f32>;  // [N, D, L]
 @group(0) @binding(5) var<storage, read_write> anchors: array<u32>;         // [N, K]
 @group(0) @binding(6) var<storage, read_write> masked: array<u32>;          // [N, L], 0 or 1
 @group(0) @binding(7) var<storage, read_write> keep: array<u32>;            // [1], k
@@ -79,9 +79,9 @@ fn bits24(image: u32, stream: u32, index: u32) -> u32 {
 // ---- patch_features: images [N, 3, H, W] -> unit centred patches [N, L, 3p²] (M3.1) ----
 
 // One invocation per patch, two passes as the CPU twin: mean, then the centred sum of squares.
-// The patch is first copied into its output row, so later passes read it contiguously. Flat
-// patches become zero vectors. (A workgroup per patch with barrier reductions ran 30x slower on
-// lavapipe.)
+// Flat patches become zero vectors. Features are stored dimension-major, [N, 3p², L], so
+// neighbouring invocations (patches) touch neighbouring words in every pass after the first.
+// (A workgroup per patch with barrier reductions ran 30x slower on lavapipe.)
 @compute @workgroup_size(WG)
 fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -93,32 +93,34 @@ fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     let patch_index = row % params.patches;
     let p = params.patch_size;
     let dim = 3u * p * p;
-    let out = row * dim;
+    let first = image * dim * params.patches + patch_index;
+    let stride = params.patches;
     let top = (patch_index / params.grid_cols) * p;
     let left = (patch_index % params.grid_cols) * p;
     var sum = 0.0;
-    var t = out;
+    var i = first;
     for (var channel = 0u; channel < 3u; channel++) {
         for (var y = 0u; y < p; y++) {
             let start = ((image * 3u + channel) * params.height + top + y) * params.width + left;
             for (var x = 0u; x < p; x++) {
                 let v = images[start + x];
-                pixel_features[t] = v;
+                pixel_features[i] = v;
                 sum += v;
-                t++;
+                i += stride;
             }
         }
     }
     let mean = sum / f32(dim);
     var sum_sq = 0.0;
-    for (var i = out; i < out + dim; i++) {
-        let d = pixel_features[i] - mean;
+    for (var t = 0u; t < dim; t++) {
+        let d = pixel_features[first + t * stride] - mean;
         sum_sq += d * d;
     }
     let flat = sum_sq / f32(dim) <= FLAT_VARIANCE;
     let scale = select(1.0 / sqrt(sum_sq), 0.0, flat);
-    for (var i = out; i < out + dim; i++) {
-        pixel_features[i] = (pixel_features[i] - mean) * scale;
+    for (var t = 0u; t < dim; t++) {
+        let at = first + t * stride;
+        pixel_features[at] = (pixel_features[at] - mean) * scale;
     }
 }
 
@@ -133,7 +135,9 @@ fn embedding_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     }
     let dim = params.embed_dim;
     let image = row / params.patches;
-    let token = (image * params.embed_tokens + params.embed_first + row % params.patches) * dim;
+    let patch_index = row % params.patches;
+    let token = (image * params.embed_tokens + params.embed_first + patch_index) * dim;
+    let first = image * dim * params.patches + patch_index; // dimension-major, as pixel_features
     var sum_sq = 0.0;
     for (var t = 0u; t < dim; t++) {
         let v = embeddings[token + t];
@@ -142,7 +146,7 @@ fn embedding_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
     let norm = sqrt(sum_sq);
     let scale = select(0.0, 1.0 / norm, norm > ZERO_NORM);
     for (var t = 0u; t < dim; t++) {
-        embed_features[row * dim + t] = embeddings[token + t] * scale;
+        embed_features[first + t * params.patches] = embeddings[token + t] * scale;
     }
 }
 
@@ -197,20 +201,25 @@ fn select_anchors(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 
 // ---- cluster_flags: masked[j] = anchor or sim(a, j) > r for an anchor a (M3.3), K x L ----
 
-fn dot_pixels(a: u32, b: u32) -> f32 {
+// Dot product of patches a and b of `image` in a dimension-major [N, dim, L] feature buffer.
+fn dot_pixels(image: u32, a: u32, b: u32) -> f32 {
     let dim = 3u * params.patch_size * params.patch_size;
+    let base = image * dim * params.patches;
     var acc = 0.0;
     for (var t = 0u; t < dim; t++) {
-        acc += pixel_features[a * dim + t] * pixel_features[b * dim + t];
+        let at = base + t * params.patches;
+        acc += pixel_features[at + a] * pixel_features[at + b];
     }
     return acc;
 }
 
-fn dot_embedding(a: u32, b: u32) -> f32 {
+fn dot_embedding(image: u32, a: u32, b: u32) -> f32 {
     let dim = params.embed_dim;
+    let base = image * dim * params.patches;
     var acc = 0.0;
     for (var t = 0u; t < dim; t++) {
-        acc += embed_features[a * dim + t] * embed_features[b * dim + t];
+        let at = base + t * params.patches;
+        acc += embed_features[at + a] * embed_features[at + b];
     }
     return acc;
 }
@@ -232,11 +241,10 @@ fn cluster_flags(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
             covered = true;
             break;
         }
-        let anchor_row = image * params.patches + anchor;
-        var sim = dot_pixels(anchor_row, row);
+        var sim = dot_pixels(image, anchor, patch_index);
         if params.embed_dim > 0u {
             let w = params.embed_weight;
-            sim = w * dot_embedding(anchor_row, row) + (1.0 - w) * sim;
+            sim = w * dot_embedding(image, anchor, patch_index) + (1.0 - w) * sim;
         }
         covered = sim > params.threshold;
     }

@@ -3,7 +3,7 @@
 //! `cargo bench --bench data` (prints the median of several runs).
 
 use clusterclip::data::image_ops::{RgbView, SampleRng, train_transform};
-use clusterclip::data::loader::{LoaderConfig, open_loader};
+use clusterclip::data::loader::{Batch, LoaderConfig, open_loader};
 use clusterclip::data::records::{Payload, SampleShape, decode_rgb, process_record};
 use clusterclip::data::tar::TarWriter;
 use clusterclip::data::tokenizer::Tokenizer;
@@ -116,7 +116,8 @@ fn bench_parts(size: usize, source: (u32, u32)) -> (f64, f64, f64) {
     (decode, transform, tokenise)
 }
 
-fn bench_loader(size: usize, source: (u32, u32), workers: usize) -> f64 {
+/// Loader throughput in samples/s, and the share of the time `next_batch` waited for workers.
+fn bench_loader(size: usize, source: (u32, u32), workers: usize) -> (f64, f64) {
     let dir = std::env::temp_dir().join(format!(
         "clusterclip-bench-data-{}-{size}",
         std::process::id()
@@ -149,14 +150,25 @@ fn bench_loader(size: usize, source: (u32, u32), workers: usize) -> f64 {
             let start = Instant::now();
             let mut loader = open_loader(&cfg).unwrap();
             let mut n = 0;
-            while let Some(batch) = loader.next_batch().unwrap() {
+            let mut batch = Batch {
+                images: Vec::new(),
+                tokens: Vec::new(),
+                labels: None,
+                n: 0,
+            };
+            while loader.next_batch_into(&mut batch).unwrap() {
                 n += batch.n;
             }
-            n as f64 / start.elapsed().as_secs_f64()
+            let seconds = start.elapsed().as_secs_f64();
+            (n as f64 / seconds, loader.stats().wait_seconds / seconds)
         })
-        .collect();
+        .collect::<Vec<_>>();
     std::fs::remove_dir_all(&dir).unwrap();
-    median(rates)
+    let waits = rates.iter().map(|r| r.1).collect();
+    (
+        median(rates.into_iter().map(|r| r.0).collect()),
+        median(waits),
+    )
 }
 
 fn main() {
@@ -174,9 +186,10 @@ fn main() {
             "{size:>3} px parts, 1 thread: decode {decode:.0}/s, crop + resize + normalise {transform:.0}/s, tokenise {tokenise:.0}/s"
         );
         for workers in [1, 2] {
-            let rate = bench_loader(size, source, workers);
+            let (rate, wait) = bench_loader(size, source, workers);
             println!(
-                "{size:>3} px loader, WebDataset shard, {workers} worker(s), batch 64: {rate:.0} samples/s"
+                "{size:>3} px loader, WebDataset shard, {workers} worker(s), batch 64: {rate:.0} samples/s (waiting {:.0}% of the time)",
+                100.0 * wait
             );
         }
     }

@@ -295,3 +295,22 @@ fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
     }
     store_tile(&t, wid.z, origin);
 }
+
+// C[b] = A[b]ᵀ for A [M, K] (M = params.m rows, K = params.k columns): lets the fast `_tn`
+// kernel serve the other layouts of large products. Each invocation moves a 4 × 4 block.
+@compute @workgroup_size(WG_X, WG_Y)
+fn transpose_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = 4u * (wid.y * WG_Y + lid.y);
+    let col0 = 4u * (wid.x * WG_X + lid.x);
+    let a_base = wid.z * params.a_batch_stride;
+    let c_base = wid.z * params.c_batch_stride;
+    for (var r = 0u; r < 4u; r++) {
+        for (var q = 0u; q < 4u; q++) {
+            let row = row0 + r;
+            let col = col0 + q;
+            if row < params.m && col < params.k {
+                c[c_base + col * params.m + row] = a[a_base + row * params.k + col];
+            }
+        }
+    }
+}

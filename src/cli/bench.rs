@@ -113,7 +113,7 @@ pub fn time_matmul(gpu: &Gpu, dims: MatmulDims, repeats: usize) -> MatmulTiming 
     let seconds = times[times.len() / 2];
     MatmulTiming {
         dims,
-        kernel: matmul::entry_point(&dims),
+        kernel: matmul::kernel_plan(&dims),
         seconds,
         gflops: dims.flops() / seconds / 1e9,
         dispatches_per_submit: per_submit,

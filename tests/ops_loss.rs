@@ -182,3 +182,42 @@ fn bad_shapes_name_the_op_and_the_shapes() {
         );
     }
 }
+
+#[test]
+fn unchecked_shaders_give_the_same_result() {
+    // Release builds drop wgpu's bounds checks; the loss kernels must guard their own indices.
+    let options = clusterclip::gpu::GpuOptions {
+        backend: clusterclip::gpu::BackendChoice::Vulkan,
+        bounds_checks: Some(false),
+        ..Default::default()
+    };
+    let gpu = clusterclip::gpu::Gpu::new(&options).unwrap();
+    gpu.set_poison(true);
+    let mut rng = Rng::new(24);
+    let (b, d) = (259, 12);
+    let (img, txt) = (unit_rows(&mut rng, b, d), unit_rows(&mut rng, b, d));
+    let run = |g: &mut Graph| -> Vec<Vec<f32>> {
+        let i = g.variable(&img, &[b, d]).unwrap();
+        let t = g.variable(&txt, &[b, d]).unwrap();
+        let s = g.variable(&[2.0], &[1]).unwrap();
+        let loss = g.contrastive_loss(i, t, s).unwrap();
+        g.backward(loss).unwrap();
+        [loss, i, t, s]
+            .iter()
+            .enumerate()
+            .map(|(k, &x)| {
+                if k == 0 {
+                    g.to_vec(x)
+                } else {
+                    g.grad_vec(x).unwrap()
+                }
+            })
+            .collect()
+    };
+    let got = run(&mut Graph::new(clusterclip::Backend::Gpu(gpu)));
+    let want = run(&mut cpu_graph());
+    // As in gpu_matches_cpu_on_awkward_batches.
+    for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_close(&format!("unchecked contrastive {k}"), g, w, 1e-5, 1e-5);
+    }
+}

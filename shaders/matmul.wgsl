@@ -10,7 +10,9 @@
 // vec4s and need the vec4 axis of each operand to be a multiple of 4 (K for row-major A and
 // transposed B, M for transposed A, N for row-major B); `matmul_strided` reads scalars and
 // takes any shape. Rows and columns past the edge of C read clamped (valid) elements and are
-// never stored, so no shape needs padding and the inner loops have no guards.
+// never stored, so no shape needs padding and the inner loops have no guards. `_tn` reads whole
+// cache lines per k step and is the fastest, so large products in other layouts run as
+// `transpose_copy` + `_tn` (src/ops/matmul.rs decides).
 
 struct Params {
     m: u32,

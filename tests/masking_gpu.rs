@@ -34,6 +34,15 @@ fn shader_validates_and_agrees_with_the_rust_constants() {
         }
     };
     assert_eq!(constant("MAX_PATCHES") as usize, MAX_GPU_PATCHES);
+    let (_, flat) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some("FLAT_VARIANCE"))
+        .expect("const FLAT_VARIANCE");
+    assert!(matches!(
+        module.global_expressions[flat.init],
+        naga::Expression::Literal(naga::Literal::F32(v)) if v == clusterclip::masking::FLAT_VARIANCE
+    ));
     assert_eq!(constant("UNIFORM_BITS"), clusterclip::masking::UNIFORM_BITS);
     let workgroup_bytes: u32 = module
         .global_variables

@@ -24,6 +24,10 @@ enum Command {
     Data(cli::data::DataCommand),
     /// Compute one mask of image files: a picture and, with --json, the patch indices.
     Mask(cli::mask::MaskArgs),
+    /// Train a CLIP (OpenCLIP's flags): by default the tiny preset with cluster masking on builtin:shapes.
+    Train(Box<cli::train::TrainArgs>),
+    /// Zero-shot or retrieval metrics of a checkpoint.
+    Eval(cli::eval::EvalArgs),
 }
 
 fn main() {
@@ -34,6 +38,8 @@ fn main() {
         Command::Tokenize(args) => cli::tokenize::run(args),
         Command::Data(cmd) => cli::data::run(cmd),
         Command::Mask(args) => cli::mask::run(args),
+        Command::Train(args) => cli::train::run(*args),
+        Command::Eval(args) => cli::eval::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err}");

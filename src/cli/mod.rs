@@ -2,9 +2,11 @@
 
 pub mod bench;
 pub mod data;
+pub mod eval;
 pub mod info;
 pub mod mask;
 pub mod tokenize;
+pub mod train;
 
 /// Errors reach the user as one line.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;

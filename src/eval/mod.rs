@@ -3,6 +3,8 @@
 //! (Recall@1/5/10 both ways, mean and median rank). No masking at evaluation (M2).
 
 pub mod features;
+#[cfg(feature = "cli")]
+pub mod tasks;
 
 pub use features::{encode_images, encode_texts};
 

@@ -1,9 +1,19 @@
 //! Training: the optimizer (AdamW, M2), learning-rate schedules, the training step.
 
-pub mod optimizer;
+#[cfg(feature = "cli")]
+pub mod checkpoint;
+#[cfg(feature = "cli")]
+pub mod logs;
 pub mod mask_step;
+pub mod optimizer;
+#[cfg(feature = "cli")]
+pub mod plot;
+#[cfg(feature = "cli")]
+pub mod run;
 pub mod schedule;
 pub mod step;
+#[cfg(feature = "cli")]
+pub mod stream;
 
 pub use optimizer::{AdamWConfig, Optimizer};
 pub use schedule::{LrScheduler, learning_rate};

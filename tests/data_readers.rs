@@ -153,7 +153,7 @@ fn csv_bad_records_are_skipped_and_counted() {
 fn csv_header_without_the_columns_fails_up_front() {
     let dir = temp_dir("csv-header");
     let path = dir.join("data.csv");
-    std::fs::write(&path, "path,caption\na.png,x\n").unwrap();
+    std::fs::write(&path, "\u{FEFF}path,caption\na.png,x\n").unwrap();
     let mut cfg = config(path.to_str().unwrap());
     cfg.keys = RecordKeys {
         csv_separator: b',',
@@ -361,16 +361,20 @@ fn image_folder_classes_labels_and_prompts() {
             std::fs::write(dir.join(class).join(format!("{i}.png")), png(i)).unwrap();
         }
         std::fs::write(dir.join(class).join("notes.txt"), "not an image").unwrap();
+        std::fs::create_dir_all(dir.join(class).join("nested")).unwrap();
+        if class == "bag" {
+            std::fs::write(dir.join(class).join("nested/9.png"), png(9)).unwrap();
+        }
     }
     let spec = format!("imagefolder:{}", dir.display());
     let mut loader = open_loader(&config(&spec)).unwrap();
     assert_eq!(loader.class_names().unwrap(), ["ankle boot", "bag"]);
-    assert_eq!(loader.num_samples(), Some(5));
+    assert_eq!(loader.num_samples(), Some(6), "nested folders count");
     let batch = loader.next_batch().unwrap().unwrap();
     assert_eq!(batch.labels.as_deref(), Some(&[0, 0, 1, 1][..]));
     let prompt = Tokenizer::shared().encode("a photo of a ankle boot.", CONTEXT, 49_408);
     assert_eq!(&batch.tokens[..CONTEXT], prompt.as_slice());
-    assert_eq!(loader.next_batch().unwrap().unwrap().n, 1);
+    assert_eq!(loader.next_batch().unwrap().unwrap().n, 2);
     assert!(loader.next_batch().unwrap().is_none());
 }
 

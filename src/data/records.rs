@@ -316,7 +316,12 @@ pub fn read_csv_records(file: &Path, keys: &RecordKeys) -> Result<Vec<RawRecord>
     let names: Vec<String> = header
         .fields
         .iter()
-        .map(|f| String::from_utf8_lossy(f).trim().to_string())
+        .map(|f| {
+            String::from_utf8_lossy(f)
+                .trim_start_matches('\u{FEFF}')
+                .trim()
+                .to_string()
+        })
         .collect();
     let column = |key: &str, flag: &str| {
         names.iter().position(|name| name == key).ok_or_else(|| DataError::CsvHeader {

@@ -298,12 +298,8 @@ pub fn read_image_folder(root: &Path) -> Result<ImageFolder, DataError> {
         classes.push(class_name_from_folder(
             &dir.file_name().unwrap_or_default().to_string_lossy(),
         ));
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-            .map_err(|e| io_error(dir, e))?
-            .filter_map(Result::ok)
-            .map(|entry| entry.path())
-            .filter(|path| path.is_file() && has_image_extension(path))
-            .collect();
+        let mut files = Vec::new();
+        collect_images(dir, &mut files).map_err(|e| io_error(dir, e))?;
         files.sort();
         items.extend(files.into_iter().map(|path| (path, label)));
     }
@@ -318,6 +314,19 @@ pub fn read_image_folder(root: &Path) -> Result<ImageFolder, DataError> {
         classes,
         items,
     })
+}
+
+/// Image files under `dir`, in sub-folders too (as torchvision's `ImageFolder`).
+fn collect_images(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_images(&path, files)?;
+        } else if path.is_file() && has_image_extension(&path) {
+            files.push(path);
+        }
+    }
+    Ok(())
 }
 
 fn has_image_extension(path: &Path) -> bool {

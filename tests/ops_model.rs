@@ -132,6 +132,26 @@ fn bad_shapes_name_the_op_and_the_shapes() {
             err.starts_with("prepend_row:") && err.contains("[2, 3, 4]") && err.contains("[5]"),
             "{err}"
         );
+        let gain = g.variable(&[0.0; 4], &[4]).unwrap();
+        let err = g.layer_norm(x, gain, row, 1e-5).unwrap_err().to_string();
+        let ok = err.starts_with("layer_norm:") && err.contains("[2, 3, 4]") && err.contains("[5]");
+        assert!(ok, "{err}");
+        let empty = g.variable(&[], &[2, 0]).unwrap();
+        let err = g.l2_normalize(empty).unwrap_err().to_string();
+        assert!(
+            err.starts_with("l2_normalize:") && err.contains("[2, 0]"),
+            "{err}"
+        );
+        let err = g.attention(x, 2, false).unwrap_err().to_string();
+        assert!(
+            err.starts_with("attention:") && err.contains("[2, 3, 4]"),
+            "{err}"
+        );
+        let qkv = g.variable(&[0.0; 18], &[1, 2, 9]).unwrap();
+        let err = g.attention(qkv, 2, false).unwrap_err().to_string();
+        let ok =
+            err.starts_with("attention:") && err.contains("[1, 2, 9]") && err.contains("2 heads");
+        assert!(ok, "{err}");
     }
 }
 
@@ -275,4 +295,141 @@ fn l2_normalize_gives_unit_rows_and_matches_cpu() {
         |g, v| g.l2_normalize(v[0]).unwrap(),
         1e-2,
     );
+}
+
+/// Attention of one [B, T, 3·D] qkv by the textbook formula, head by head: Q, K, V as [T, hd]
+/// matrices, S = QKᵀ/√hd with −∞ above the diagonal when causal, softmax rows, O = PV.
+fn naive_attention(qkv: &[f32], b: usize, t: usize, heads: usize, causal: bool) -> Vec<f32> {
+    let w = qkv.len() / (b * t * 3);
+    let hd = w / heads;
+    // qkv viewed as [B, T, 3, H, hd].
+    let at = |bi: usize, ti: usize, part: usize, h: usize, e: usize| {
+        qkv[(((bi * t + ti) * 3 + part) * heads + h) * hd + e] as f64
+    };
+    let mut out = vec![0f32; b * t * w];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..t {
+                let scores: Vec<f64> = (0..t)
+                    .map(|j| {
+                        if causal && j > i {
+                            f64::NEG_INFINITY
+                        } else {
+                            (0..hd)
+                                .map(|e| at(bi, i, 0, h, e) * at(bi, j, 1, h, e))
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        }
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = exps.iter().sum();
+                for e in 0..hd {
+                    let o: f64 = (0..t).map(|j| exps[j] / total * at(bi, j, 2, h, e)).sum();
+                    out[(bi * t + i) * w + h * hd + e] = o as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// qkv [B, T, 3·heads·hd] with values in [-amp, amp).
+fn qkv_input(
+    seed: u64,
+    b: usize,
+    t: usize,
+    heads: usize,
+    hd: usize,
+    amp: f32,
+) -> Vec<(Vec<f32>, Vec<usize>)> {
+    let mut rng = Rng::new(seed);
+    let n = b * t * 3 * heads * hd;
+    vec![(
+        (0..n).map(|_| rng.signed() * amp).collect(),
+        vec![b, t, 3 * heads * hd],
+    )]
+}
+
+#[test]
+fn attention_cpu_reference_matches_the_naive_formula() {
+    for (b, t, heads, hd, causal) in [
+        (2, 5, 3, 4, false),
+        (2, 5, 3, 4, true),
+        (1, 1, 2, 8, true),
+        (1, 17, 1, 32, true),
+    ] {
+        let inputs = qkv_input(70 + t as u64, b, t, heads, hd, 2.0);
+        let mut g = cpu_graph();
+        let qkv = g.constant(&inputs[0].0, &inputs[0].1).unwrap();
+        let out = g.attention(qkv, heads, causal).unwrap();
+        assert_eq!(g.shape(out), [b, t, heads * hd]);
+        let want = naive_attention(&inputs[0].0, b, t, heads, causal);
+        // Both in f64, rounded once to f32.
+        assert_close(
+            &format!("attention reference b{b} t{t} h{heads} causal={causal}"),
+            &g.to_vec(out),
+            &want,
+            1e-6,
+            1e-6,
+        );
+    }
+    // T = 1: the output is v.
+    let mut g = cpu_graph();
+    let qkv = g
+        .constant(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], &[1, 1, 6])
+        .unwrap();
+    let out = g.attention(qkv, 2, false).unwrap();
+    assert_eq!(g.to_vec(out), [5.0, 6.0]);
+}
+
+#[test]
+fn attention_gpu_matches_cpu() {
+    for (b, t, heads, hd, causal) in [
+        (1, 1, 1, 32, true),
+        (2, 1, 3, 32, false),
+        (2, 5, 2, 32, true),
+        (2, 17, 3, 32, false),
+        (2, 17, 3, 64, true),
+        (3, 17, 1, 64, false),
+    ] {
+        let inputs = qkv_input(80 + (t * heads) as u64, b, t, heads, hd, 1.5);
+        // Scores are f32 dot products of 32-64 terms of size ~1 and gradients sum over up to
+        // 17 keys: 2e-5 covers the reordering of those sums.
+        compare_backends(
+            &format!("attention b{b} t{t} h{heads} hd{hd} causal={causal}"),
+            &inputs,
+            |g, v| g.attention(v[0], heads, causal).unwrap(),
+            2e-5,
+        );
+    }
+}
+
+#[test]
+fn attention_gpu_matches_cpu_at_vit_length() {
+    // T = 197 (a ViT-B/16 image: 196 patches + class token), head_dim 64, 2 heads.
+    let inputs = qkv_input(90, 1, 197, 2, 64, 1.5);
+    // Sums over 197 keys in f32: 5e-5.
+    compare_backends(
+        "attention t197",
+        &inputs,
+        |g, v| g.attention(v[0], 2, false).unwrap(),
+        5e-5,
+    );
+}
+
+#[test]
+fn attention_gradchecks() {
+    for causal in [false, true] {
+        for heads in 1..=3 {
+            let inputs = qkv_input(100 + heads as u64, 2, 4, heads, 3, 1.0);
+            gradcheck(
+                &format!("attention h{heads} causal={causal}"),
+                &inputs,
+                |g, v| g.attention(v[0], heads, causal).unwrap(),
+                1e-2,
+            );
+        }
+    }
 }

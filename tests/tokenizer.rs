@@ -164,3 +164,28 @@ fn html_unescape_follows_python() {
         "&unknown; & &#; &#x;"
     );
 }
+
+#[test]
+fn adversarial_captions_stay_fast() {
+    let tokenizer = Tokenizer::shared();
+    let start = std::time::Instant::now();
+    let nested = format!("{}lt;", "&amp;".repeat(20_000));
+    let ids = tokenizer.encode(&nested, 77, 49_408);
+    assert_eq!((ids[0], ids[76]), (START_OF_TEXT, END_OF_TEXT));
+    let mut rng = 12345u64;
+    let word: String = (0..200_000)
+        .map(|_| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            char::from(b'a' + (rng >> 59) as u8 % 26)
+        })
+        .collect();
+    let ids = tokenizer.encode_ids(&word);
+    assert!(ids.len() > 20_000, "{} tokens", ids.len());
+    assert!(
+        start.elapsed().as_secs_f64() < 10.0,
+        "took {:?}",
+        start.elapsed()
+    );
+}

@@ -24,6 +24,8 @@ pub const END_OF_TEXT: u32 = 49_407;
 const BYTE_TOKENS: usize = 512;
 /// Merges used by CLIP: lines 1..=48894 of the merges file (line 0 is a version header).
 const MERGE_COUNT: usize = CLIP_VOCAB_SIZE - BYTE_TOKENS - 2;
+/// Longest pre-token BPE sees in one piece (see [`piece_chunks`]).
+const MAX_PIECE_BYTES: usize = 1024;
 /// Smallest vocabulary [`Tokenizer::encode`] supports: start, end and one text id.
 pub const MIN_VOCAB_SIZE: usize = 3;
 
@@ -131,7 +133,11 @@ impl Tokenizer {
                 .find(|&&(special, _)| special == piece)
             {
                 Some(&(_, id)) => ids.push(id),
-                None => self.bpe(piece.as_bytes(), &mut ids),
+                None => {
+                    for chunk in piece_chunks(piece) {
+                        self.bpe(chunk.as_bytes(), &mut ids);
+                    }
+                }
             }
         }
         ids
@@ -301,6 +307,24 @@ pub fn pre_tokenize(text: &str) -> Vec<&str> {
         start += len;
     }
     pieces
+}
+
+/// A pre-token longer than [`MAX_PIECE_BYTES`] in pieces of at most that many bytes (cut at
+/// character boundaries); shorter ones whole. BPE time grows with the square of a piece's
+/// length, and no real word is this long, so real captions tokenize exactly as CLIP.
+fn piece_chunks(piece: &str) -> Vec<&str> {
+    let mut chunks = Vec::new();
+    let mut rest = piece;
+    while rest.len() > MAX_PIECE_BYTES {
+        let mut cut = MAX_PIECE_BYTES;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        chunks.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    chunks.push(rest);
+    chunks
 }
 
 fn run_len(text: &str, class: impl Fn(char) -> bool) -> usize {

@@ -35,6 +35,15 @@ pub enum Threshold {
     Auto,
 }
 
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Fixed(r) => write!(f, "{r}"),
+            Threshold::Auto => f.write_str("auto"),
+        }
+    }
+}
+
 fn parse_threshold(text: &str) -> Result<Threshold, String> {
     if text == "auto" {
         return Ok(Threshold::Auto);
@@ -61,18 +70,25 @@ pub struct MaskArgs {
     #[arg(long, default_value_t = ClusterMaskConfig::default().anchor_ratio)]
     pub anchor_ratio: f64,
     /// Similarity threshold r (M3.3), or `auto` with --target-mask-ratio (M3.6).
-    #[arg(long, default_value = "0.5", value_parser = parse_threshold)]
+    #[arg(
+        long,
+        default_value_t = Threshold::Fixed(ClusterMaskConfig::default().threshold),
+        value_parser = parse_threshold
+    )]
     pub threshold: Threshold,
     /// Cluster coverage that `--threshold auto` aims at.
     #[arg(long)]
     pub target_mask_ratio: Option<f64>,
+    /// Least fraction of patches dropped (M3.4).
     #[arg(long, default_value_t = ClusterMaskConfig::default().min_mask_ratio)]
     pub min_mask_ratio: f64,
+    /// Most fraction of patches dropped (M3.4).
     #[arg(long, default_value_t = ClusterMaskConfig::default().max_mask_ratio)]
     pub max_mask_ratio: f64,
     /// Dropped fraction of `--strategy random` (M4).
     #[arg(long, default_value_t = 0.5)]
     pub mask_ratio: f64,
+    /// Seed of the mask generator (with --step, its key).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Training step the mask is drawn for (the generator's second key).

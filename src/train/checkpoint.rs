@@ -74,9 +74,13 @@ pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> 
     let field = |path: &[&str]| -> Result<usize, String> {
         let mut cur = json;
         for key in path {
-            cur = cur.get(*key).ok_or_else(|| format!("model config field {} is missing", path.join(".")))?;
+            cur = cur
+                .get(*key)
+                .ok_or_else(|| format!("model config field {} is missing", path.join(".")))?;
         }
-        cur.as_u64().map(|x| x as usize).ok_or_else(|| format!("model config field {} is not a count", path.join(".")))
+        cur.as_u64()
+            .map(|x| x as usize)
+            .ok_or_else(|| format!("model config field {} is not a count", path.join(".")))
     };
     let config = ClipConfig {
         embed_dim: field(&["embed_dim"])?,
@@ -99,8 +103,10 @@ pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> 
     Ok(config)
 }
 
-fn u64_tensor(values: &[u64]) -> Vec<u8> {
-    bytemuck::cast_slice(values).to_vec()
+/// Counters as I64 tensors (PyTorch has no u64; the reader widens every integer dtype).
+fn i64_tensor(values: &[u64]) -> Vec<u8> {
+    let signed: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+    bytemuck::cast_slice(&signed).to_vec()
 }
 
 /// Why a checkpoint was not written.
@@ -121,7 +127,11 @@ impl std::fmt::Display for CheckpointError {
 
 /// The bytes of a checkpoint of `trainer` at `state` (reads the device once per buffer); refuses
 /// non-finite parameters.
-pub fn checkpoint_bytes(trainer: &Trainer, state: &TrainState, run_config: &str) -> Result<Vec<u8>, CheckpointError> {
+pub fn checkpoint_bytes(
+    trainer: &Trainer,
+    state: &TrainState,
+    run_config: &str,
+) -> Result<Vec<u8>, CheckpointError> {
     let backend = &trainer.backend;
     let params = &trainer.clip.params;
     let flats = [
@@ -130,15 +140,29 @@ pub fn checkpoint_bytes(trainer: &Trainer, state: &TrainState, run_config: &str)
         read_storage(backend, &trainer.optimizer.moment2.values),
     ];
     for (spec, &offset) in params.specs.iter().zip(&params.offsets) {
-        if let Some(bad) = flats[0][offset..offset + spec.numel()].iter().find(|x| !x.is_finite()) {
-            return Err(CheckpointError::NonFinite(format!("parameter {} holds {bad}", spec.name)));
+        if let Some(bad) = flats[0][offset..offset + spec.numel()]
+            .iter()
+            .find(|x| !x.is_finite())
+        {
+            return Err(CheckpointError::NonFinite(format!(
+                "parameter {} holds {bad}",
+                spec.name
+            )));
         }
     }
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (prefix, flat) in ["", "optimizer.exp_avg.", "optimizer.exp_avg_sq."].iter().zip(&flats) {
+    for (prefix, flat) in ["", "optimizer.exp_avg.", "optimizer.exp_avg_sq."]
+        .iter()
+        .zip(&flats)
+    {
         for (spec, &offset) in params.specs.iter().zip(&params.offsets) {
             let values = &flat[offset..offset + spec.numel()];
-            owned.push((format!("{prefix}{}", spec.name), Dtype::F32, spec.shape.clone(), bytemuck::cast_slice(values).to_vec()));
+            owned.push((
+                format!("{prefix}{}", spec.name),
+                Dtype::F32,
+                spec.shape.clone(),
+                bytemuck::cast_slice(values).to_vec(),
+            ));
         }
     }
     let counters = [
@@ -151,11 +175,16 @@ pub fn checkpoint_bytes(trainer: &Trainer, state: &TrainState, run_config: &str)
         ("rng.seed", state.seed),
     ];
     for (name, value) in counters {
-        owned.push((name.to_string(), Dtype::U64, vec![1], u64_tensor(&[value])));
+        owned.push((name.to_string(), Dtype::I64, vec![1], i64_tensor(&[value])));
     }
     let history_steps: Vec<u64> = state.loss_history.iter().map(|&(s, _)| s).collect();
     let history_losses: Vec<f32> = state.loss_history.iter().map(|&(_, l)| l).collect();
-    owned.push(("train.loss_history.step".into(), Dtype::U64, vec![history_steps.len()], u64_tensor(&history_steps)));
+    owned.push((
+        "train.loss_history.step".into(),
+        Dtype::I64,
+        vec![history_steps.len()],
+        i64_tensor(&history_steps),
+    ));
     owned.push((
         "train.loss_history.loss".into(),
         Dtype::F32,
@@ -172,35 +201,55 @@ pub fn checkpoint_bytes(trainer: &Trainer, state: &TrainState, run_config: &str)
         .collect::<Result<Vec<_>, CheckpointError>>()?;
     let mut metadata = HashMap::new();
     metadata.insert("format".to_string(), CHECKPOINT_FORMAT.to_string());
-    metadata.insert("model_config".to_string(), config_json(&trainer.clip.config).to_string());
+    metadata.insert(
+        "model_config".to_string(),
+        config_json(&trainer.clip.config).to_string(),
+    );
     metadata.insert("run_config".to_string(), run_config.to_string());
     metadata.insert("step".to_string(), state.step.to_string());
     metadata.insert("epoch".to_string(), state.epoch.to_string());
     if let Some(r) = state.calibrated_threshold {
         metadata.insert("calibrated_threshold".to_string(), format!("{r:e}"));
     }
-    safetensors::serialize(views, Some(metadata)).map_err(|e| CheckpointError::Write(format!("checkpoint serialisation: {e}")))
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| CheckpointError::Write(format!("checkpoint serialisation: {e}")))
 }
 
 /// Writes a checkpoint of `trainer` to `path` atomically.
-pub fn save_checkpoint(path: &Path, trainer: &Trainer, state: &TrainState, run_config: &str) -> Result<(), CheckpointError> {
+pub fn save_checkpoint(
+    path: &Path,
+    trainer: &Trainer,
+    state: &TrainState,
+    run_config: &str,
+) -> Result<(), CheckpointError> {
     let bytes = checkpoint_bytes(trainer, state, run_config)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::Write(format!("{}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CheckpointError::Write(format!("{}: {e}", dir.display())))?;
     }
     write_bytes_atomic(path, &bytes).map_err(CheckpointError::Write)
 }
 
 fn counter(file: &TensorFile, name: &str) -> Result<u64, String> {
-    let tensor = file.tensors.get(name).ok_or_else(|| format!("{}: missing tensor {name}", file.path.display()))?;
+    let tensor = file
+        .tensors
+        .get(name)
+        .ok_or_else(|| format!("{}: missing tensor {name}", file.path.display()))?;
     match &tensor.data {
         crate::model::io::TensorData::Int(v) if v.len() == 1 => Ok(v[0] as u64),
-        _ => Err(format!("{}: tensor {name} is not one integer", file.path.display())),
+        _ => Err(format!(
+            "{}: tensor {name} is not one integer",
+            file.path.display()
+        )),
     }
 }
 
 /// Flat values of `specs` from tensors named `prefix + name`.
-fn flat_from_file(file: &TensorFile, config: &ClipConfig, prefix: &str) -> Result<Vec<f32>, String> {
+fn flat_from_file(
+    file: &TensorFile,
+    config: &ClipConfig,
+    prefix: &str,
+) -> Result<Vec<f32>, String> {
     let specs = param_specs(config);
     let (offsets, total) = layout(&specs);
     let mut flat = vec![0.0; total];
@@ -209,7 +258,11 @@ fn flat_from_file(file: &TensorFile, config: &ClipConfig, prefix: &str) -> Resul
         let (shape, values) = file.f32(&name)?;
         let same = shape == spec.shape || (spec.shape.is_empty() && shape == [1]);
         if !same || values.len() != spec.numel() {
-            return Err(format!("{}: tensor {name} has shape {shape:?}, the model needs {:?}", file.path.display(), spec.shape));
+            return Err(format!(
+                "{}: tensor {name} has shape {shape:?}, the model needs {:?}",
+                file.path.display(),
+                spec.shape
+            ));
         }
         flat[offset..offset + values.len()].copy_from_slice(&values);
     }
@@ -222,12 +275,17 @@ pub fn load_checkpoint(path: &Path, model: Option<&ClipConfig>) -> Result<Checkp
     let file = TensorFile::read(path)?;
     let config = match (file.metadata.get("model_config"), model) {
         (Some(text), _) => {
-            let json: serde_json::Value =
-                serde_json::from_str(text).map_err(|e| format!("{}: model_config metadata: {e}", path.display()))?;
+            let json: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| format!("{}: model_config metadata: {e}", path.display()))?;
             config_from_json(&json).map_err(|e| format!("{}: {e}", path.display()))?
         }
         (None, Some(config)) => config.clone(),
-        (None, None) => return Err(format!("{}: no model configuration stored; pass --model", path.display())),
+        (None, None) => {
+            return Err(format!(
+                "{}: no model configuration stored; pass --model",
+                path.display()
+            ));
+        }
     };
     let params = flat_from_file(&file, &config, "")?;
     let resumable = file.metadata.get("format").map(String::as_str) == Some(CHECKPOINT_FORMAT);
@@ -242,14 +300,20 @@ pub fn load_checkpoint(path: &Path, model: Option<&ClipConfig>) -> Result<Checkp
             run_config: None,
         });
     }
-    let moments = (flat_from_file(&file, &config, "optimizer.exp_avg.")?, flat_from_file(&file, &config, "optimizer.exp_avg_sq.")?);
+    let moments = (
+        flat_from_file(&file, &config, "optimizer.exp_avg.")?,
+        flat_from_file(&file, &config, "optimizer.exp_avg_sq.")?,
+    );
     let steps = file.u32("train.loss_history.step").map(|(_, v)| v);
     let history = match (steps, file.f32("train.loss_history.loss")) {
         (Ok(s), Ok((_, l))) if s.len() == l.len() => s.into_iter().map(u64::from).zip(l).collect(),
         _ => Vec::new(),
     };
     let calibrated_threshold = match file.metadata.get("calibrated_threshold") {
-        Some(text) => Some(text.parse::<f32>().map_err(|e| format!("{}: calibrated_threshold: {e}", path.display()))?),
+        Some(text) => Some(
+            text.parse::<f32>()
+                .map_err(|e| format!("{}: calibrated_threshold: {e}", path.display()))?,
+        ),
         None => None,
     };
     let state = TrainState {
@@ -276,14 +340,27 @@ pub fn load_checkpoint(path: &Path, model: Option<&ClipConfig>) -> Result<Checkp
 impl Checkpoint {
     /// The model on `backend`.
     pub fn model(&self, backend: &Backend) -> Clip {
-        Clip { params: ParamStore::from_flat(param_specs(&self.config), &self.params, backend), config: self.config.clone() }
+        Clip {
+            params: ParamStore::from_flat(param_specs(&self.config), &self.params, backend),
+            config: self.config.clone(),
+        }
     }
 
     /// Puts the stored moments and step count into `optimizer` (same model layout).
-    pub fn restore_optimizer(&self, optimizer: &mut Optimizer, backend: &Backend) -> Result<(), String> {
-        let (m, v) = self.moments.as_ref().ok_or_else(|| format!("{}: holds no optimizer state", self.path.display()))?;
+    pub fn restore_optimizer(
+        &self,
+        optimizer: &mut Optimizer,
+        backend: &Backend,
+    ) -> Result<(), String> {
+        let (m, v) = self
+            .moments
+            .as_ref()
+            .ok_or_else(|| format!("{}: holds no optimizer state", self.path.display()))?;
         if m.len() != optimizer.moment1.total {
-            return Err(format!("{}: optimizer state does not match the model", self.path.display()));
+            return Err(format!(
+                "{}: optimizer state does not match the model",
+                self.path.display()
+            ));
         }
         optimizer.moment1.values = backend.upload(m);
         optimizer.moment2.values = backend.upload(v);

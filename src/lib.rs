@@ -6,10 +6,13 @@
 //! terminal, so it builds for wasm32; everything else sits behind the default `cli` feature.
 
 pub mod data;
+pub mod eval;
 pub mod gpu;
 pub mod graph;
 pub mod masking;
+pub mod model;
 pub mod ops;
+pub mod train;
 
 #[cfg(feature = "cli")]
 pub mod cli;

@@ -4,7 +4,11 @@ use clap::{Parser, Subcommand};
 use clusterclip::cli;
 
 #[derive(Parser)]
-#[command(name = "clusterclip", version, about = "CLIP pre-training with cluster masking on any GPU (wgpu)")]
+#[command(
+    name = "clusterclip",
+    version,
+    about = "CLIP pre-training with cluster masking on any GPU (wgpu)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,6 +32,10 @@ enum Command {
     Train(Box<cli::train::TrainArgs>),
     /// Zero-shot or retrieval metrics of a checkpoint.
     Eval(cli::eval::EvalArgs),
+    /// A model preset's configuration and parameter counts.
+    Model(cli::model::ModelArgs),
+    /// Check this implementation against an OpenCLIP reference export.
+    VerifyOpenclip(cli::verify::VerifyArgs),
 }
 
 fn main() {
@@ -40,6 +48,8 @@ fn main() {
         Command::Mask(args) => cli::mask::run(args),
         Command::Train(args) => cli::train::run(*args),
         Command::Eval(args) => cli::eval::run(args),
+        Command::Model(args) => cli::model::run(args),
+        Command::VerifyOpenclip(args) => cli::verify::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err}");

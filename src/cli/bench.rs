@@ -13,6 +13,10 @@ use super::{CliResult, GpuArgs};
 pub enum BenchCommand {
     /// GFLOP/s of one (batched) matmul C = op(A)·op(B).
     Matmul(MatmulArgs),
+    /// Forward+backward of the image and text towers: images/s and GFLOP/s.
+    Tower(super::bench_model::TowerArgs),
+    /// Whole training steps (mask, forward, loss, backward, AdamW): images/s by masking.
+    Step(super::bench_model::StepArgs),
 }
 
 #[derive(clap::Args)]
@@ -43,6 +47,8 @@ pub struct MatmulArgs {
 pub fn run(cmd: BenchCommand) -> CliResult {
     match cmd {
         BenchCommand::Matmul(args) => run_matmul(&args),
+        BenchCommand::Tower(args) => super::bench_model::run_tower(args),
+        BenchCommand::Step(args) => super::bench_model::run_step(args),
     }
 }
 

@@ -68,9 +68,21 @@ pub fn synthetic_batch(config: &ClipConfig, batch: usize, seed: u64) -> (Vec<f32
     let mut tokens = Vec::with_capacity(batch * config.text.context_length);
     for i in 0..batch {
         let sample = shapes::train_sample(seed, i as u64, size);
-        let view = crate::data::image_ops::RgbView { rgb: &sample.rgb, width: size, height: size };
-        crate::data::image_ops::eval_transform(view, size, &mut images[i * 3 * size * size..(i + 1) * 3 * size * size]);
-        tokens.extend(tokenizer.encode(&sample.caption, config.text.context_length, config.text.vocab_size));
+        let view = crate::data::image_ops::RgbView {
+            rgb: &sample.rgb,
+            width: size,
+            height: size,
+        };
+        crate::data::image_ops::eval_transform(
+            view,
+            size,
+            &mut images[i * 3 * size * size..(i + 1) * 3 * size * size],
+        );
+        tokens.extend(tokenizer.encode(
+            &sample.caption,
+            config.text.context_length,
+            config.text.vocab_size,
+        ));
     }
     (images, tokens)
 }
@@ -118,7 +130,13 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
     let image_s = time(&image_pass)?;
     let text_s = time(&text_pass)?;
     let image_flops = 3.0 * tower_forward_flops(args.batch_size, keep + 1, v.width, v.layers);
-    let text_flops = 3.0 * tower_forward_flops(args.batch_size, config.text.context_length, config.text.width, config.text.layers);
+    let text_flops = 3.0
+        * tower_forward_flops(
+            args.batch_size,
+            config.text.context_length,
+            config.text.width,
+            config.text.layers,
+        );
     let b = args.batch_size as f64;
     if args.json {
         println!(
@@ -131,9 +149,24 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
             })
         );
     } else {
-        println!("{} on {}: batch {}, {keep} of {patches} patches kept", args.preset, gpu.describe(), args.batch_size);
-        println!("  image tower fwd+bwd: {:.1} ms, {:.1} images/s, {:.1} GFLOP/s", image_s * 1e3, b / image_s, image_flops / image_s / 1e9);
-        println!("  text tower  fwd+bwd: {:.1} ms, {:.1} texts/s, {:.1} GFLOP/s", text_s * 1e3, b / text_s, text_flops / text_s / 1e9);
+        println!(
+            "{} on {}: batch {}, {keep} of {patches} patches kept",
+            args.preset,
+            gpu.describe(),
+            args.batch_size
+        );
+        println!(
+            "  image tower fwd+bwd: {:.1} ms, {:.1} images/s, {:.1} GFLOP/s",
+            image_s * 1e3,
+            b / image_s,
+            image_flops / image_s / 1e9
+        );
+        println!(
+            "  text tower  fwd+bwd: {:.1} ms, {:.1} texts/s, {:.1} GFLOP/s",
+            text_s * 1e3,
+            b / text_s,
+            text_flops / text_s / 1e9
+        );
     }
     Ok(())
 }
@@ -144,7 +177,9 @@ pub fn parse_strategy(mask: &str, mask_ratio: f64) -> Result<MaskStrategy, Strin
         "random" => Ok(MaskStrategy::Random { mask_ratio }),
         "cluster" => Ok(MaskStrategy::Cluster(ClusterMaskConfig::default())),
         "cluster-embed" => Ok(MaskStrategy::ClusterEmbed(ClusterMaskConfig::default())),
-        other => Err(format!("--mask: unknown strategy '{other}' (none, random, cluster, cluster-embed)")),
+        other => Err(format!(
+            "--mask: unknown strategy '{other}' (none, random, cluster, cluster-embed)"
+        )),
     }
 }
 
@@ -159,15 +194,30 @@ pub fn run_step(args: StepArgs) -> CliResult {
     let mut ratios = Vec::new();
     let mut step = |i: u32| -> Result<f64, Box<dyn std::error::Error>> {
         let start = Instant::now();
-        let mask = compute_mask(&trainer.clip, &backend, &strategy, &images, args.batch_size, MaskRng::new(0, i), 0.5)?;
+        let mask = compute_mask(
+            &trainer.clip,
+            &backend,
+            &strategy,
+            &images,
+            args.batch_size,
+            MaskRng::new(0, i),
+            0.5,
+        )?;
         ratios.push(mask.as_ref().map_or(0.0, |m| m.mask_ratio as f64));
-        let inputs = ClipInputs { images: &images, tokens: &tokens, batch: args.batch_size, kept: mask.as_ref().map(|m| m.kept.as_slice()) };
+        let inputs = ClipInputs {
+            images: &images,
+            tokens: &tokens,
+            batch: args.batch_size,
+            kept: mask.as_ref().map(|m| m.kept.as_slice()),
+        };
         trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?;
         gpu.sync();
         Ok(start.elapsed().as_secs_f64())
     };
     step(0)?;
-    let runs: Vec<f64> = (1..=args.repeats.max(1) as u32).map(&mut step).collect::<Result<_, _>>()?;
+    let runs: Vec<f64> = (1..=args.repeats.max(1) as u32)
+        .map(&mut step)
+        .collect::<Result<_, _>>()?;
     let seconds = median(runs);
     let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let per_s = args.batch_size as f64 / seconds;
@@ -183,7 +233,13 @@ pub fn run_step(args: StepArgs) -> CliResult {
     } else {
         println!(
             "{} batch {} mask {} on {}: {:.3} s/step, {:.1} images/s, realised mask ratio {:.3}",
-            args.preset, args.batch_size, args.mask, gpu.describe(), seconds, per_s, ratio
+            args.preset,
+            args.batch_size,
+            args.mask,
+            gpu.describe(),
+            seconds,
+            per_s,
+            ratio
         );
     }
     Ok(())

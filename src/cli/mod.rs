@@ -1,12 +1,15 @@
 //! Subcommand implementations: each parses nothing itself (clap does) and calls the library.
 
 pub mod bench;
+pub mod bench_model;
 pub mod data;
 pub mod eval;
 pub mod info;
 pub mod mask;
+pub mod model;
 pub mod tokenize;
 pub mod train;
+pub mod verify;
 
 /// Errors reach the user as one line.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;

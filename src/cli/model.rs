@@ -34,13 +34,20 @@ pub fn run(args: ModelArgs) -> CliResult {
         println!("preset {}: embed {}", args.preset, config.embed_dim);
         println!(
             "  image: {}px, patch {} ({} patches), width {}, {} layers, {} heads",
-            v.image_size, v.patch_size, v.patches(), v.width, v.layers, v.heads
+            v.image_size,
+            v.patch_size,
+            v.patches(),
+            v.width,
+            v.layers,
+            v.heads
         );
         println!(
             "  text: context {}, vocabulary {}, width {}, {} layers, {} heads",
             t.context_length, t.vocab_size, t.width, t.layers, t.heads
         );
-        println!("  parameters: {total} total ({image} image tower, {text} text tower and logit_scale)");
+        println!(
+            "  parameters: {total} total ({image} image tower, {text} text tower and logit_scale)"
+        );
     }
     Ok(())
 }

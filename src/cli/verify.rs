@@ -35,7 +35,11 @@ pub struct VerifyArgs {
 }
 
 /// Every check of a verification run.
-pub fn verify(reference: &Reference, backend: &Backend, args: &VerifyArgs) -> Result<Vec<Check>, String> {
+pub fn verify(
+    reference: &Reference,
+    backend: &Backend,
+    args: &VerifyArgs,
+) -> Result<Vec<Check>, String> {
     let mut checks = reference.check_forward_backward(backend, false, args.tolerance)?;
     checks.extend(reference.check_forward_backward(backend, true, args.tolerance)?);
     if args.trajectory {
@@ -47,16 +51,32 @@ pub fn verify(reference: &Reference, backend: &Backend, args: &VerifyArgs) -> Re
 fn number(json: &serde_json::Value, path: &[&str]) -> Result<f64, String> {
     let mut cur = json;
     for key in path {
-        cur = cur.get(*key).ok_or_else(|| format!("config field {} is missing", path.join(".")))?;
+        cur = cur
+            .get(*key)
+            .ok_or_else(|| format!("config field {} is missing", path.join(".")))?;
     }
-    cur.as_f64().ok_or_else(|| format!("config field {} is not a number", path.join(".")))
+    cur.as_f64()
+        .ok_or_else(|| format!("config field {} is not a number", path.join(".")))
 }
 
 /// Replays the reference's AdamW steps (constant lr, the loss recorded before each step).
-fn trajectory(reference: &Reference, backend: &Backend, args: &VerifyArgs) -> Result<Vec<Check>, String> {
+fn trajectory(
+    reference: &Reference,
+    backend: &Backend,
+    args: &VerifyArgs,
+) -> Result<Vec<Check>, String> {
     let json = &reference.json;
-    let betas = json.get("adamw").and_then(|a| a.get("betas")).and_then(|b| b.as_array()).ok_or("config field adamw.betas is missing")?;
-    let beta = |i: usize| betas.get(i).and_then(|b| b.as_f64()).ok_or("config field adamw.betas needs two numbers");
+    let betas = json
+        .get("adamw")
+        .and_then(|a| a.get("betas"))
+        .and_then(|b| b.as_array())
+        .ok_or("config field adamw.betas is missing")?;
+    let beta = |i: usize| {
+        betas
+            .get(i)
+            .and_then(|b| b.as_f64())
+            .ok_or("config field adamw.betas needs two numbers")
+    };
     let config = AdamWConfig {
         beta1: beta(0)? as f32,
         beta2: beta(1)? as f32,
@@ -69,11 +89,18 @@ fn trajectory(reference: &Reference, backend: &Backend, args: &VerifyArgs) -> Re
     let (_, want_losses) = file.f32("trajectory.losses")?;
     let (_, images) = file.f32("input.images")?;
     let (text_shape, tokens) = file.u32("input.text")?;
-    let inputs = ClipInputs { images: &images, tokens: &tokens, batch: text_shape[0], kept: None };
+    let inputs = ClipInputs {
+        images: &images,
+        tokens: &tokens,
+        batch: text_shape[0],
+        kept: None,
+    };
     let mut trainer = Trainer::new(reference.model(backend)?, backend.clone(), config);
     let mut losses = Vec::new();
     for _ in 0..want_losses.len() {
-        let report = trainer.step(std::slice::from_ref(&inputs), lr, true).map_err(|e| e.to_string())?;
+        let report = trainer
+            .step(std::slice::from_ref(&inputs), lr, true)
+            .map_err(|e| e.to_string())?;
         losses.push(report.loss.unwrap_or(f32::NAN));
     }
     let mut checks: Vec<Check> = losses
@@ -86,25 +113,43 @@ fn trajectory(reference: &Reference, backend: &Backend, args: &VerifyArgs) -> Re
             limit: args.tolerance,
         })
         .collect();
-    checks.extend(param_checks(&trainer.clip.params, reference, backend, args.param_tolerance)?);
+    checks.extend(param_checks(
+        &trainer.clip.params,
+        reference,
+        backend,
+        args.param_tolerance,
+    )?);
     Ok(checks)
 }
 
-fn param_checks(params: &ParamStore, reference: &Reference, backend: &Backend, limit: f64) -> Result<Vec<Check>, String> {
+fn param_checks(
+    params: &ParamStore,
+    reference: &Reference,
+    backend: &Backend,
+    limit: f64,
+) -> Result<Vec<Check>, String> {
     let g = crate::graph::Graph::new(backend.clone());
     params
         .to_host(&g)
         .into_iter()
         .map(|(name, _, values)| {
             let (_, want) = reference.file.f32(&format!("trajectory.param.{name}"))?;
-            Ok(Check { name: format!("trajectory.param.{name}"), rel_err: rel_err(&values, &want), limit })
+            Ok(Check {
+                name: format!("trajectory.param.{name}"),
+                rel_err: rel_err(&values, &want),
+                limit,
+            })
         })
         .collect()
 }
 
 pub fn run(args: VerifyArgs) -> CliResult {
     let reference = Reference::load(&args.prefix)?;
-    let backend = if args.cpu { Backend::Cpu } else { Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?) };
+    let backend = if args.cpu {
+        Backend::Cpu
+    } else {
+        Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
+    };
     let checks = verify(&reference, &backend, &args)?;
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.passed()).collect();
     let worst = checks.iter().map(|c| c.rel_err).fold(0.0, f64::max);
@@ -120,12 +165,27 @@ pub fn run(args: VerifyArgs) -> CliResult {
         println!("{summary}");
     } else {
         for c in &checks {
-            println!("{:<70} {:.3e} {}", c.name, c.rel_err, if c.passed() { "ok" } else { "FAIL" });
+            println!(
+                "{:<70} {:.3e} {}",
+                c.name,
+                c.rel_err,
+                if c.passed() { "ok" } else { "FAIL" }
+            );
         }
-        println!("{} checks, {} failed, largest relative error {worst:.3e}", checks.len(), failed.len());
+        println!(
+            "{} checks, {} failed, largest relative error {worst:.3e}",
+            checks.len(),
+            failed.len()
+        );
     }
     if !failed.is_empty() {
-        return Err(format!("{} of {} checks exceed their tolerance (first: {})", failed.len(), checks.len(), failed[0].name).into());
+        return Err(format!(
+            "{} of {} checks exceed their tolerance (first: {})",
+            failed.len(),
+            checks.len(),
+            failed[0].name
+        )
+        .into());
     }
     Ok(())
 }

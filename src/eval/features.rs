@@ -4,7 +4,11 @@ use crate::graph::{Graph, ShapeError};
 use crate::model::{Clip, text, vision};
 
 /// Normalised image features [n, embed_dim] of normalised images [n, 3, S, S].
-pub fn encode_images(clip: &Clip, images: &[f32], batch_size: usize) -> Result<Vec<f32>, ShapeError> {
+pub fn encode_images(
+    clip: &Clip,
+    images: &[f32],
+    batch_size: usize,
+) -> Result<Vec<f32>, ShapeError> {
     let v = &clip.config.vision;
     let per_image = 3 * v.image_size * v.image_size;
     let mut out = Vec::with_capacity(images.len() / per_image * clip.config.embed_dim);
@@ -22,7 +26,11 @@ pub fn encode_images(clip: &Clip, images: &[f32], batch_size: usize) -> Result<V
 }
 
 /// Normalised text features [n, embed_dim] of token ids [n, context].
-pub fn encode_texts(clip: &Clip, tokens: &[u32], batch_size: usize) -> Result<Vec<f32>, ShapeError> {
+pub fn encode_texts(
+    clip: &Clip,
+    tokens: &[u32],
+    batch_size: usize,
+) -> Result<Vec<f32>, ShapeError> {
     let ctx = clip.config.text.context_length;
     let mut out = Vec::with_capacity(tokens.len() / ctx * clip.config.embed_dim);
     for chunk in tokens.chunks(ctx * batch_size.max(1)) {

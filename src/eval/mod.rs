@@ -38,19 +38,34 @@ fn dot(a: &[f32], b: &[f32]) -> f64 {
 /// L2-normalises each row of `rows` (width `dim`) in place.
 pub fn normalize_rows(rows: &mut [f32], dim: usize) {
     for row in rows.chunks_mut(dim) {
-        let norm = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+        let norm = row
+            .iter()
+            .map(|x| (*x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12);
         row.iter_mut().for_each(|x| *x = (*x as f64 / norm) as f32);
     }
 }
 
 /// Class embeddings from per-template text embeddings [classes, templates, dim]: the mean over
 /// templates of the normalised embeddings, normalised again (CLIP's prompt ensembling).
-pub fn class_embeddings(per_template: &[f32], classes: usize, templates: usize, dim: usize) -> Vec<f32> {
+pub fn class_embeddings(
+    per_template: &[f32],
+    classes: usize,
+    templates: usize,
+    dim: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; classes * dim];
     for c in 0..classes {
         for t in 0..templates {
             let row = &per_template[(c * templates + t) * dim..][..dim];
-            let norm = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            let norm = row
+                .iter()
+                .map(|x| (*x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt()
+                .max(1e-12);
             for (o, x) in out[c * dim..(c + 1) * dim].iter_mut().zip(row) {
                 *o += (*x as f64 / norm / templates as f64) as f32;
             }
@@ -62,26 +77,40 @@ pub fn class_embeddings(per_template: &[f32], classes: usize, templates: usize, 
 
 /// Rank (0-based) of `target` among `scores` sorted descending; ties count against the target.
 fn rank_of(scores: &[f64], target: usize) -> usize {
-    scores.iter().enumerate().filter(|&(i, s)| i != target && *s >= scores[target]).count()
+    scores
+        .iter()
+        .enumerate()
+        .filter(|&(i, s)| i != target && *s >= scores[target])
+        .count()
 }
 
 /// Zero-shot metrics of normalised image features [n, dim] against class embeddings.
-pub fn zero_shot(image_features: &[f32], labels: &[usize], classes: &[f32], dim: usize) -> ZeroShotMetrics {
+pub fn zero_shot(
+    image_features: &[f32],
+    labels: &[usize],
+    classes: &[f32],
+    dim: usize,
+) -> ZeroShotMetrics {
     let n = labels.len();
     let class_count = classes.len() / dim;
     let (mut top1, mut top5) = (0usize, 0usize);
     let mut per_class = vec![(0usize, 0usize); class_count];
     for (i, &label) in labels.iter().enumerate() {
         let image = &image_features[i * dim..(i + 1) * dim];
-        let scores: Vec<f64> = (0..class_count).map(|c| dot(image, &classes[c * dim..(c + 1) * dim])).collect();
+        let scores: Vec<f64> = (0..class_count)
+            .map(|c| dot(image, &classes[c * dim..(c + 1) * dim]))
+            .collect();
         let rank = rank_of(&scores, label);
         top1 += usize::from(rank < 1);
         top5 += usize::from(rank < 5);
         per_class[label].1 += 1;
         per_class[label].0 += usize::from(rank < 1);
     }
-    let seen: Vec<f64> =
-        per_class.iter().filter(|(_, total)| *total > 0).map(|(hit, total)| *hit as f64 / *total as f64).collect();
+    let seen: Vec<f64> = per_class
+        .iter()
+        .filter(|(_, total)| *total > 0)
+        .map(|(hit, total)| *hit as f64 / *total as f64)
+        .collect();
     ZeroShotMetrics {
         acc1: top1 as f64 / n.max(1) as f64,
         acc5: top5 as f64 / n.max(1) as f64,
@@ -104,15 +133,28 @@ fn median(values: &mut [f64]) -> f64 {
 /// Retrieval between normalised image features [n, dim] and text features [m, dim], where text
 /// j belongs to image `text_image[j]`. A hit at k if any matching item is in the top k; ranks
 /// are 1-based ranks of the best-placed match.
-pub fn retrieval(image_features: &[f32], text_features: &[f32], text_image: &[usize], dim: usize) -> RetrievalMetrics {
+pub fn retrieval(
+    image_features: &[f32],
+    text_features: &[f32],
+    text_image: &[usize],
+    dim: usize,
+) -> RetrievalMetrics {
     let n = image_features.len() / dim;
     let m = text_image.len();
-    let sim = |i: usize, j: usize| dot(&image_features[i * dim..(i + 1) * dim], &text_features[j * dim..(j + 1) * dim]);
+    let sim = |i: usize, j: usize| {
+        dot(
+            &image_features[i * dim..(i + 1) * dim],
+            &text_features[j * dim..(j + 1) * dim],
+        )
+    };
     // image -> text
     let mut text_ranks = Vec::with_capacity(n);
     for i in 0..n {
         let scores: Vec<f64> = (0..m).map(|j| sim(i, j)).collect();
-        let best = (0..m).filter(|&j| text_image[j] == i).map(|j| rank_of(&scores, j)).min();
+        let best = (0..m)
+            .filter(|&j| text_image[j] == i)
+            .map(|j| rank_of(&scores, j))
+            .min();
         if let Some(rank) = best {
             text_ranks.push(rank as f64 + 1.0);
         }
@@ -123,7 +165,9 @@ pub fn retrieval(image_features: &[f32], text_features: &[f32], text_image: &[us
         let scores: Vec<f64> = (0..n).map(|i| sim(i, j)).collect();
         image_ranks.push(rank_of(&scores, text_image[j]) as f64 + 1.0);
     }
-    let recall = |ranks: &[f64], k: usize| ranks.iter().filter(|&&r| r <= k as f64).count() as f64 / ranks.len().max(1) as f64;
+    let recall = |ranks: &[f64], k: usize| {
+        ranks.iter().filter(|&&r| r <= k as f64).count() as f64 / ranks.len().max(1) as f64
+    };
     let mean = |ranks: &[f64]| ranks.iter().sum::<f64>() / ranks.len().max(1) as f64;
     RetrievalMetrics {
         text_retrieval_recall: RECALL_AT.map(|k| recall(&text_ranks, k)),

@@ -375,11 +375,20 @@ impl Gpu {
             let encoder = rec.encoder(&self.device);
             for b in bufs {
                 if !b.is_empty() {
-                    encoder.copy_buffer_to_buffer(b.buffer(), b.byte_offset(), joined.buffer(), (at * 4) as u64, (b.len() * 4) as u64);
+                    encoder.copy_buffer_to_buffer(
+                        b.buffer(),
+                        b.byte_offset(),
+                        joined.buffer(),
+                        (at * 4) as u64,
+                        (b.len() * 4) as u64,
+                    );
                 }
                 at += b.len();
             }
-            joined.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+            joined
+                .inner
+                .last_bound_epoch
+                .store(epoch, Ordering::Relaxed);
         }
         let words = self.read_u32(&joined)?;
         let mut out = Vec::with_capacity(bufs.len());

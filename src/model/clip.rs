@@ -51,20 +51,31 @@ impl Clip {
         let (offsets, total) = layout(&specs);
         let mut flat = vec![0.0; total];
         for (spec, offset) in specs.iter().zip(offsets) {
-            let (shape, values) = lookup(&spec.name).ok_or_else(|| format!("missing tensor {}", spec.name))?;
+            let (shape, values) =
+                lookup(&spec.name).ok_or_else(|| format!("missing tensor {}", spec.name))?;
             let same = shape == spec.shape || (spec.shape.is_empty() && shape == [1]);
             if !same || values.len() != spec.numel() {
-                return Err(format!("tensor {} has shape {shape:?}, the model needs {:?}", spec.name, spec.shape));
+                return Err(format!(
+                    "tensor {} has shape {shape:?}, the model needs {:?}",
+                    spec.name, spec.shape
+                ));
             }
             flat[offset..offset + values.len()].copy_from_slice(&values);
         }
-        Ok(Clip { params: ParamStore::from_flat(specs, &flat, backend), config })
+        Ok(Clip {
+            params: ParamStore::from_flat(specs, &flat, backend),
+            config,
+        })
     }
 
     /// Number of parameters: (total, image tower, text tower incl. logit_scale).
     pub fn parameter_counts(config: &ClipConfig) -> (usize, usize, usize) {
         let specs = param_specs(config);
-        let image: usize = specs.iter().filter(|s| s.name.starts_with("visual.")).map(|s| s.numel()).sum();
+        let image: usize = specs
+            .iter()
+            .filter(|s| s.name.starts_with("visual."))
+            .map(|s| s.numel())
+            .sum();
         let total: usize = specs.iter().map(|s| s.numel()).sum();
         (total, image, total - image)
     }
@@ -76,20 +87,36 @@ impl Clip {
         if inputs.images.len() != expected {
             return Err(shape_error(
                 "clip",
-                format!("{} image values for batch {} at {}px ({expected} expected)", inputs.images.len(), inputs.batch, v.image_size),
+                format!(
+                    "{} image values for batch {} at {}px ({expected} expected)",
+                    inputs.images.len(),
+                    inputs.batch,
+                    v.image_size
+                ),
             ));
         }
         let params = self.params.bind(g);
-        let images = g.constant(inputs.images, &[inputs.batch, 3, v.image_size, v.image_size])?;
+        let images = g.constant(
+            inputs.images,
+            &[inputs.batch, 3, v.image_size, v.image_size],
+        )?;
         let tokens = vision::embed(g, &params, v, images)?;
         let image = vision::encode(g, &params, v, tokens, inputs.kept)?;
         let text = text::encode(g, &params, &self.config.text, inputs.tokens)?;
         if g.shape(text)[0] != inputs.batch {
-            return Err(shape_error("clip", format!("{} texts for {} images", g.shape(text)[0], inputs.batch)));
+            return Err(shape_error(
+                "clip",
+                format!("{} texts for {} images", g.shape(text)[0], inputs.batch),
+            ));
         }
         let image_features = g.l2_normalize(image)?;
         let text_features = g.l2_normalize(text)?;
         let loss = g.contrastive_loss(image_features, text_features, params.get("logit_scale"))?;
-        Ok(ClipOutputs { params, image_features, text_features, loss })
+        Ok(ClipOutputs {
+            params,
+            image_features,
+            text_features,
+            loss,
+        })
     }
 }

@@ -60,22 +60,63 @@ impl ClipConfig {
             // The configuration measured in PyTorch on the 2-core CI machine (issue 3).
             "tiny" => ClipConfig {
                 embed_dim: 192,
-                vision: VisionConfig { image_size: 64, patch_size: 8, width: 192, layers: 4, heads: 3 },
-                text: TextConfig { context_length: 32, vocab_size: 1000, width: 192, layers: 4, heads: 3 },
+                vision: VisionConfig {
+                    image_size: 64,
+                    patch_size: 8,
+                    width: 192,
+                    layers: 4,
+                    heads: 3,
+                },
+                text: TextConfig {
+                    context_length: 32,
+                    vocab_size: 1000,
+                    width: 192,
+                    layers: 4,
+                    heads: 3,
+                },
             },
             // OpenCLIP ViT-S-16.json.
             "s16" => ClipConfig {
                 embed_dim: 384,
-                vision: VisionConfig { image_size: 224, patch_size: 16, width: 384, layers: 12, heads: 6 },
-                text: TextConfig { context_length: 77, vocab_size: 49_408, width: 384, layers: 12, heads: 6 },
+                vision: VisionConfig {
+                    image_size: 224,
+                    patch_size: 16,
+                    width: 384,
+                    layers: 12,
+                    heads: 6,
+                },
+                text: TextConfig {
+                    context_length: 77,
+                    vocab_size: 49_408,
+                    width: 384,
+                    layers: 12,
+                    heads: 6,
+                },
             },
             // OpenCLIP ViT-B-16.json, the paper's model (M1).
             "b16" => ClipConfig {
                 embed_dim: 512,
-                vision: VisionConfig { image_size: 224, patch_size: 16, width: 768, layers: 12, heads: 12 },
-                text: TextConfig { context_length: 77, vocab_size: 49_408, width: 512, layers: 12, heads: 8 },
+                vision: VisionConfig {
+                    image_size: 224,
+                    patch_size: 16,
+                    width: 768,
+                    layers: 12,
+                    heads: 12,
+                },
+                text: TextConfig {
+                    context_length: 77,
+                    vocab_size: 49_408,
+                    width: 512,
+                    layers: 12,
+                    heads: 8,
+                },
             },
-            other => return Err(format!("unknown model preset '{other}': expected one of {}", PRESETS.join(", "))),
+            other => {
+                return Err(format!(
+                    "unknown model preset '{other}': expected one of {}",
+                    PRESETS.join(", ")
+                ));
+            }
         };
         Ok(config)
     }
@@ -109,13 +150,21 @@ impl ClipConfig {
             ));
         }
         if v.width % v.heads != 0 {
-            return Err(format!("model config: vision.width {} is not divisible by vision.heads {}", v.width, v.heads));
+            return Err(format!(
+                "model config: vision.width {} is not divisible by vision.heads {}",
+                v.width, v.heads
+            ));
         }
         if t.width % t.heads != 0 {
-            return Err(format!("model config: text.width {} is not divisible by text.heads {}", t.width, t.heads));
+            return Err(format!(
+                "model config: text.width {} is not divisible by text.heads {}",
+                t.width, t.heads
+            ));
         }
         if t.vocab_size < 3 {
-            return Err("model config: text.vocab_size must leave room for the start and end tokens".into());
+            return Err(
+                "model config: text.vocab_size must leave room for the start and end tokens".into(),
+            );
         }
         Ok(())
     }

@@ -15,17 +15,32 @@ enum Init {
     Constant(f32),
 }
 
-fn block_specs(prefix: &str, width: usize, text_init: Option<(f32, f32, f32)>) -> Vec<(ParamSpec, Init)> {
+fn block_specs(
+    prefix: &str,
+    width: usize,
+    text_init: Option<(f32, f32, f32)>,
+) -> Vec<(ParamSpec, Init)> {
     let hidden = width * MLP_RATIO;
-    let p = |name: &str, shape: Vec<usize>, init: Init| (ParamSpec { name: format!("{prefix}{name}"), shape }, init);
+    let p = |name: &str, shape: Vec<usize>, init: Init| {
+        (
+            ParamSpec {
+                name: format!("{prefix}{name}"),
+                shape,
+            },
+            init,
+        )
+    };
     // PyTorch defaults (nn.Linear: U(±1/sqrt(fan_in)) for weight and bias; nn.MultiheadAttention:
     // xavier-uniform in_proj, zero biases) unless CLIP.init_parameters overrides (text tower).
     let xavier = (6.0 / (width + 3 * width) as f32).sqrt();
     let lin = |fan_in: usize| Init::Uniform(1.0 / (fan_in as f32).sqrt());
     let (in_proj, out_proj, c_fc, c_proj) = match text_init {
-        Some((attn_std, proj_std, fc_std)) => {
-            (Init::Normal(attn_std), Init::Normal(proj_std), Init::Normal(fc_std), Init::Normal(proj_std))
-        }
+        Some((attn_std, proj_std, fc_std)) => (
+            Init::Normal(attn_std),
+            Init::Normal(proj_std),
+            Init::Normal(fc_std),
+            Init::Normal(proj_std),
+        ),
         None => (Init::Uniform(xavier), lin(width), lin(width), lin(hidden)),
     };
     vec![
@@ -49,32 +64,88 @@ fn declare(config: &ClipConfig) -> Vec<(ParamSpec, Init)> {
     let t = &config.text;
     let e = config.embed_dim;
     let mut out = Vec::new();
-    let mut p = |name: &str, shape: Vec<usize>, init: Init| out.push((ParamSpec { name: name.to_string(), shape }, init));
+    let mut p = |name: &str, shape: Vec<usize>, init: Init| {
+        out.push((
+            ParamSpec {
+                name: name.to_string(),
+                shape,
+            },
+            init,
+        ))
+    };
     let vscale = (v.width as f32).powf(-0.5);
     let patch_fan_in = 3 * v.patch_size * v.patch_size;
-    p("visual.class_embedding", vec![v.width], Init::Normal(vscale));
-    p("visual.positional_embedding", vec![v.patches() + 1, v.width], Init::Normal(vscale));
+    p(
+        "visual.class_embedding",
+        vec![v.width],
+        Init::Normal(vscale),
+    );
+    p(
+        "visual.positional_embedding",
+        vec![v.patches() + 1, v.width],
+        Init::Normal(vscale),
+    );
     p("visual.proj", vec![v.width, e], Init::Normal(vscale));
-    p("visual.conv1.weight", vec![v.width, 3, v.patch_size, v.patch_size], Init::Uniform(1.0 / (patch_fan_in as f32).sqrt()));
+    p(
+        "visual.conv1.weight",
+        vec![v.width, 3, v.patch_size, v.patch_size],
+        Init::Uniform(1.0 / (patch_fan_in as f32).sqrt()),
+    );
     p("visual.ln_pre.weight", vec![v.width], Init::Ones);
     p("visual.ln_pre.bias", vec![v.width], Init::Zeros);
     for i in 0..v.layers {
-        out.extend(block_specs(&format!("visual.transformer.resblocks.{i}."), v.width, None));
+        out.extend(block_specs(
+            &format!("visual.transformer.resblocks.{i}."),
+            v.width,
+            None,
+        ));
     }
-    let mut p = |name: &str, shape: Vec<usize>, init: Init| out.push((ParamSpec { name: name.to_string(), shape }, init));
+    let mut p = |name: &str, shape: Vec<usize>, init: Init| {
+        out.push((
+            ParamSpec {
+                name: name.to_string(),
+                shape,
+            },
+            init,
+        ))
+    };
     p("visual.ln_post.weight", vec![v.width], Init::Ones);
     p("visual.ln_post.bias", vec![v.width], Init::Zeros);
-    p("positional_embedding", vec![t.context_length, t.width], Init::Normal(0.01));
-    p("text_projection", vec![t.width, e], Init::Normal((t.width as f32).powf(-0.5)));
+    p(
+        "positional_embedding",
+        vec![t.context_length, t.width],
+        Init::Normal(0.01),
+    );
+    p(
+        "text_projection",
+        vec![t.width, e],
+        Init::Normal((t.width as f32).powf(-0.5)),
+    );
     p("logit_scale", vec![], Init::Constant(LOGIT_SCALE_INIT));
-    p("token_embedding.weight", vec![t.vocab_size, t.width], Init::Normal(0.02));
+    p(
+        "token_embedding.weight",
+        vec![t.vocab_size, t.width],
+        Init::Normal(0.02),
+    );
     let attn_std = (t.width as f32).powf(-0.5);
     let proj_std = attn_std * ((2 * t.layers) as f32).powf(-0.5);
     let fc_std = ((2 * t.width) as f32).powf(-0.5);
     for i in 0..t.layers {
-        out.extend(block_specs(&format!("transformer.resblocks.{i}."), t.width, Some((attn_std, proj_std, fc_std))));
+        out.extend(block_specs(
+            &format!("transformer.resblocks.{i}."),
+            t.width,
+            Some((attn_std, proj_std, fc_std)),
+        ));
     }
-    let mut p = |name: &str, shape: Vec<usize>, init: Init| out.push((ParamSpec { name: name.to_string(), shape }, init));
+    let mut p = |name: &str, shape: Vec<usize>, init: Init| {
+        out.push((
+            ParamSpec {
+                name: name.to_string(),
+                shape,
+            },
+            init,
+        ))
+    };
     p("ln_final.weight", vec![t.width], Init::Ones);
     p("ln_final.bias", vec![t.width], Init::Zeros);
     out

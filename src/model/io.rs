@@ -35,34 +35,62 @@ impl TensorFile {
     }
 
     pub fn parse(bytes: &[u8], path: &Path) -> Result<TensorFile, String> {
-        let file = SafeTensors::deserialize(bytes).map_err(|e| format!("{}: not a safetensors file ({e})", path.display()))?;
-        let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = SafeTensors::deserialize(bytes)
+            .map_err(|e| format!("{}: not a safetensors file ({e})", path.display()))?;
+        let (_, meta) =
+            SafeTensors::read_metadata(bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut tensors = HashMap::new();
         for (name, view) in file.iter() {
             let raw = view.data();
             let data = match view.dtype() {
                 Dtype::F32 => TensorData::F32(bytemuck::pod_collect_to_vec(raw)),
                 Dtype::F64 => TensorData::F32(
-                    bytemuck::pod_collect_to_vec::<u8, f64>(raw).into_iter().map(|x| x as f32).collect(),
+                    bytemuck::pod_collect_to_vec::<u8, f64>(raw)
+                        .into_iter()
+                        .map(|x| x as f32)
+                        .collect(),
                 ),
                 Dtype::I64 => TensorData::Int(bytemuck::pod_collect_to_vec(raw)),
                 Dtype::I32 => TensorData::Int(
-                    bytemuck::pod_collect_to_vec::<u8, i32>(raw).into_iter().map(i64::from).collect(),
+                    bytemuck::pod_collect_to_vec::<u8, i32>(raw)
+                        .into_iter()
+                        .map(i64::from)
+                        .collect(),
                 ),
                 Dtype::U32 => TensorData::Int(
-                    bytemuck::pod_collect_to_vec::<u8, u32>(raw).into_iter().map(i64::from).collect(),
+                    bytemuck::pod_collect_to_vec::<u8, u32>(raw)
+                        .into_iter()
+                        .map(i64::from)
+                        .collect(),
                 ),
                 Dtype::U8 => TensorData::Int(raw.iter().map(|&b| b as i64).collect()),
-                other => return Err(format!("{}: tensor {name} has unsupported dtype {other:?}", path.display())),
+                other => {
+                    return Err(format!(
+                        "{}: tensor {name} has unsupported dtype {other:?}",
+                        path.display()
+                    ));
+                }
             };
-            tensors.insert(name.to_string(), NamedTensor { shape: view.shape().to_vec(), data });
+            tensors.insert(
+                name.to_string(),
+                NamedTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
         }
         let metadata = meta.metadata().clone().unwrap_or_default();
-        Ok(TensorFile { path: path.to_path_buf(), tensors, metadata })
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            tensors,
+            metadata,
+        })
     }
 
     fn get(&self, name: &str) -> Result<&NamedTensor, String> {
-        self.tensors.get(name).ok_or_else(|| format!("{}: missing tensor {name}", self.path.display()))
+        self.tensors
+            .get(name)
+            .ok_or_else(|| format!("{}: missing tensor {name}", self.path.display()))
     }
 
     /// A float tensor; the error names the tensor and the file.
@@ -70,7 +98,10 @@ impl TensorFile {
         let t = self.get(name)?;
         match &t.data {
             TensorData::F32(v) => Ok((t.shape.clone(), v.clone())),
-            TensorData::Int(_) => Err(format!("{}: tensor {name} holds integers, floats expected", self.path.display())),
+            TensorData::Int(_) => Err(format!(
+                "{}: tensor {name} holds integers, floats expected",
+                self.path.display()
+            )),
         }
     }
 
@@ -81,11 +112,21 @@ impl TensorFile {
             TensorData::Int(v) => {
                 let values = v
                     .iter()
-                    .map(|&x| u32::try_from(x).map_err(|_| format!("{}: tensor {name} holds {x}, not a u32", self.path.display())))
+                    .map(|&x| {
+                        u32::try_from(x).map_err(|_| {
+                            format!(
+                                "{}: tensor {name} holds {x}, not a u32",
+                                self.path.display()
+                            )
+                        })
+                    })
                     .collect::<Result<Vec<u32>, String>>()?;
                 Ok((t.shape.clone(), values))
             }
-            TensorData::F32(_) => Err(format!("{}: tensor {name} holds floats, integers expected", self.path.display())),
+            TensorData::F32(_) => Err(format!(
+                "{}: tensor {name} holds floats, integers expected",
+                self.path.display()
+            )),
         }
     }
 }
@@ -133,19 +174,36 @@ pub fn write_atomic(
                 TensorOut::U32(v) => (Dtype::U32, bytemuck::cast_slice(v)),
                 TensorOut::U64(v) => (Dtype::U64, bytemuck::cast_slice(v)),
             };
-            (name, OutView { dtype, shape, bytes })
+            (
+                name,
+                OutView {
+                    dtype,
+                    shape,
+                    bytes,
+                },
+            )
         })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata)).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     write_bytes_atomic(path, &bytes)
 }
 
 /// Atomic replacement of `path` by `bytes`.
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     {
         let mut file = std::fs::File::create(&tmp).map_err(err)?;
         file.write_all(bytes).map_err(err)?;

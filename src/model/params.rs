@@ -28,7 +28,11 @@ impl ParamSpec {
     /// class embedding, the temperature); token and positional embeddings are decayed.
     pub fn decays(&self) -> bool {
         let n = &self.name;
-        !(self.shape.len() < 2 || n.contains("bn") || n.contains("ln") || n.contains("bias") || n.contains("logit_scale"))
+        !(self.shape.len() < 2
+            || n.contains("bn")
+            || n.contains("ln")
+            || n.contains("bias")
+            || n.contains("logit_scale"))
     }
 }
 
@@ -61,13 +65,28 @@ impl ParamStore {
     pub fn from_flat(specs: Vec<ParamSpec>, flat: &[f32], backend: &Backend) -> ParamStore {
         let (offsets, total) = layout(&specs);
         assert_eq!(flat.len(), total, "flat parameter length");
-        let index = specs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
-        ParamStore { values: backend.upload(flat), backend: backend.clone(), specs, offsets, total, index }
+        let index = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        ParamStore {
+            values: backend.upload(flat),
+            backend: backend.clone(),
+            specs,
+            offsets,
+            total,
+            index,
+        }
     }
 
     /// A store of zeros with the same layout (gradients, moments).
     pub fn zeros_like(&self, backend: &Backend) -> ParamStore {
-        ParamStore { values: backend.zeros(self.total), backend: backend.clone(), ..self.clone() }
+        ParamStore {
+            values: backend.zeros(self.total),
+            backend: backend.clone(),
+            ..self.clone()
+        }
     }
 
     pub fn position(&self, name: &str) -> Option<usize> {
@@ -92,7 +111,9 @@ impl ParamStore {
         let (offset, len) = (self.offsets[i], self.specs[i].numel());
         match &self.values {
             Storage::Gpu(buf) => Storage::Gpu(buf.view(offset, len)),
-            Storage::Cpu(flat) => Storage::Cpu(std::sync::Arc::new(flat[offset..offset + len].to_vec())),
+            Storage::Cpu(flat) => {
+                Storage::Cpu(std::sync::Arc::new(flat[offset..offset + len].to_vec()))
+            }
         }
     }
 
@@ -118,11 +139,19 @@ impl ParamStore {
     fn bind_with(&self, g: &mut Graph, requires_grad: bool) -> BoundParams {
         let tensors = (0..self.len())
             .map(|i| {
-                let shape = if self.specs[i].shape.is_empty() { vec![1] } else { self.specs[i].shape.clone() };
-                g.from_storage(self.storage(i), &shape, requires_grad).expect("parameter storage matches its shape")
+                let shape = if self.specs[i].shape.is_empty() {
+                    vec![1]
+                } else {
+                    self.specs[i].shape.clone()
+                };
+                g.from_storage(self.storage(i), &shape, requires_grad)
+                    .expect("parameter storage matches its shape")
             })
             .collect();
-        BoundParams { tensors, index: self.index.clone() }
+        BoundParams {
+            tensors,
+            index: self.index.clone(),
+        }
     }
 
     /// The backend the values live on (a CPU store has no device handle: CPU).
@@ -141,7 +170,13 @@ impl ParamStore {
         self.specs
             .iter()
             .zip(&self.offsets)
-            .map(|(s, &o)| (s.name.clone(), s.shape.clone(), flat[o..o + s.numel()].to_vec()))
+            .map(|(s, &o)| {
+                (
+                    s.name.clone(),
+                    s.shape.clone(),
+                    flat[o..o + s.numel()].to_vec(),
+                )
+            })
             .collect()
     }
 }
@@ -155,7 +190,10 @@ pub struct BoundParams {
 impl BoundParams {
     /// The tensor of parameter `name`; panics on a name the model did not declare (a bug).
     pub fn get(&self, name: &str) -> Tensor {
-        let i = self.index.get(name).unwrap_or_else(|| panic!("no parameter named {name}"));
+        let i = self
+            .index
+            .get(name)
+            .unwrap_or_else(|| panic!("no parameter named {name}"));
         self.tensors[*i]
     }
 }

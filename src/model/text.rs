@@ -10,10 +10,22 @@ use crate::graph::{Graph, OpResult, shape_error};
 pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &TextConfig, tokens: &[u32]) -> OpResult {
     let ctx = cfg.context_length;
     if tokens.is_empty() || tokens.len() % ctx != 0 {
-        return Err(shape_error("text", format!("{} token ids is not a multiple of the context length {ctx}", tokens.len())));
+        return Err(shape_error(
+            "text",
+            format!(
+                "{} token ids is not a multiple of the context length {ctx}",
+                tokens.len()
+            ),
+        ));
     }
     if let Some(bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-        return Err(shape_error("text", format!("token id {bad} is outside the vocabulary of {}", cfg.vocab_size)));
+        return Err(shape_error(
+            "text",
+            format!(
+                "token id {bad} is outside the vocabulary of {}",
+                cfg.vocab_size
+            ),
+        ));
     }
     let batch = tokens.len() / ctx;
     let ids = g.indices(tokens, &[batch * ctx])?;
@@ -21,7 +33,14 @@ pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &TextConfig, tokens: &[u32]) 
     let x = g.reshape(x, &[batch, ctx, cfg.width])?;
     let mut x = g.add(x, p.get("positional_embedding"))?;
     for layer in 0..cfg.layers {
-        x = residual_block(g, p, &format!("transformer.resblocks.{layer}."), x, cfg.heads, true)?;
+        x = residual_block(
+            g,
+            p,
+            &format!("transformer.resblocks.{layer}."),
+            x,
+            cfg.heads,
+            true,
+        )?;
     }
     // ln_final is per token, so pooling first and normalising the pooled rows is the same.
     let pooled_rows: Vec<u32> = tokens
@@ -32,7 +51,12 @@ pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &TextConfig, tokens: &[u32]) 
     let flat = g.reshape(x, &[batch * ctx, cfg.width])?;
     let index = g.indices(&pooled_rows, &[batch])?;
     let pooled = g.gather_rows(flat, index)?;
-    let pooled = g.layer_norm(pooled, p.get("ln_final.weight"), p.get("ln_final.bias"), LAYER_NORM_EPS)?;
+    let pooled = g.layer_norm(
+        pooled,
+        p.get("ln_final.weight"),
+        p.get("ln_final.bias"),
+        LAYER_NORM_EPS,
+    )?;
     g.matmul(pooled, p.get("text_projection"))
 }
 

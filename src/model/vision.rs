@@ -20,9 +20,16 @@ pub fn embed(g: &mut Graph, p: &BoundParams, cfg: &VisionConfig, images: Tensor)
 
 /// Row indices into the flattened [N·(1+L)] tokens that keep the class token and the `kept`
 /// patches ([N, k] raster indices in 0..L) of each image (M3.5: positions were added before).
-pub fn kept_rows(kept: &[u32], batch: usize, patches: usize) -> Result<Vec<u32>, crate::graph::ShapeError> {
+pub fn kept_rows(
+    kept: &[u32],
+    batch: usize,
+    patches: usize,
+) -> Result<Vec<u32>, crate::graph::ShapeError> {
     if batch == 0 || kept.len() % batch != 0 {
-        return Err(shape_error("keep", format!("{} kept indices for {batch} images", kept.len())));
+        return Err(shape_error(
+            "keep",
+            format!("{} kept indices for {batch} images", kept.len()),
+        ));
     }
     let k = kept.len() / batch;
     let tokens = (patches + 1) as u32;
@@ -31,7 +38,10 @@ pub fn kept_rows(kept: &[u32], batch: usize, patches: usize) -> Result<Vec<u32>,
         rows.push(image as u32 * tokens);
         for &patch in chunk.iter().take(k) {
             if patch as usize >= patches {
-                return Err(shape_error("keep", format!("patch index {patch} of image {image} is outside 0..{patches}")));
+                return Err(shape_error(
+                    "keep",
+                    format!("patch index {patch} of image {image} is outside 0..{patches}"),
+                ));
             }
             rows.push(image as u32 * tokens + 1 + patch);
         }
@@ -44,7 +54,13 @@ pub fn kept_rows(kept: &[u32], batch: usize, patches: usize) -> Result<Vec<u32>,
 
 /// The encoder on embedded tokens [N, 1 + L, width], keeping only `kept` patches when given.
 /// Returns image features [N, embed_dim] (not normalised).
-pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &VisionConfig, tokens: Tensor, kept: Option<&[u32]>) -> OpResult {
+pub fn encode(
+    g: &mut Graph,
+    p: &BoundParams,
+    cfg: &VisionConfig,
+    tokens: Tensor,
+    kept: Option<&[u32]>,
+) -> OpResult {
     let (batch, seq, width) = {
         let s = g.shape(tokens);
         (s[0], s[1], s[2])
@@ -59,14 +75,31 @@ pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &VisionConfig, tokens: Tensor
         let gathered = g.gather_rows(flat, index)?;
         x = g.reshape(gathered, &[batch, seq_len, width])?;
     }
-    x = g.layer_norm(x, p.get("visual.ln_pre.weight"), p.get("visual.ln_pre.bias"), LAYER_NORM_EPS)?;
+    x = g.layer_norm(
+        x,
+        p.get("visual.ln_pre.weight"),
+        p.get("visual.ln_pre.bias"),
+        LAYER_NORM_EPS,
+    )?;
     for layer in 0..cfg.layers {
-        x = residual_block(g, p, &format!("visual.transformer.resblocks.{layer}."), x, cfg.heads, false)?;
+        x = residual_block(
+            g,
+            p,
+            &format!("visual.transformer.resblocks.{layer}."),
+            x,
+            cfg.heads,
+            false,
+        )?;
     }
     let flat = g.reshape(x, &[batch * seq_len, width])?;
     let class_rows: Vec<u32> = (0..batch).map(|i| (i * seq_len) as u32).collect();
     let index = g.indices(&class_rows, &[batch])?;
     let class_token = g.gather_rows(flat, index)?;
-    let class_token = g.layer_norm(class_token, p.get("visual.ln_post.weight"), p.get("visual.ln_post.bias"), LAYER_NORM_EPS)?;
+    let class_token = g.layer_norm(
+        class_token,
+        p.get("visual.ln_post.weight"),
+        p.get("visual.ln_post.bias"),
+        LAYER_NORM_EPS,
+    )?;
     g.matmul(class_token, p.get("visual.proj"))
 }

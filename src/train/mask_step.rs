@@ -6,8 +6,8 @@
 
 use crate::graph::{Backend, Graph};
 use crate::masking::{
-    ClusterMaskConfig, GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures, cluster_mask,
-    cluster_mask_gpu, embedding_features, patch_features, random_mask,
+    ClusterMaskConfig, GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures,
+    cluster_mask, cluster_mask_gpu, embedding_features, patch_features, random_mask,
 };
 use crate::model::{Clip, vision};
 
@@ -50,7 +50,9 @@ pub fn compute_mask(
     let (size, patch, patches) = (v.image_size, v.patch_size, v.patches());
     let config = match strategy {
         MaskStrategy::None => return Ok(None),
-        MaskStrategy::Random { mask_ratio } => return random_mask(batch, patches, *mask_ratio, rng).map(Some),
+        MaskStrategy::Random { mask_ratio } => {
+            return random_mask(batch, patches, *mask_ratio, rng).map(Some);
+        }
         MaskStrategy::Cluster(config) | MaskStrategy::ClusterEmbed(config) => config,
     };
     let embed = matches!(strategy, MaskStrategy::ClusterEmbed(_));
@@ -58,8 +60,11 @@ pub fn compute_mask(
     let tokens = if embed {
         let mut g = Graph::new(backend.clone());
         let params = clip.params.bind_frozen(&mut g);
-        let x = g.constant(images, &[batch, 3, size, size]).map_err(|e| MaskError::Shape(e.to_string()))?;
-        let t = vision::embed(&mut g, &params, v, x).map_err(|e| MaskError::Shape(e.to_string()))?;
+        let x = g
+            .constant(images, &[batch, 3, size, size])
+            .map_err(|e| MaskError::Shape(e.to_string()))?;
+        let t =
+            vision::embed(&mut g, &params, v, x).map_err(|e| MaskError::Shape(e.to_string()))?;
         Some(g.storage(t).clone())
     } else {
         None
@@ -67,7 +72,13 @@ pub fn compute_mask(
     match backend {
         Backend::Gpu(gpu) => {
             let pixels = gpu.upload_f32(images);
-            let gpu_images = GpuImages { pixels: &pixels, images: batch, height: size, width: size, patch };
+            let gpu_images = GpuImages {
+                pixels: &pixels,
+                images: batch,
+                height: size,
+                width: size,
+                patch,
+            };
             let embedding = tokens.as_ref().map(|t| GpuEmbedding {
                 tokens: t.gpu(),
                 tokens_per_image: patches + 1,

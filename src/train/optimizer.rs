@@ -21,7 +21,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.98, eps: 1e-6, weight_decay: 0.2, grad_clip_norm: None }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.98,
+            eps: 1e-6,
+            weight_decay: 0.2,
+            grad_clip_norm: None,
+        }
     }
 }
 
@@ -83,10 +89,19 @@ impl Optimizer {
         let mut runs: Vec<Run> = Vec::new();
         for (spec, &offset) in params.specs.iter().zip(&params.offsets) {
             let decay = spec.decays();
-            let end = offset + spec.numel().next_multiple_of(crate::model::params::ALIGN_WORDS);
+            let end = offset
+                + spec
+                    .numel()
+                    .next_multiple_of(crate::model::params::ALIGN_WORDS);
             match runs.last_mut() {
-                Some(run) if run.decay == decay && run.offset + run.len == offset => run.len = end - run.offset,
-                _ => runs.push(Run { offset, len: end - offset, decay }),
+                Some(run) if run.decay == decay && run.offset + run.len == offset => {
+                    run.len = end - run.offset
+                }
+                _ => runs.push(Run {
+                    offset,
+                    len: end - offset,
+                    decay,
+                }),
             }
         }
         let logit_scale_offset = params.position("logit_scale").map(|i| params.offsets[i]);
@@ -137,7 +152,12 @@ impl Optimizer {
                         None if accumulate => continue,
                         None => backend.zeros(len),
                     };
-                    let params = FlatParams { offset: offset as u32, len: len as u32, max_norm: 0.0, parts: 0 };
+                    let params = FlatParams {
+                        offset: offset as u32,
+                        len: len as u32,
+                        max_norm: 0.0,
+                        parts: 0,
+                    };
                     gpu.dispatch_linear(&kernel, &params, &[flat, piece.gpu()], len);
                 }
             }
@@ -150,11 +170,18 @@ impl Optimizer {
             return;
         }
         match backend {
-            Backend::Cpu => cpu_flat_mut(&mut self.grads.values).iter_mut().for_each(|x| *x *= factor),
+            Backend::Cpu => cpu_flat_mut(&mut self.grads.values)
+                .iter_mut()
+                .for_each(|x| *x *= factor),
             Backend::Gpu(gpu) => {
                 let kernel = gpu.kernel(&crate::shader!("grad_flat"), "scale");
                 let len = self.grads.total;
-                let params = FlatParams { offset: 0, len: len as u32, max_norm: factor, parts: 0 };
+                let params = FlatParams {
+                    offset: 0,
+                    len: len as u32,
+                    max_norm: factor,
+                    parts: 0,
+                };
                 gpu.dispatch_linear(&kernel, &params, &[self.grads.values.gpu()], len);
             }
         }
@@ -170,7 +197,14 @@ impl Optimizer {
         match backend {
             Backend::Cpu => {
                 let clip = c.grad_clip_norm.map(|max| {
-                    let norm = self.grads.values.cpu().iter().map(|g| (*g as f64).powi(2)).sum::<f64>().sqrt();
+                    let norm = self
+                        .grads
+                        .values
+                        .cpu()
+                        .iter()
+                        .map(|g| (*g as f64).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
                     (max as f64 / (norm + 1e-6)).min(1.0) as f32
                 });
                 let grads = self.grads.values.cpu().to_vec();
@@ -196,10 +230,25 @@ impl Optimizer {
                 if let Some(max_norm) = c.grad_clip_norm {
                     let shader = crate::shader!("grad_flat");
                     let (partial, result) = (self.norm_partial.gpu(), self.clip.gpu());
-                    let params = FlatParams { offset: 0, len: self.grads.total as u32, max_norm, parts: NORM_PARTS as u32 };
+                    let params = FlatParams {
+                        offset: 0,
+                        len: self.grads.total as u32,
+                        max_norm,
+                        parts: NORM_PARTS as u32,
+                    };
                     let flat = self.grads.values.gpu();
-                    gpu.dispatch(&gpu.kernel(&shader, "norm_partial"), &params, &[flat, flat, partial], [NORM_PARTS as u32, 1, 1]);
-                    gpu.dispatch(&gpu.kernel(&shader, "norm_final"), &params, &[flat, flat, partial, result], [1, 1, 1]);
+                    gpu.dispatch(
+                        &gpu.kernel(&shader, "norm_partial"),
+                        &params,
+                        &[flat, flat, partial],
+                        [NORM_PARTS as u32, 1, 1],
+                    );
+                    gpu.dispatch(
+                        &gpu.kernel(&shader, "norm_final"),
+                        &params,
+                        &[flat, flat, partial, result],
+                        [1, 1, 1],
+                    );
                 }
                 let shader = crate::shader!("adamw");
                 let kernel = gpu.kernel(&shader, "adamw");
@@ -219,11 +268,23 @@ impl Optimizer {
                         lo: 0.0,
                         hi: 0.0,
                     };
-                    let buffers = [p, self.grads.values.gpu(), self.moment1.values.gpu(), self.moment2.values.gpu(), self.clip.gpu()];
+                    let buffers = [
+                        p,
+                        self.grads.values.gpu(),
+                        self.moment1.values.gpu(),
+                        self.moment2.values.gpu(),
+                        self.clip.gpu(),
+                    ];
                     gpu.dispatch_linear(&kernel, &adam, &buffers, run.len);
                 }
                 if let Some(at) = self.logit_scale_offset {
-                    let clamp = AdamParams { offset: at as u32, len: 1, lo: 0.0, hi: LOGIT_SCALE_MAX, ..bytemuck::Zeroable::zeroed() };
+                    let clamp = AdamParams {
+                        offset: at as u32,
+                        len: 1,
+                        lo: 0.0,
+                        hi: LOGIT_SCALE_MAX,
+                        ..bytemuck::Zeroable::zeroed()
+                    };
                     gpu.dispatch(&gpu.kernel(&shader, "clamp_value"), &clamp, &[p], [1, 1, 1]);
                 }
             }

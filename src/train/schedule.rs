@@ -11,13 +11,21 @@ impl LrScheduler {
         match text {
             "cosine" => Ok(Self::Cosine),
             "const" => Ok(Self::Const),
-            other => Err(format!("--lr-scheduler: unknown schedule '{other}' (cosine or const)")),
+            other => Err(format!(
+                "--lr-scheduler: unknown schedule '{other}' (cosine or const)"
+            )),
         }
     }
 }
 
 /// The learning rate at optimizer step `step` (0-based) of `total_steps`.
-pub fn learning_rate(kind: LrScheduler, base_lr: f32, warmup: u64, total_steps: u64, step: u64) -> f32 {
+pub fn learning_rate(
+    kind: LrScheduler,
+    base_lr: f32,
+    warmup: u64,
+    total_steps: u64,
+    step: u64,
+) -> f32 {
     if step < warmup {
         return base_lr * (step + 1) as f32 / warmup as f32;
     }

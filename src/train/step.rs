@@ -22,12 +22,20 @@ pub struct StepReport {
 impl Trainer {
     pub fn new(clip: Clip, backend: Backend, config: AdamWConfig) -> Trainer {
         let optimizer = Optimizer::new(&clip.params, &backend, config);
-        Trainer { clip, optimizer, backend }
+        Trainer {
+            clip,
+            optimizer,
+            backend,
+        }
     }
 
     /// Forward + backward of one micro-batch into the flat gradients (added when `accumulate`).
     /// Returns the loss, still on the device.
-    pub fn accumulate_gradients(&mut self, inputs: &ClipInputs, accumulate: bool) -> Result<Storage, ShapeError> {
+    pub fn accumulate_gradients(
+        &mut self,
+        inputs: &ClipInputs,
+        accumulate: bool,
+    ) -> Result<Storage, ShapeError> {
         let mut g = Graph::new(self.backend.clone());
         let out = self.clip.forward(&mut g, inputs)?;
         g.backward(out.loss)?;
@@ -36,16 +44,26 @@ impl Trainer {
     }
 
     /// One optimizer step over `micro_batches` (gradients averaged), at learning rate `lr`.
-    pub fn step(&mut self, micro_batches: &[ClipInputs], lr: f32, read_loss: bool) -> Result<StepReport, ShapeError> {
+    pub fn step(
+        &mut self,
+        micro_batches: &[ClipInputs],
+        lr: f32,
+        read_loss: bool,
+    ) -> Result<StepReport, ShapeError> {
         let mut losses = Vec::new();
         for (i, inputs) in micro_batches.iter().enumerate() {
             losses.push(self.accumulate_gradients(inputs, i > 0)?);
         }
-        self.optimizer.scale_grads(&self.backend, 1.0 / micro_batches.len().max(1) as f32);
-        self.optimizer.step(&mut self.clip.params, &self.backend, lr);
+        self.optimizer
+            .scale_grads(&self.backend, 1.0 / micro_batches.len().max(1) as f32);
+        self.optimizer
+            .step(&mut self.clip.params, &self.backend, lr);
         // The read submits the whole step at once; otherwise submit without waiting.
         let loss = if read_loss {
-            let values: Vec<f32> = losses.iter().map(|l| read_storage(&self.backend, l)[0]).collect();
+            let values: Vec<f32> = losses
+                .iter()
+                .map(|l| read_storage(&self.backend, l)[0])
+                .collect();
             Some(values.iter().sum::<f32>() / values.len().max(1) as f32)
         } else {
             if let Backend::Gpu(gpu) = &self.backend {

@@ -117,7 +117,8 @@ pub fn random_resized_crop_box(width: usize, height: usize, rng: &mut SampleRng)
     }
 }
 
-/// Training transform: RandomResizedCrop to `size`, normalised, into `out` (`3 * size * size`).
+/// Training transform: RandomResizedCrop to `size`, normalised, into `out`, which must hold
+/// `3 * size * size` values.
 pub fn train_transform(image: RgbView, size: usize, rng: &mut SampleRng, out: &mut [f32]) {
     let crop = random_resized_crop_box(image.width, image.height, rng);
     let full = Window {
@@ -129,7 +130,8 @@ pub fn train_transform(image: RgbView, size: usize, rng: &mut SampleRng, out: &m
 }
 
 /// Evaluation transform: shorter side resized to `size` (the longer to `size * long / short`,
-/// truncated, as torchvision), centre crop of `size`, normalised, into `out`.
+/// truncated, as torchvision), centre crop of `size`, normalised, into `out`, which must hold
+/// `3 * size * size` values.
 pub fn eval_transform(image: RgbView, size: usize, out: &mut [f32]) {
     let (w, h) = (image.width.max(1), image.height.max(1));
     let (out_w, out_h) = if w <= h {

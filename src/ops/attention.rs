@@ -63,11 +63,11 @@ impl Graph {
                 format!("qkv {shape:?} with {heads} heads: {why}"),
             )
         };
-        if shape.len() != 3 || shape[2] % 3 != 0 {
+        if shape.len() != 3 || !shape[2].is_multiple_of(3) {
             return Err(err("qkv must be [B, T, 3·D]".into()));
         }
         let width = shape[2] / 3;
-        if heads == 0 || width % heads != 0 || width == 0 {
+        if heads == 0 || !width.is_multiple_of(heads) || width == 0 {
             return Err(err(format!(
                 "width {width} is not a positive multiple of the heads"
             )));

@@ -52,7 +52,11 @@ impl Graph {
     /// Patch embedding is then `linear(patches, conv1.weight as [width, C·p·p], None)`.
     pub fn patchify(&mut self, images: Tensor, patch: usize) -> OpResult {
         let shape = self.shape(images).to_vec();
-        if shape.len() != 4 || patch == 0 || shape[2] % patch != 0 || shape[3] % patch != 0 {
+        if shape.len() != 4
+            || patch == 0
+            || !shape[2].is_multiple_of(patch)
+            || !shape[3].is_multiple_of(patch)
+        {
             return Err(shape_error(
                 "patchify",
                 format!(

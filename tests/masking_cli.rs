@@ -249,3 +249,50 @@ fn bad_input_gives_one_clear_error_line() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn preset_sizes_and_cluster_embed_with_an_initialised_model() {
+    let dir = temp_dir("embed");
+    let a = dir.join("a.png");
+    write_two_colour_png(&a, 80, 64, 4);
+    let image = a.to_str().unwrap();
+    let (ok, stdout, stderr) = run(&["--image", image, "--preset", "tiny", "--json"]);
+    assert!(ok, "{stderr}");
+    let pixels: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(pixels["patches"], 64); // tiny: 64 px, 8 px patches
+    let embed = [
+        "--image",
+        image,
+        "--preset",
+        "tiny",
+        "--json",
+        "--strategy",
+        "cluster-embed",
+    ];
+    let at = |progress: &str| {
+        let args: Vec<&str> = embed
+            .iter()
+            .copied()
+            .chain(["--progress", progress])
+            .collect();
+        let (ok, stdout, stderr) = run(&args);
+        assert!(ok, "{stderr}");
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    // Weight 0 is the pixel similarity alone (M3.7): the same mask as --strategy cluster.
+    let (zero, full) = (at("0"), at("1"));
+    assert_eq!(zero["masked"], pixels["masked"]);
+    assert_eq!(zero["kept"], pixels["kept"]);
+    assert_eq!(full["anchors"], pixels["anchors"]);
+    assert_eq!(
+        indices(&full["kept"]).len() as u64,
+        full["keep_count"].as_u64().unwrap()
+    );
+    let (ok, _, stderr) = run(&["--image", image, "--strategy", "cluster-embed"]);
+    assert!(!ok);
+    assert_eq!(
+        stderr.trim(),
+        "error: --strategy cluster-embed needs --preset or --checkpoint (M3.7)"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -6,10 +6,14 @@ use std::path::{Path, PathBuf};
 use super::CliResult;
 use crate::data::image_ops::{CLIP_MEAN, CLIP_STD, RgbView, eval_transform};
 use crate::data::records::decode_rgb;
+use crate::graph::Backend;
 use crate::masking::{
     ClusterMaskConfig, MaskResult, MaskRng, PatchFeatures, calibrate_threshold, check_ratio,
     cluster_mask, patch_features, random_mask,
 };
+use crate::model::{Clip, ClipConfig};
+use crate::train::checkpoint::load_checkpoint;
+use crate::train::mask_step::{MaskStrategy, compute_mask};
 
 /// Picture: dropped patches keep this fraction of their own colour, the rest is mid-grey.
 const DROPPED_VISIBILITY: f32 = 0.25;
@@ -22,7 +26,7 @@ const GAP: u32 = 8;
 pub enum Strategy {
     /// Cluster masking on pixel similarity (M3).
     Cluster,
-    /// Cluster masking mixing in patch-embedding similarity (M3.7); needs a model.
+    /// Cluster masking mixing in patch-embedding similarity (M3.7); needs --preset or --checkpoint.
     ClusterEmbed,
     /// FLIP random masking (M4).
     Random,
@@ -58,6 +62,17 @@ pub struct MaskArgs {
     /// Image file; repeat for a batch (one keep count for all, M3.4).
     #[arg(long = "image", required = true, value_name = "FILE")]
     pub images: Vec<PathBuf>,
+    /// Model preset (tiny, s16, b16): sets the image and patch size, and is the model whose
+    /// patch embeddings `cluster-embed` uses.
+    #[arg(long, conflicts_with_all = ["image_size", "patch_size"])]
+    pub preset: Option<String>,
+    /// Checkpoint whose patch embeddings `cluster-embed` uses (default: the preset's model
+    /// initialised from --seed); its configuration sets the image and patch size.
+    #[arg(long, conflicts_with_all = ["image_size", "patch_size"])]
+    pub checkpoint: Option<PathBuf>,
+    /// Training progress w of `cluster-embed`: sim = w · embedding + (1 − w) · pixels (M3.7).
+    #[arg(long, default_value_t = 0.5)]
+    pub progress: f32,
     /// Side of the square model input, in pixels.
     #[arg(long, default_value_t = 224)]
     pub image_size: usize,
@@ -142,8 +157,41 @@ fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> 
     })
 }
 
+/// The model of `cluster-embed`, if any, from --checkpoint or --preset.
+fn load_model(args: &MaskArgs) -> Result<Option<Clip>, String> {
+    let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
+    if let Some(path) = &args.checkpoint {
+        return Ok(Some(
+            load_checkpoint(path, preset.as_ref())?.model(&Backend::Cpu),
+        ));
+    }
+    match (args.strategy, preset) {
+        (Strategy::ClusterEmbed, Some(config)) => {
+            eprintln!(
+                "cluster-embed: untrained {} model initialised from --seed {}",
+                args.preset.as_deref().unwrap_or_default(),
+                args.seed
+            );
+            Ok(Some(Clip::new(config, &Backend::Cpu, args.seed)?))
+        }
+        (Strategy::ClusterEmbed, None) => {
+            Err("--strategy cluster-embed needs --preset or --checkpoint (M3.7)".into())
+        }
+        _ => Ok(None),
+    }
+}
+
 pub fn run(args: MaskArgs) -> CliResult {
-    let (size, patch) = (args.image_size, args.patch_size);
+    let model = load_model(&args)?;
+    let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
+    let vision = model
+        .as_ref()
+        .map(|m| &m.config.vision)
+        .or(preset.as_ref().map(|c| &c.vision));
+    let (size, patch) = match vision {
+        Some(v) => (v.image_size, v.patch_size),
+        None => (args.image_size, args.patch_size),
+    };
     if patch == 0 || size < patch || !size.is_multiple_of(patch) {
         return Err(format!(
             "--image-size {size} is not a positive multiple of --patch-size {patch}"
@@ -163,11 +211,16 @@ pub fn run(args: MaskArgs) -> CliResult {
         Strategy::Random => check_ratio("mask-ratio", args.mask_ratio)?,
         Strategy::Cluster => config.validate()?,
         Strategy::ClusterEmbed => {
-            return Err(
-                "--strategy cluster-embed needs a model's patch embeddings (M3.7); \
-                        this command has no model to take them from yet"
-                    .into(),
-            );
+            config.validate()?;
+            if args.threshold == Threshold::Auto {
+                return Err(
+                    "--threshold auto calibrates pixel similarity: use it with --strategy cluster"
+                        .into(),
+                );
+            }
+            if !(0.0..=1.0).contains(&args.progress) {
+                return Err(format!("--progress {} is outside [0, 1]", args.progress).into());
+            }
         }
     }
     if args.threshold == Threshold::Auto && args.target_mask_ratio.is_none() {
@@ -187,7 +240,24 @@ pub fn run(args: MaskArgs) -> CliResult {
     let rng = MaskRng::new(args.seed, args.step);
     let (mask, threshold) = match args.strategy {
         Strategy::Random => (random_mask(n, patches, args.mask_ratio, rng)?, None),
-        _ => {
+        Strategy::ClusterEmbed => {
+            let model = model
+                .as_ref()
+                .expect("load_model gives cluster-embed a model");
+            let strategy = MaskStrategy::ClusterEmbed(config);
+            let mask = compute_mask(
+                model,
+                &Backend::Cpu,
+                &strategy,
+                &pixels,
+                n,
+                rng,
+                args.progress,
+            )?
+            .expect("cluster-embed always masks");
+            (mask, Some(config.threshold))
+        }
+        Strategy::Cluster => {
             let features = patch_features(&pixels, n, size, size, patch);
             let input = PatchFeatures::new(&features, n, patches)?;
             let mut config = config;

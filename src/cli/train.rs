@@ -29,12 +29,14 @@ pub struct TrainArgs {
     /// builtin:shapes-zeroshot when training on builtin:shapes).
     #[arg(long)]
     pub zeroshot_data: Option<String>,
-    #[arg(long, default_value_t = 64)]
+    /// Defaults: 4 epochs × 50 steps of 32 on builtin:shapes, about 10 minutes on a 2-core CPU
+    /// with lavapipe (2.6 s/step measured with cluster masking, plus four evaluations).
+    #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     #[arg(long, default_value_t = 4)]
     pub epochs: u64,
     /// Samples per epoch.
-    #[arg(long, default_value_t = 8192)]
+    #[arg(long, default_value_t = 1600)]
     pub train_num_samples: u64,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f32,
@@ -48,7 +50,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1e-6)]
     pub eps: f32,
     /// Warm-up steps.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 20)]
     pub warmup: u64,
     /// cosine or const.
     #[arg(long, default_value = "cosine")]

@@ -9,7 +9,9 @@ use std::time::Instant;
 use crate::data::loader::LoaderConfig;
 use crate::data::spec::{DatasetType, resolve_spec};
 use crate::graph::Backend;
-use crate::masking::{ClusterMaskConfig, MaskRng, PatchFeatures, calibrate_threshold, check_ratio, patch_features};
+use crate::masking::{
+    ClusterMaskConfig, MaskRng, PatchFeatures, calibrate_threshold, check_ratio, patch_features,
+};
 use crate::model::{Clip, ClipConfig, ClipInputs};
 
 use super::checkpoint::{CheckpointError, LATEST, TrainState, load_checkpoint, save_checkpoint};
@@ -20,9 +22,13 @@ use super::schedule::{LrScheduler, learning_rate};
 use super::step::Trainer;
 use super::stream::{TrainStream, is_builtin_train};
 use crate::eval::tasks::{
-    BUILTIN_ZEROSHOT, CaptionSet, LabelledSet, caption_set, logit_scale, retrieval_eval, retrieval_json, zeroshot_eval,
-    zeroshot_json, zeroshot_set,
+    BUILTIN_ZEROSHOT, CaptionSet, LabelledSet, caption_set, logit_scale, retrieval_eval,
+    retrieval_json, zeroshot_eval, zeroshot_json, zeroshot_set,
 };
+
+/// Smallest batch of frozen feature extraction at evaluation (larger training batches are used
+/// as they are): few large passes cost far less than many small ones.
+const MIN_EVAL_BATCH: usize = 64;
 
 /// Batches `--threshold auto` bisects over (M3.6: "on the first batches").
 const CALIBRATION_BATCHES: usize = 2;
@@ -148,7 +154,10 @@ impl TrainConfig {
         }
         let a = &self.adamw;
         if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
-            return Err(format!("--wd {} must be a finite number ≥ 0", a.weight_decay));
+            return Err(format!(
+                "--wd {} must be a finite number ≥ 0",
+                a.weight_decay
+            ));
         }
         for (flag, beta) in [("--beta1", a.beta1), ("--beta2", a.beta2)] {
             if !(0.0..1.0).contains(&beta) {
@@ -163,24 +172,32 @@ impl TrainConfig {
         }
         match &self.mask {
             MaskStrategy::None => {}
-            MaskStrategy::Random { mask_ratio } => check_ratio("mask-ratio", *mask_ratio).map_err(|e| e.to_string())?,
-            MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c) => c.validate().map_err(|e| e.to_string())?,
+            MaskStrategy::Random { mask_ratio } => {
+                check_ratio("mask-ratio", *mask_ratio).map_err(|e| e.to_string())?
+            }
+            MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c) => {
+                c.validate().map_err(|e| e.to_string())?
+            }
         }
         if let Some(target) = self.target_mask_ratio {
             check_ratio("target-mask-ratio", target).map_err(|e| e.to_string())?;
         }
         if self.resume == Some(ResumeFrom::Latest) && self.name.is_none() {
-            return Err("--resume latest needs --name (the run whose checkpoints to resume)".into());
+            return Err(
+                "--resume latest needs --name (the run whose checkpoints to resume)".into(),
+            );
         }
         self.model.validate().map_err(|e| format!("--model: {e}"))?;
         // Specs are resolved up front, so one that matches nothing fails before anything starts.
-        resolve_spec(&self.train_data, DatasetType::Auto).map_err(|e| format!("--train-data: {e}"))?;
+        resolve_spec(&self.train_data, DatasetType::Auto)
+            .map_err(|e| format!("--train-data: {e}"))?;
         if let Some(spec) = &self.val_data {
             resolve_spec(spec, DatasetType::Auto).map_err(|e| format!("--val-data: {e}"))?;
         }
         match &self.zeroshot_data {
             Some(spec) if spec != BUILTIN_ZEROSHOT => {
-                resolve_spec(spec, DatasetType::Auto).map_err(|e| format!("--zeroshot-data: {e}"))?;
+                resolve_spec(spec, DatasetType::Auto)
+                    .map_err(|e| format!("--zeroshot-data: {e}"))?;
             }
             _ => {}
         }
@@ -189,7 +206,9 @@ impl TrainConfig {
 
     /// The run folder name (OpenCLIP's default when `--name` is absent).
     pub fn run_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| default_run_name(&self.model_name, self.lr, self.batch_size, self.workers))
+        self.name.clone().unwrap_or_else(|| {
+            default_run_name(&self.model_name, self.lr, self.batch_size, self.workers)
+        })
     }
 
     /// Settings as `params.json` holds them.
@@ -221,8 +240,13 @@ impl TrainConfig {
 
     fn loader_config(&self) -> LoaderConfig {
         let m = &self.model;
-        let mut config =
-            LoaderConfig::new(&self.train_data, m.vision.image_size, m.text.context_length, m.text.vocab_size, self.batch_size);
+        let mut config = LoaderConfig::new(
+            &self.train_data,
+            m.vision.image_size,
+            m.text.context_length,
+            m.text.vocab_size,
+            self.batch_size,
+        );
         config.seed = self.seed;
         config.workers = self.workers;
         config
@@ -235,7 +259,11 @@ pub enum TrainError {
     /// A flag out of range, a missing checkpoint: nothing ran.
     Config(String),
     /// A NaN or infinite loss (or parameter) at `step`; the last good checkpoint stays.
-    NonFinite { step: u64, what: String, last_checkpoint: Option<PathBuf> },
+    NonFinite {
+        step: u64,
+        what: String,
+        last_checkpoint: Option<PathBuf>,
+    },
     Run(String),
 }
 
@@ -243,7 +271,11 @@ impl std::fmt::Display for TrainError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TrainError::Config(e) | TrainError::Run(e) => f.write_str(e),
-            TrainError::NonFinite { step, what, last_checkpoint } => {
+            TrainError::NonFinite {
+                step,
+                what,
+                last_checkpoint,
+            } => {
                 write!(f, "{what} at step {step}; training stopped, ")?;
                 match last_checkpoint {
                     Some(path) => write!(f, "last good checkpoint: {}", path.display()),
@@ -284,26 +316,49 @@ fn run_err(e: impl std::fmt::Display) -> TrainError {
 
 /// The mask strategy with `--threshold auto` resolved: the stored threshold on resume, else a
 /// bisection over the stream's first batches (M3.6).
-fn resolve_threshold(config: &TrainConfig, state: &mut TrainState) -> Result<MaskStrategy, TrainError> {
-    let (Some(target), MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c)) = (config.target_mask_ratio, &config.mask) else {
+fn resolve_threshold(
+    config: &TrainConfig,
+    state: &mut TrainState,
+) -> Result<MaskStrategy, TrainError> {
+    let (Some(target), MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c)) =
+        (config.target_mask_ratio, &config.mask)
+    else {
         return Ok(config.mask.clone());
     };
     let threshold = match state.calibrated_threshold {
         Some(r) => r,
         None => {
             let v = &config.model.vision;
-            let mut stream = TrainStream::open(&config.loader_config(), 0, 0).map_err(TrainError::Config)?;
+            let mut stream =
+                TrainStream::open(&config.loader_config(), 0, 0).map_err(TrainError::Config)?;
             let batches: Vec<Vec<f32>> = (0..CALIBRATION_BATCHES)
-                .map(|_| stream.next_batch().map(|b| patch_features(&b.images, config.batch_size, v.image_size, v.image_size, v.patch_size)))
+                .map(|_| {
+                    stream.next_batch().map(|b| {
+                        patch_features(
+                            &b.images,
+                            config.batch_size,
+                            v.image_size,
+                            v.image_size,
+                            v.patch_size,
+                        )
+                    })
+                })
                 .collect::<Result<_, _>>()
                 .map_err(TrainError::Config)?;
             let features = batches
                 .iter()
                 .enumerate()
-                .map(|(i, pixels)| Ok((PatchFeatures::new(pixels, config.batch_size, v.patches())?, MaskRng::new(config.seed, i as u32))))
+                .map(|(i, pixels)| {
+                    Ok((
+                        PatchFeatures::new(pixels, config.batch_size, v.patches())?,
+                        MaskRng::new(config.seed, i as u32),
+                    ))
+                })
                 .collect::<Result<Vec<_>, crate::masking::MaskError>>()
                 .map_err(run_err)?;
-            calibrate_threshold(&features, c, target).map_err(|e| TrainError::Config(e.to_string()))?.threshold
+            calibrate_threshold(&features, c, target)
+                .map_err(|e| TrainError::Config(e.to_string()))?
+                .threshold
         }
     };
     state.calibrated_threshold = Some(threshold);
@@ -324,29 +379,54 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         Some(ResumeFrom::Latest) => Some(run_dir.join("checkpoints").join(LATEST)),
     };
     let checkpoint = match &resume_path {
-        Some(path) if !path.exists() => return Err(TrainError::Config(format!("--resume: no checkpoint at {}", path.display()))),
-        Some(path) => Some(load_checkpoint(path, None).map_err(|e| TrainError::Config(format!("--resume: {e}")))?),
+        Some(path) if !path.exists() => {
+            return Err(TrainError::Config(format!(
+                "--resume: no checkpoint at {}",
+                path.display()
+            )));
+        }
+        Some(path) => Some(
+            load_checkpoint(path, None)
+                .map_err(|e| TrainError::Config(format!("--resume: {e}")))?,
+        ),
         None => None,
     };
     let mut logs = RunLogs::open(&run_dir).map_err(TrainError::Config)?;
     let (clip, mut state) = match &checkpoint {
         Some(ck) => {
             if ck.config != config.model {
-                return Err(TrainError::Config(format!("--resume: {} holds a different model than --model {}", ck.path.display(), config.model_name)));
+                return Err(TrainError::Config(format!(
+                    "--resume: {} holds a different model than --model {}",
+                    ck.path.display(),
+                    config.model_name
+                )));
             }
             if ck.moments.is_none() {
-                return Err(TrainError::Config(format!("--resume: {} holds weights only, no optimizer state", ck.path.display())));
+                return Err(TrainError::Config(format!(
+                    "--resume: {} holds weights only, no optimizer state",
+                    ck.path.display()
+                )));
             }
             (ck.model(&backend), ck.state.clone())
         }
-        None => (Clip::new(config.model.clone(), &backend, config.seed).map_err(TrainError::Config)?, TrainState { seed: config.seed, ..TrainState::default() }),
+        None => (
+            Clip::new(config.model.clone(), &backend, config.seed).map_err(TrainError::Config)?,
+            TrainState {
+                seed: config.seed,
+                ..TrainState::default()
+            },
+        ),
     };
     if state.seed != config.seed {
-        return Err(TrainError::Config(format!("--seed {} differs from the checkpoint's seed {}", config.seed, state.seed)));
+        return Err(TrainError::Config(format!(
+            "--seed {} differs from the checkpoint's seed {}",
+            config.seed, state.seed
+        )));
     }
     let mut trainer = Trainer::new(clip, backend.clone(), config.adamw.clone());
     if let Some(ck) = &checkpoint {
-        ck.restore_optimizer(&mut trainer.optimizer, &backend).map_err(TrainError::Config)?;
+        ck.restore_optimizer(&mut trainer.optimizer, &backend)
+            .map_err(TrainError::Config)?;
     }
     let strategy = resolve_threshold(config, &mut state)?;
     let mut params = config.to_json();
@@ -356,17 +436,26 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
 
     let sets = EvalSets {
         val: match &config.val_data {
-            Some(spec) if config.val_frequency > 0 => Some(caption_set(spec, &trainer.clip, config.eval_limit).map_err(|e| TrainError::Config(format!("--val-data: {e}")))?),
+            Some(spec) if config.val_frequency > 0 => Some(
+                caption_set(spec, &trainer.clip, config.eval_limit)
+                    .map_err(|e| TrainError::Config(format!("--val-data: {e}")))?,
+            ),
             _ => None,
         },
         zeroshot: match &config.zeroshot_data {
-            Some(spec) if config.zeroshot_frequency > 0 => {
-                Some(zeroshot_set(spec, &trainer.clip, config.eval_limit).map_err(|e| TrainError::Config(format!("--zeroshot-data: {e}")))?)
-            }
+            Some(spec) if config.zeroshot_frequency > 0 => Some(
+                zeroshot_set(spec, &trainer.clip, config.eval_limit)
+                    .map_err(|e| TrainError::Config(format!("--zeroshot-data: {e}")))?,
+            ),
             _ => None,
         },
     };
-    let mut stream = TrainStream::open(&config.loader_config(), state.data_pass, state.pass_position).map_err(TrainError::Config)?;
+    let mut stream = TrainStream::open(
+        &config.loader_config(),
+        state.data_pass,
+        state.pass_position,
+    )
+    .map_err(TrainError::Config)?;
 
     let steps_per_epoch = config.steps_per_epoch();
     let total_steps = config.total_steps();
@@ -385,10 +474,17 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         match &resume_path { Some(p) => format!(", resumed at step {} from {}", state.step, p.display()), None => String::new() },
         run_dir.display()
     ));
-    if let Some(r) = state.calibrated_threshold.filter(|_| config.target_mask_ratio.is_some()) {
-        logs.message(&format!("threshold auto: r = {r:.4} (target mask ratio {})", config.target_mask_ratio.unwrap_or_default()));
+    if let Some(r) = state
+        .calibrated_threshold
+        .filter(|_| config.target_mask_ratio.is_some())
+    {
+        logs.message(&format!(
+            "threshold auto: r = {r:.4} (target mask ratio {})",
+            config.target_mask_ratio.unwrap_or_default()
+        ));
     }
 
+    let eval_batch = config.batch_size.max(MIN_EVAL_BATCH);
     let started = Instant::now();
     let first_step = state.step;
     let mut last_checkpoint = resume_path.clone();
@@ -401,21 +497,46 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
     while state.step < stop_at {
         let step = state.step;
         let epoch_done = (step + 1) % steps_per_epoch == 0;
-        let read_loss = (step + 1) % config.log_every_n_steps == 0 || step + 1 == stop_at || epoch_done;
+        let read_loss =
+            (step + 1) % config.log_every_n_steps == 0 || step + 1 == stop_at || epoch_done;
         let progress = (step / steps_per_epoch) as f32 / config.epochs as f32;
         let mut batches = Vec::with_capacity(config.accum_freq);
         for micro in 0..config.accum_freq as u64 {
             let batch = stream.next_batch().map_err(run_err)?;
             let rng = MaskRng::new(state.seed, (step * config.accum_freq as u64 + micro) as u32);
-            let mask = compute_mask(&trainer.clip, &backend, &strategy, &batch.images, config.batch_size, rng, progress).map_err(run_err)?;
+            let mask = compute_mask(
+                &trainer.clip,
+                &backend,
+                &strategy,
+                &batch.images,
+                config.batch_size,
+                rng,
+                progress,
+            )
+            .map_err(run_err)?;
             batches.push((batch, mask));
         }
-        let ratio = batches.iter().map(|(_, m)| m.as_ref().map_or(0.0, |m| m.mask_ratio as f64)).sum::<f64>() / batches.len() as f64;
+        let ratio = batches
+            .iter()
+            .map(|(_, m)| m.as_ref().map_or(0.0, |m| m.mask_ratio as f64))
+            .sum::<f64>()
+            / batches.len() as f64;
         let inputs: Vec<ClipInputs> = batches
             .iter()
-            .map(|(b, m)| ClipInputs { images: &b.images, tokens: &b.tokens, batch: config.batch_size, kept: m.as_ref().map(|m| m.kept.as_slice()) })
+            .map(|(b, m)| ClipInputs {
+                images: &b.images,
+                tokens: &b.tokens,
+                batch: config.batch_size,
+                kept: m.as_ref().map(|m| m.kept.as_slice()),
+            })
             .collect();
-        let lr = learning_rate(config.lr_scheduler, config.lr, config.warmup, total_steps, step);
+        let lr = learning_rate(
+            config.lr_scheduler,
+            config.lr,
+            config.warmup,
+            total_steps,
+            step,
+        );
         let report = trainer.step(&inputs, lr, read_loss).map_err(run_err)?;
         state.step += 1;
         state.samples_seen += config.step_samples();
@@ -428,7 +549,11 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         eval_ratio_steps += 1;
         if let Some(loss) = report.loss {
             if !loss.is_finite() {
-                return Err(TrainError::NonFinite { step: state.step, what: format!("loss is {loss}"), last_checkpoint });
+                return Err(TrainError::NonFinite {
+                    step: state.step,
+                    what: format!("loss is {loss}"),
+                    last_checkpoint,
+                });
             }
             state.loss_history.push((state.step, loss));
             last_loss = Some(loss);
@@ -436,7 +561,8 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         if read_loss {
             last_scale = logit_scale(&trainer.clip);
         }
-        let milestone = report.loss.is_some() && (state.step % config.log_every_n_steps == 0 || state.step == stop_at);
+        let milestone = report.loss.is_some()
+            && (state.step % config.log_every_n_steps == 0 || state.step == stop_at);
         let elapsed = started.elapsed().as_secs_f64() - eval_seconds;
         let per_step = elapsed / (state.step - first_step) as f64;
         let window = window_start.elapsed().as_secs_f64().max(1e-9);
@@ -464,27 +590,43 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
             let completed = state.step / steps_per_epoch;
             state.epoch = completed;
             let mut paths = vec![logs.checkpoint_dir().join(LATEST)];
-            if epoch_done && config.save_frequency > 0 && completed.is_multiple_of(config.save_frequency) {
-                paths.push(logs.checkpoint_dir().join(format!("epoch_{completed}.safetensors")));
+            if epoch_done
+                && config.save_frequency > 0
+                && completed.is_multiple_of(config.save_frequency)
+            {
+                paths.push(
+                    logs.checkpoint_dir()
+                        .join(format!("epoch_{completed}.safetensors")),
+                );
             }
             for path in &paths {
                 save_checkpoint(path, &trainer, &state, &run_config).map_err(|e| match e {
-                    CheckpointError::NonFinite(what) => TrainError::NonFinite { step: state.step, what, last_checkpoint: last_checkpoint.clone() },
+                    CheckpointError::NonFinite(what) => TrainError::NonFinite {
+                        step: state.step,
+                        what,
+                        last_checkpoint: last_checkpoint.clone(),
+                    },
                     CheckpointError::Write(e) => run_err(e),
                 })?;
             }
             last_checkpoint = Some(paths[0].clone());
-            let due = |freq: u64| freq > 0 && (end_of_run || (epoch_done && completed.is_multiple_of(freq)));
-            let (do_val, do_zeroshot) = (due(config.val_frequency) && sets.val.is_some(), due(config.zeroshot_frequency) && sets.zeroshot.is_some());
+            let due = |freq: u64| {
+                freq > 0 && (end_of_run || (epoch_done && completed.is_multiple_of(freq)))
+            };
+            let (do_val, do_zeroshot) = (
+                due(config.val_frequency) && sets.val.is_some(),
+                due(config.zeroshot_frequency) && sets.zeroshot.is_some(),
+            );
             if do_val || do_zeroshot {
                 let eval_started = Instant::now();
                 let mut metrics = serde_json::Map::new();
                 if let (true, Some(set)) = (do_zeroshot, &sets.zeroshot) {
-                    let m = zeroshot_eval(&trainer.clip, set, config.batch_size).map_err(run_err)?;
+                    let m = zeroshot_eval(&trainer.clip, set, eval_batch).map_err(run_err)?;
                     metrics.insert("zeroshot".into(), zeroshot_json(&m));
                 }
                 if let (true, Some(set)) = (do_val, &sets.val) {
-                    let (m, loss) = retrieval_eval(&trainer.clip, set, config.batch_size).map_err(run_err)?;
+                    let (m, loss) =
+                        retrieval_eval(&trainer.clip, set, eval_batch).map_err(run_err)?;
                     let mut val = retrieval_json(&m);
                     val["clip_val_loss"] = loss.into();
                     metrics.insert("val".into(), val);
@@ -497,7 +639,10 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
                     "mean_mask_ratio": eval_ratio_sum / eval_ratio_steps.max(1) as f64,
                 });
                 logs.append_result(&result).map_err(run_err)?;
-                logs.message(&format!("eval at step {} (epoch {completed}): {metrics}", state.step));
+                logs.message(&format!(
+                    "eval at step {} (epoch {completed}): {metrics}",
+                    state.step
+                ));
                 (eval_ratio_sum, eval_ratio_steps) = (0.0, 0);
                 last_metrics = Some(metrics);
                 write_plot(&logs, &state);
@@ -513,7 +658,9 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         state.samples_seen,
         format_duration(wall),
         (wall - eval_seconds) / done.max(1) as f64,
-        last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string())
+        last_checkpoint
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string())
     ));
     Ok(TrainSummary {
         run_dir,
@@ -541,7 +688,12 @@ fn write_plot(logs: &RunLogs, state: &TrainState) {
     let series = |path: &[&str]| -> Vec<(u64, f64)> {
         by_step
             .iter()
-            .filter_map(|(&step, r)| path.iter().try_fold(&r["metrics"], |cur, key| cur.get(*key)).and_then(|v| v.as_f64()).map(|v| (step, v)))
+            .filter_map(|(&step, r)| {
+                path.iter()
+                    .try_fold(&r["metrics"], |cur, key| cur.get(*key))
+                    .and_then(|v| v.as_f64())
+                    .map(|v| (step, v))
+            })
             .collect()
     };
     let metrics = [
@@ -551,7 +703,12 @@ fn write_plot(logs: &RunLogs, state: &TrainState) {
         series(&["val", "text_retrieval_recall@1"]),
     ];
     let path = logs.dir.join("loss.png");
-    if let Err(e) = super::plot::write_loss_plot(&path, &state.loss_history, &series(&["val", "clip_val_loss"]), &metrics) {
+    if let Err(e) = super::plot::write_loss_plot(
+        &path,
+        &state.loss_history,
+        &series(&["val", "clip_val_loss"]),
+        &metrics,
+    ) {
         eprintln!("warning: {e}");
     }
 }
@@ -560,7 +717,10 @@ fn write_plot(logs: &RunLogs, state: &TrainState) {
 /// on `builtin:shapes`, none otherwise.
 pub fn default_eval_data(train_data: &str) -> (Option<String>, Option<String>) {
     if is_builtin_train(train_data) {
-        (Some("builtin:shapes-val".into()), Some(BUILTIN_ZEROSHOT.into()))
+        (
+            Some("builtin:shapes-val".into()),
+            Some(BUILTIN_ZEROSHOT.into()),
+        )
     } else {
         (None, None)
     }

@@ -85,23 +85,50 @@ fn csr_scan(@builtin(local_invocation_id) lid: vec3<u32>) {
     for (var r = begin; r < end; r++) {
         offsets[r] = running;
         running += atomicLoad(&counts[r]);
+        // csr_fill counts placements per row from zero.
+        atomicStore(&counts[r], 0u);
     }
     if lid.x == WG - 1u {
         offsets[params.rows] = lane_totals[WG - 1u];
     }
 }
 
-// order[offsets[r] + slot] = i for each i with idx[i] == r (slot order is arbitrary).
+var<workgroup> chunk_rows: array<u32, WG>;
+
+// order[offsets[r] + k] = the k-th i (in index order) with idx[i] == r. One workgroup walks the
+// index list in chunks of WG; a lane's slot is the count of earlier same-row entries, so each
+// segment lists its indices in ascending order and the segment sums are bit-reproducible
+// (atomic slots would follow scheduling order, and resume must be bit-exact). `counts` holds
+// the entries earlier chunks placed per row (zeroed by csr_scan). Note: llvmpipe stops any
+// invocation's loops after 65,535 iterations in all, so there n stays below that.
 @compute @workgroup_size(WG)
-fn csr_fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid);
-    if i >= params.n {
-        return;
-    }
-    let row = idx[i];
-    if row < params.rows {
-        let slot = atomicSub(&counts[row], 1u) - 1u;
-        order[offsets[row] + slot] = i;
+fn csr_fill(@builtin(local_invocation_id) lid: vec3<u32>) {
+    for (var base = 0u; base < params.n; base += WG) {
+        let i = base + lid.x;
+        var row = 0xffffffffu;
+        if i < params.n {
+            row = idx[i];
+        }
+        chunk_rows[lid.x] = row;
+        workgroupBarrier();
+        var before = 0u;
+        var last = true;
+        for (var j = 0u; j < WG; j++) {
+            let other = chunk_rows[j];
+            before += select(0u, 1u, other == row && j < lid.x);
+            last = last && !(other == row && j > lid.x);
+        }
+        let valid = row < params.rows;
+        if valid {
+            order[offsets[row] + atomicLoad(&counts[row]) + before] = i;
+        }
+        storageBarrier();
+        workgroupBarrier();
+        if valid && last {
+            atomicAdd(&counts[row], before + 1u);
+        }
+        storageBarrier();
+        workgroupBarrier();
     }
 }
 

@@ -203,7 +203,7 @@ pub fn scatter_add_storage(
             let buffers = [idx, src, &out, &counts, &offsets, &order];
             gpu.dispatch_linear(&kernel(gpu, "csr_count"), &params, &buffers, n);
             gpu.dispatch(&kernel(gpu, "csr_scan"), &params, &buffers, [1, 1, 1]);
-            gpu.dispatch_linear(&kernel(gpu, "csr_fill"), &params, &buffers, n);
+            gpu.dispatch(&kernel(gpu, "csr_fill"), &params, &buffers, [1, 1, 1]);
             gpu.dispatch_linear(&kernel(gpu, "segment_sum"), &params, &buffers, rows * cols);
             Storage::Gpu(out)
         }

@@ -20,12 +20,25 @@ const LIMIT: f64 = 1e-4;
 
 fn check(backend: Backend, masked: bool) {
     let reference = Reference::load(&fixture()).unwrap();
-    let checks = reference.check_forward_backward(&backend, masked, LIMIT).unwrap();
+    let checks = reference
+        .check_forward_backward(&backend, masked, LIMIT)
+        .unwrap();
     let params = reference.model(&backend).unwrap().params.len();
-    assert_eq!(checks.len(), 3 + params, "features, loss and every gradient");
-    let failed: Vec<String> =
-        checks.iter().filter(|c| !c.passed()).map(|c| format!("{} {:.2e}", c.name, c.rel_err)).collect();
-    assert!(failed.is_empty(), "{} checks fail: {failed:?}", failed.len());
+    assert_eq!(
+        checks.len(),
+        3 + params,
+        "features, loss and every gradient"
+    );
+    let failed: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.passed())
+        .map(|c| format!("{} {:.2e}", c.name, c.rel_err))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} checks fail: {failed:?}",
+        failed.len()
+    );
 }
 
 #[test]
@@ -63,10 +76,12 @@ fn broken_fixture(
     std::fs::create_dir_all(&dir).unwrap();
     let prefix = dir.join("fixture");
     let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().with_extension("json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture().with_extension("json")).unwrap())
+            .unwrap();
     edit_json(&mut json);
     std::fs::write(prefix.with_extension("json"), json.to_string()).unwrap();
-    let file = clusterclip::model::io::TensorFile::read(&fixture().with_extension("safetensors")).unwrap();
+    let file =
+        clusterclip::model::io::TensorFile::read(&fixture().with_extension("safetensors")).unwrap();
     let mut out = Vec::new();
     let mut kept: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (name, tensor) in &file.tensors {
@@ -82,34 +97,69 @@ fn broken_fixture(
         }
     }
     for (name, shape, values) in &kept {
-        out.push((name.clone(), shape.clone(), clusterclip::model::io::TensorOut::F32(values)));
+        out.push((
+            name.clone(),
+            shape.clone(),
+            clusterclip::model::io::TensorOut::F32(values),
+        ));
     }
-    clusterclip::model::io::write_atomic(&prefix.with_extension("safetensors"), out, Default::default()).unwrap();
+    clusterclip::model::io::write_atomic(
+        &prefix.with_extension("safetensors"),
+        out,
+        Default::default(),
+    )
+    .unwrap();
     prefix
 }
 
 #[test]
 fn a_broken_export_names_the_tensor_or_field() {
     let missing = broken_fixture("missing", |_| {}, |name, _| name != "param.visual.proj");
-    let err = Reference::load(&missing).unwrap().model(&Backend::Cpu).err().unwrap();
-    assert!(err.contains("visual.proj") && err.contains("missing"), "{err}");
+    let err = Reference::load(&missing)
+        .unwrap()
+        .model(&Backend::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("visual.proj") && err.contains("missing"),
+        "{err}"
+    );
 
-    let wrong = broken_fixture("shape", |_| {}, |name, shape| {
-        if name == "param.ln_final.weight" {
-            *shape = vec![65];
-        }
-        true
-    });
-    let err = Reference::load(&wrong).unwrap().model(&Backend::Cpu).err().unwrap();
-    assert!(err.contains("ln_final.weight") && err.contains("[65]"), "{err}");
+    let wrong = broken_fixture(
+        "shape",
+        |_| {},
+        |name, shape| {
+            if name == "param.ln_final.weight" {
+                *shape = vec![65];
+            }
+            true
+        },
+    );
+    let err = Reference::load(&wrong)
+        .unwrap()
+        .model(&Backend::Cpu)
+        .err()
+        .unwrap();
+    assert!(
+        err.contains("ln_final.weight") && err.contains("[65]"),
+        "{err}"
+    );
 
-    let bad_config = broken_fixture("config", |json| json["vision"]["patch_size"] = 7.into(), |_, _| true);
+    let bad_config = broken_fixture(
+        "config",
+        |json| json["vision"]["patch_size"] = 7.into(),
+        |_, _| true,
+    );
     let err = Reference::load(&bad_config).err().unwrap();
     assert!(err.contains("patch_size"), "{err}");
 
-    let no_field = broken_fixture("field", |json| {
-        json["text"].as_object_mut().unwrap().remove("layers");
-    }, |_, _| true);
+    let no_field = broken_fixture(
+        "field",
+        |json| {
+            json["text"].as_object_mut().unwrap().remove("layers");
+        },
+        |_, _| true,
+    );
     let err = Reference::load(&no_field).err().unwrap();
     assert!(err.contains("text.layers"), "{err}");
 }

@@ -17,6 +17,8 @@ pub enum BenchCommand {
     Tower(super::bench_model::TowerArgs),
     /// Whole training steps (mask, forward, loss, backward, AdamW): images/s by masking.
     Step(super::bench_model::StepArgs),
+    /// Cluster-mask kernels against the image tower's forward+backward at the same batch.
+    Mask(super::bench_model::MaskBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -49,6 +51,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Matmul(args) => run_matmul(&args),
         BenchCommand::Tower(args) => super::bench_model::run_tower(args),
         BenchCommand::Step(args) => super::bench_model::run_step(args),
+        BenchCommand::Mask(args) => super::bench_model::run_mask(args),
     }
 }
 

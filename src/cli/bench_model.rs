@@ -171,6 +171,73 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct MaskBenchArgs {
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 5)]
+    pub repeats: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+}
+
+/// Cluster-mask kernels (and the read of k and the kept indices, as the training step does)
+/// against the image tower's forward+backward on the same batch.
+pub fn run_mask(args: MaskBenchArgs) -> CliResult {
+    let config = ClipConfig::preset(&args.preset)?;
+    let gpu = crate::gpu::Gpu::new(&args.gpu.options()?)?;
+    let backend = Backend::Gpu(gpu.clone());
+    let clip = Clip::new(config.clone(), &backend, 0)?;
+    let (images, _) = synthetic_batch(&config, args.batch_size, 0);
+    let v = &config.vision;
+    let strategy = MaskStrategy::Cluster(ClusterMaskConfig::default());
+    let mut ratio = 0.0;
+    let mut mask_pass = |step: u32| -> Result<f64, Box<dyn std::error::Error>> {
+        gpu.sync();
+        let start = Instant::now();
+        let mask = compute_mask(&clip, &backend, &strategy, &images, args.batch_size, MaskRng::new(0, step), 0.0)?;
+        ratio = mask.map_or(0.0, |m| m.mask_ratio as f64);
+        Ok(start.elapsed().as_secs_f64())
+    };
+    mask_pass(0)?;
+    let mask_s = median((1..=args.repeats.max(1) as u32).map(&mut mask_pass).collect::<Result<_, _>>()?);
+    let tower_pass = || -> Result<f64, Box<dyn std::error::Error>> {
+        let start = Instant::now();
+        let mut g = Graph::new(backend.clone());
+        let params = clip.params.bind(&mut g);
+        let x = g.constant(&images, &[args.batch_size, 3, v.image_size, v.image_size])?;
+        let t = vision::embed(&mut g, &params, v, x)?;
+        let f = vision::encode(&mut g, &params, v, t, None)?;
+        let ones = vec![1.0; g.numel(f)];
+        g.backward_from(f, &ones)?;
+        gpu.sync();
+        Ok(start.elapsed().as_secs_f64())
+    };
+    tower_pass()?;
+    let tower_s = median((0..args.repeats.max(1)).map(|_| tower_pass()).collect::<Result<_, _>>()?);
+    let share = mask_s / tower_s;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "preset": args.preset, "batch_size": args.batch_size,
+                "adapter": gpu.info.name, "backend": format!("{:?}", gpu.info.backend),
+                "mask_seconds": mask_s, "tower_seconds": tower_s, "mask_share": share, "mask_ratio": ratio,
+            })
+        );
+    } else {
+        println!(
+            "{} batch {} on {}: cluster mask {:.1} ms, image tower fwd+bwd {:.1} ms, mask = {:.2}% of the tower (mask ratio {:.3})",
+            args.preset, args.batch_size, gpu.describe(), mask_s * 1e3, tower_s * 1e3, share * 100.0, ratio
+        );
+    }
+    Ok(())
+}
+
 pub fn parse_strategy(mask: &str, mask_ratio: f64) -> Result<MaskStrategy, String> {
     match mask {
         "none" => Ok(MaskStrategy::None),

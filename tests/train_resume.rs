@@ -77,9 +77,15 @@ fn assert_same_checkpoint(a: &Checkpoint, b: &Checkpoint) {
     assert_eq!(a.optimizer_steps, b.optimizer_steps);
     // The split run also read the loss where it stopped; every loss both runs read agrees.
     for entry in &b.state.loss_history {
-        assert!(a.state.loss_history.contains(entry), "loss {entry:?} of the straight run differs after resume");
+        assert!(
+            a.state.loss_history.contains(entry),
+            "loss {entry:?} of the straight run differs after resume"
+        );
     }
-    let without_history = |c: &Checkpoint| clusterclip::train::checkpoint::TrainState { loss_history: Vec::new(), ..c.state.clone() };
+    let without_history = |c: &Checkpoint| clusterclip::train::checkpoint::TrainState {
+        loss_history: Vec::new(),
+        ..c.state.clone()
+    };
     assert_eq!(without_history(a), without_history(b));
 }
 

@@ -70,10 +70,16 @@ pub fn run(args: EvalArgs) -> CliResult {
         Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
     };
     let clip = checkpoint.model(&backend);
-    let data = args.data.clone().unwrap_or_else(|| if args.task == "zeroshot" { BUILTIN_ZEROSHOT } else { "builtin:shapes-test" }.to_string());
+    let data = args.data.clone().unwrap_or_else(|| {
+        if args.task == "zeroshot" {
+            BUILTIN_ZEROSHOT
+        } else {
+            "builtin:shapes-test"
+        }
+        .to_string()
+    });
     let (metrics, summary) = if args.task == "zeroshot" {
-        let set =
-            zeroshot_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
+        let set = zeroshot_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
         let m = zeroshot_eval(&clip, &set, args.batch_size)?;
         let line = format!(
             "zero-shot on {} ({} images, {} classes, chance {:.1}%): top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
@@ -87,8 +93,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         );
         (zeroshot_json(&m), line)
     } else {
-        let set =
-            caption_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
+        let set = caption_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
         let (m, loss) = retrieval_eval(&clip, &set, args.batch_size)?;
         let r = |v: [f64; 3]| {
             format!(

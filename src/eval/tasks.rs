@@ -10,7 +10,10 @@ use crate::graph::Backend;
 use crate::model::Clip;
 use crate::train::step::read_storage;
 
-use super::{RECALL_AT, RetrievalMetrics, ZeroShotMetrics, class_embeddings, encode_images, encode_texts, retrieval, zero_shot};
+use super::{
+    RECALL_AT, RetrievalMetrics, ZeroShotMetrics, class_embeddings, encode_images, encode_texts,
+    retrieval, zero_shot,
+};
 
 /// The built-in zero-shot task: `shapes::zeroshot_sample` images, `shapes::ZEROSHOT_TEMPLATES`.
 pub const BUILTIN_ZEROSHOT: &str = "builtin:shapes-zeroshot";
@@ -34,9 +37,19 @@ pub struct CaptionSet {
     pub n: usize,
 }
 
-fn eval_loader(spec: &str, clip: &Clip, batch_size: usize) -> Result<crate::data::loader::Loader, String> {
+fn eval_loader(
+    spec: &str,
+    clip: &Clip,
+    batch_size: usize,
+) -> Result<crate::data::loader::Loader, String> {
     let c = &clip.config;
-    let mut config = LoaderConfig::new(spec, c.vision.image_size, c.text.context_length, c.text.vocab_size, batch_size.max(1));
+    let mut config = LoaderConfig::new(
+        spec,
+        c.vision.image_size,
+        c.text.context_length,
+        c.text.vocab_size,
+        batch_size.max(1),
+    );
     config.train = false;
     open_loader(&config).map_err(|e| e.to_string())
 }
@@ -54,17 +67,32 @@ pub fn zeroshot_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<Lab
             crate::data::image_ops::normalise_rgb(&sample.rgb, size, out);
             labels.push(sample.label);
         }
-        let templates = shapes::ZEROSHOT_TEMPLATES.iter().map(|t| t.to_string()).collect();
-        return Ok(LabelledSet { images, labels, classes: shapes::zeroshot_classes(), templates });
+        let templates = shapes::ZEROSHOT_TEMPLATES
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        return Ok(LabelledSet {
+            images,
+            labels,
+            classes: shapes::zeroshot_classes(),
+            templates,
+        });
     }
     if spec.starts_with("builtin:") {
-        return Err(format!("{spec}: the zero-shot task on built-in data is {BUILTIN_ZEROSHOT}"));
+        return Err(format!(
+            "{spec}: the zero-shot task on built-in data is {BUILTIN_ZEROSHOT}"
+        ));
     }
     let mut loader = eval_loader(spec, clip, 64)?;
-    let classes = loader.class_names().map(<[String]>::to_vec).ok_or_else(|| format!("{spec}: no class labels (zero-shot needs imagefolder:DIR)"))?;
+    let classes = loader
+        .class_names()
+        .map(<[String]>::to_vec)
+        .ok_or_else(|| format!("{spec}: no class labels (zero-shot needs imagefolder:DIR)"))?;
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     while let Some(batch) = loader.next_batch().map_err(|e| e.to_string())? {
-        let batch_labels = batch.labels.ok_or_else(|| format!("{spec}: a batch without labels"))?;
+        let batch_labels = batch
+            .labels
+            .ok_or_else(|| format!("{spec}: a batch without labels"))?;
         images.extend(batch.images);
         labels.extend(batch_labels);
         if limit.is_some_and(|l| labels.len() >= l) {
@@ -78,18 +106,34 @@ pub fn zeroshot_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<Lab
     if labels.is_empty() {
         return Err(format!("{spec}: no images"));
     }
-    let templates = crate::data::prompts::ZERO_SHOT_TEMPLATES.iter().map(|t| t.to_string()).collect();
-    Ok(LabelledSet { images, labels, classes, templates })
+    let templates = crate::data::prompts::ZERO_SHOT_TEMPLATES
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    Ok(LabelledSet {
+        images,
+        labels,
+        classes,
+        templates,
+    })
 }
 
 /// Zero-shot top-1, top-5 and mean per-class recall of `clip` on `set` (M6).
-pub fn zeroshot_eval(clip: &Clip, set: &LabelledSet, batch_size: usize) -> Result<ZeroShotMetrics, String> {
+pub fn zeroshot_eval(
+    clip: &Clip,
+    set: &LabelledSet,
+    batch_size: usize,
+) -> Result<ZeroShotMetrics, String> {
     let t = &clip.config.text;
     let tokenizer = Tokenizer::shared();
     let tokens: Vec<u32> = set
         .classes
         .iter()
-        .flat_map(|class| set.templates.iter().map(move |template| template.replace("{}", class)))
+        .flat_map(|class| {
+            set.templates
+                .iter()
+                .map(move |template| template.replace("{}", class))
+        })
         .flat_map(|prompt| tokenizer.encode(&prompt, t.context_length, t.vocab_size))
         .collect();
     let dim = clip.config.embed_dim;
@@ -125,22 +169,40 @@ pub fn caption_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<Capt
 
 /// exp(logit_scale) of `clip`, read from its backend.
 pub fn logit_scale(clip: &Clip) -> f32 {
-    let i = clip.params.position("logit_scale").expect("the model declares logit_scale");
+    let i = clip
+        .params
+        .position("logit_scale")
+        .expect("the model declares logit_scale");
     read_storage(&clip.params.values_backend(), &clip.params.storage(i))[0].exp()
 }
 
 /// Symmetric InfoNCE (M1) of normalised features over consecutive batches of `batch_size`,
 /// averaged over batches (OpenCLIP's validation loss).
-pub fn contrastive_loss(image: &[f32], text: &[f32], dim: usize, scale: f32, batch_size: usize) -> f64 {
+pub fn contrastive_loss(
+    image: &[f32],
+    text: &[f32],
+    dim: usize,
+    scale: f32,
+    batch_size: usize,
+) -> f64 {
     let n = image.len() / dim;
     let (mut total, mut batches) = (0.0, 0);
     for start in (0..n).step_by(batch_size.max(1)) {
         let b = batch_size.min(n - start);
         let logit = |i: usize, j: usize| -> f64 {
-            let (x, y) = (&image[(start + i) * dim..][..dim], &text[(start + j) * dim..][..dim]);
-            scale as f64 * x.iter().zip(y).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
+            let (x, y) = (
+                &image[(start + i) * dim..][..dim],
+                &text[(start + j) * dim..][..dim],
+            );
+            scale as f64
+                * x.iter()
+                    .zip(y)
+                    .map(|(a, b)| *a as f64 * *b as f64)
+                    .sum::<f64>()
         };
-        let logits: Vec<Vec<f64>> = (0..b).map(|i| (0..b).map(|j| logit(i, j)).collect()).collect();
+        let logits: Vec<Vec<f64>> = (0..b)
+            .map(|i| (0..b).map(|j| logit(i, j)).collect())
+            .collect();
         let ce = |row: &dyn Fn(usize) -> f64, target: usize| -> f64 {
             let max = (0..b).map(row).fold(f64::NEG_INFINITY, f64::max);
             let lse = max + (0..b).map(|k| (row(k) - max).exp()).sum::<f64>().ln();
@@ -155,7 +217,11 @@ pub fn contrastive_loss(image: &[f32], text: &[f32], dim: usize, scale: f32, bat
 }
 
 /// Retrieval metrics and the validation loss of `clip` on `set` (each image's own caption).
-pub fn retrieval_eval(clip: &Clip, set: &CaptionSet, batch_size: usize) -> Result<(RetrievalMetrics, f64), String> {
+pub fn retrieval_eval(
+    clip: &Clip,
+    set: &CaptionSet,
+    batch_size: usize,
+) -> Result<(RetrievalMetrics, f64), String> {
     let dim = clip.config.embed_dim;
     let image = encode_images(clip, &set.images, batch_size).map_err(|e| e.to_string())?;
     let text = encode_texts(clip, &set.tokens, batch_size).map_err(|e| e.to_string())?;
@@ -173,13 +239,31 @@ pub fn zeroshot_json(m: &ZeroShotMetrics) -> serde_json::Value {
 pub fn retrieval_json(m: &RetrievalMetrics) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for (i, k) in RECALL_AT.iter().enumerate() {
-        map.insert(format!("image_retrieval_recall@{k}"), m.image_retrieval_recall[i].into());
-        map.insert(format!("text_retrieval_recall@{k}"), m.text_retrieval_recall[i].into());
+        map.insert(
+            format!("image_retrieval_recall@{k}"),
+            m.image_retrieval_recall[i].into(),
+        );
+        map.insert(
+            format!("text_retrieval_recall@{k}"),
+            m.text_retrieval_recall[i].into(),
+        );
     }
-    map.insert("image_retrieval_mean_rank".into(), m.image_retrieval_mean_rank.into());
-    map.insert("image_retrieval_median_rank".into(), m.image_retrieval_median_rank.into());
-    map.insert("text_retrieval_mean_rank".into(), m.text_retrieval_mean_rank.into());
-    map.insert("text_retrieval_median_rank".into(), m.text_retrieval_median_rank.into());
+    map.insert(
+        "image_retrieval_mean_rank".into(),
+        m.image_retrieval_mean_rank.into(),
+    );
+    map.insert(
+        "image_retrieval_median_rank".into(),
+        m.image_retrieval_median_rank.into(),
+    );
+    map.insert(
+        "text_retrieval_mean_rank".into(),
+        m.text_retrieval_mean_rank.into(),
+    );
+    map.insert(
+        "text_retrieval_median_rank".into(),
+        m.text_retrieval_median_rank.into(),
+    );
     serde_json::Value::Object(map)
 }
 

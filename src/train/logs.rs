@@ -9,8 +9,15 @@ use std::path::{Path, PathBuf};
 
 /// OpenCLIP's default run name: `2026_11_29-06_30_00-model_tiny-lr_0.0005-b_64-j_2-p_fp32`.
 pub fn default_run_name(model: &str, lr: f32, batch_size: usize, workers: usize) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    format!("{}-model_{}-lr_{lr}-b_{batch_size}-j_{workers}-p_fp32", utc_stamp(secs), model.replace('/', "-"))
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!(
+        "{}-model_{}-lr_{lr}-b_{batch_size}-j_{workers}-p_fp32",
+        utc_stamp(secs),
+        model.replace('/', "-")
+    )
 }
 
 /// `YYYY_MM_DD-HH_MM_SS` (UTC) of Unix seconds, as OpenCLIP's `%Y_%m_%d-%H_%M_%S`.
@@ -27,7 +34,12 @@ pub fn utc_stamp(unix_seconds: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}_{month:02}_{day:02}-{:02}_{:02}_{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{year:04}_{month:02}_{day:02}-{:02}_{:02}_{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// `3m05s`, `1h02m`, `42s`.
@@ -53,10 +65,20 @@ impl RunLogs {
     /// Creates `dir` (and `dir/checkpoints`); `out.log` is appended to, so a resumed run keeps
     /// the earlier lines.
     pub fn open(dir: &Path) -> Result<RunLogs, String> {
-        std::fs::create_dir_all(dir.join("checkpoints")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("checkpoints"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join("out.log");
-        let out_log = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(RunLogs { dir: dir.to_path_buf(), out_log: Some(out_log), terminal: std::io::stderr().is_terminal(), line_open: false })
+        let out_log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(RunLogs {
+            dir: dir.to_path_buf(),
+            out_log: Some(out_log),
+            terminal: std::io::stderr().is_terminal(),
+            line_open: false,
+        })
     }
 
     pub fn checkpoint_dir(&self) -> PathBuf {
@@ -107,14 +129,20 @@ impl RunLogs {
     /// Appends one evaluation to `results.jsonl`.
     pub fn append_result(&self, result: &serde_json::Value) -> Result<(), String> {
         let path = self.dir.join("results.jsonl");
-        let mut file = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         writeln!(file, "{result}").map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Every line of `results.jsonl` that parses, in order.
     pub fn read_results(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.dir.join("results.jsonl")).unwrap_or_default();
-        text.lines().filter_map(|line| serde_json::from_str(line).ok()).collect()
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
     }
 }
 

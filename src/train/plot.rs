@@ -28,7 +28,12 @@ pub struct Panel {
 /// Colours of the curves, documented where the plot is described.
 pub const TRAIN_LOSS: [u8; 3] = [31, 119, 180];
 pub const VAL_LOSS: [u8; 3] = [214, 39, 40];
-pub const METRIC_COLOURS: [[u8; 3]; 4] = [[44, 160, 44], [152, 223, 138], [255, 127, 14], [148, 103, 189]];
+pub const METRIC_COLOURS: [[u8; 3]; 4] = [
+    [44, 160, 44],
+    [152, 223, 138],
+    [255, 127, 14],
+    [148, 103, 189],
+];
 
 /// 3×5 glyphs, rows top to bottom, 3 bits each (MSB left).
 fn glyph(c: char) -> Option<[u8; 5]> {
@@ -64,7 +69,12 @@ fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, colour: Rgb<u8>) {
             for col in 0..3 {
                 if bits >> (2 - col) & 1 == 1 {
                     for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                        put(img, x + i as i64 * 8 + col * 2 + dx, y + r as i64 * 2 + dy, colour);
+                        put(
+                            img,
+                            x + i as i64 * 8 + col * 2 + dx,
+                            y + r as i64 * 2 + dy,
+                            colour,
+                        );
                     }
                 }
             }
@@ -75,25 +85,53 @@ fn text(img: &mut RgbImage, x: i64, y: i64, s: &str, colour: Rgb<u8>) {
 fn line(img: &mut RgbImage, (x0, y0): (i64, i64), (x1, y1): (i64, i64), colour: Rgb<u8>) {
     let steps = (x1 - x0).abs().max((y1 - y0).abs()).max(1);
     for s in 0..=steps {
-        put(img, x0 + (x1 - x0) * s / steps, y0 + (y1 - y0) * s / steps, colour);
+        put(
+            img,
+            x0 + (x1 - x0) * s / steps,
+            y0 + (y1 - y0) * s / steps,
+            colour,
+        );
     }
 }
 
 fn short(v: f64) -> String {
-    if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) { format!("{v:.1e}") } else { format!("{v:.2}") }
+    if v != 0.0 && (v.abs() >= 1e4 || v.abs() < 1e-2) {
+        format!("{v:.1e}")
+    } else {
+        format!("{v:.2}")
+    }
 }
 
 fn draw_panel(img: &mut RgbImage, left: u32, panel: &Panel) {
     let finite = |v: &f64| v.is_finite();
-    let xs = panel.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).filter(finite);
-    let ys = panel.series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).filter(finite);
+    let xs = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .filter(finite);
+    let ys = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(finite);
     let (x_lo, x_hi) = (0.0, xs.fold(1.0f64, f64::max));
     let (y_lo, y_hi) = panel.y_range.unwrap_or_else(|| {
-        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| (a.min(y), b.max(y)));
-        if lo > hi { (0.0, 1.0) } else if hi - lo < 1e-9 { (lo - 0.5, hi + 0.5) } else { (lo, hi) }
+        let (lo, hi) = ys.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), y| {
+            (a.min(y), b.max(y))
+        });
+        if lo > hi {
+            (0.0, 1.0)
+        } else if hi - lo < 1e-9 {
+            (lo - 0.5, hi + 0.5)
+        } else {
+            (lo, hi)
+        }
     });
     let (x0, y0) = (i64::from(left + MARGIN), i64::from(PANEL_H - MARGIN));
-    let (w, h) = (i64::from(PANEL_W - 2 * MARGIN), i64::from(PANEL_H - 2 * MARGIN));
+    let (w, h) = (
+        i64::from(PANEL_W - 2 * MARGIN),
+        i64::from(PANEL_H - 2 * MARGIN),
+    );
     for k in 1..4 {
         let y = y0 - h * k / 4;
         line(img, (x0, y), (x0 + w, y), GRID);
@@ -110,7 +148,12 @@ fn draw_panel(img: &mut RgbImage, left: u32, panel: &Panel) {
     };
     for series in &panel.series {
         let colour = Rgb(series.colour);
-        let points: Vec<(i64, i64)> = series.points.iter().filter(|p| p.0.is_finite() && p.1.is_finite()).map(|&p| map(p)).collect();
+        let points: Vec<(i64, i64)> = series
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|&p| map(p))
+            .collect();
         if series.line {
             for pair in points.windows(2) {
                 line(img, pair[0], pair[1], colour);
@@ -134,7 +177,8 @@ pub fn render_png(panels: &[Panel]) -> Result<Vec<u8>, String> {
         draw_panel(&mut img, i as u32 * PANEL_W, panel);
     }
     let mut bytes = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut bytes, ImageFormat::Png).map_err(|e| format!("loss.png: {e}"))?;
+    img.write_to(&mut bytes, ImageFormat::Png)
+        .map_err(|e| format!("loss.png: {e}"))?;
     Ok(bytes.into_inner())
 }
 
@@ -148,8 +192,19 @@ pub fn write_loss_plot(
 ) -> Result<(), String> {
     let loss_panel = Panel {
         series: vec![
-            Series { points: train_loss.iter().map(|&(s, l)| (s as f64, l as f64)).collect(), colour: TRAIN_LOSS, line: true },
-            Series { points: val_loss.iter().map(|&(s, l)| (s as f64, l)).collect(), colour: VAL_LOSS, line: false },
+            Series {
+                points: train_loss
+                    .iter()
+                    .map(|&(s, l)| (s as f64, l as f64))
+                    .collect(),
+                colour: TRAIN_LOSS,
+                line: true,
+            },
+            Series {
+                points: val_loss.iter().map(|&(s, l)| (s as f64, l)).collect(),
+                colour: VAL_LOSS,
+                line: false,
+            },
         ],
         y_range: None,
     };
@@ -157,7 +212,11 @@ pub fn write_loss_plot(
         series: metrics
             .iter()
             .zip(METRIC_COLOURS.iter().cycle())
-            .map(|(points, &colour)| Series { points: points.iter().map(|&(s, v)| (s as f64, v)).collect(), colour, line: true })
+            .map(|(points, &colour)| Series {
+                points: points.iter().map(|&(s, v)| (s as f64, v)).collect(),
+                colour,
+                line: true,
+            })
             .collect(),
         y_range: Some((0.0, 1.0)),
     };

@@ -21,8 +21,14 @@ pub struct TrainBatch {
 
 enum Source {
     /// Worker `w` renders batches w, w + W, ... from `start`; read round-robin.
-    Builtin { workers: Vec<(Receiver<TrainBatch>, JoinHandle<()>)>, next_worker: usize },
-    Loader { loader: Box<Loader>, config: LoaderConfig },
+    Builtin {
+        workers: Vec<(Receiver<TrainBatch>, JoinHandle<()>)>,
+        next_worker: usize,
+    },
+    Loader {
+        loader: Box<Loader>,
+        config: LoaderConfig,
+    },
 }
 
 pub struct TrainStream {
@@ -40,38 +46,67 @@ impl TrainStream {
     /// The stream of `config` (training order, seeded) at (`pass`, `position`).
     pub fn open(config: &LoaderConfig, pass: u64, position: u64) -> Result<TrainStream, String> {
         let batch_size = config.batch_size;
-        let source = resolve_spec(&config.spec, config.dataset_type).map_err(|e| format!("--train-data: {e}"))?;
+        let source = resolve_spec(&config.spec, config.dataset_type)
+            .map_err(|e| format!("--train-data: {e}"))?;
         let source = match source {
             DataSource::Builtin(BuiltinSplit::ShapesTrain) => builtin_source(config, position),
             _ => {
                 let mut loader_config = config.clone();
                 loader_config.seed = config.seed.wrapping_add(pass);
-                let mut loader = open_loader(&loader_config).map_err(|e| format!("--train-data: {e}"))?;
+                let mut loader =
+                    open_loader(&loader_config).map_err(|e| format!("--train-data: {e}"))?;
                 for _ in 0..position / batch_size as u64 {
-                    loader.next_batch().map_err(|e| format!("--train-data: {e}"))?;
+                    loader
+                        .next_batch()
+                        .map_err(|e| format!("--train-data: {e}"))?;
                 }
-                Source::Loader { loader: Box::new(loader), config: config.clone() }
+                Source::Loader {
+                    loader: Box::new(loader),
+                    config: config.clone(),
+                }
             }
         };
-        Ok(TrainStream { source, batch_size, pass, position, wait_seconds: 0.0 })
+        Ok(TrainStream {
+            source,
+            batch_size,
+            pass,
+            position,
+            wait_seconds: 0.0,
+        })
     }
 
     /// The next full batch.
     pub fn next_batch(&mut self) -> Result<TrainBatch, String> {
         let started = Instant::now();
         let batch = match &mut self.source {
-            Source::Builtin { workers, next_worker } => {
+            Source::Builtin {
+                workers,
+                next_worker,
+            } => {
                 let (receiver, _) = &workers[*next_worker];
                 *next_worker = (*next_worker + 1) % workers.len();
-                receiver.recv().map_err(|_| "builtin:shapes worker stopped".to_string())?
+                receiver
+                    .recv()
+                    .map_err(|_| "builtin:shapes worker stopped".to_string())?
             }
             Source::Loader { loader, config } => {
                 let mut fresh_pass = self.position == 0;
                 loop {
-                    match loader.next_batch().map_err(|e| format!("--train-data: {e}"))? {
-                        Some(b) if b.n == self.batch_size => break TrainBatch { images: b.images, tokens: b.tokens },
+                    match loader
+                        .next_batch()
+                        .map_err(|e| format!("--train-data: {e}"))?
+                    {
+                        Some(b) if b.n == self.batch_size => {
+                            break TrainBatch {
+                                images: b.images,
+                                tokens: b.tokens,
+                            };
+                        }
                         _ if fresh_pass => {
-                            return Err(format!("--train-data {}: fewer samples than one batch of {}", config.spec, self.batch_size));
+                            return Err(format!(
+                                "--train-data {}: fewer samples than one batch of {}",
+                                config.spec, self.batch_size
+                            ));
                         }
                         _ => {
                             self.pass += 1;
@@ -79,7 +114,8 @@ impl TrainStream {
                             fresh_pass = true;
                             let mut next = config.clone();
                             next.seed = config.seed.wrapping_add(self.pass);
-                            **loader = open_loader(&next).map_err(|e| format!("--train-data: {e}"))?;
+                            **loader =
+                                open_loader(&next).map_err(|e| format!("--train-data: {e}"))?;
                         }
                     }
                 }
@@ -107,7 +143,9 @@ fn builtin_source(config: &LoaderConfig, start: u64) -> Source {
             let handle = std::thread::spawn(move || {
                 for b in (w as u64..).step_by(count) {
                     let first = start + b * batch;
-                    let mut images = Vec::with_capacity(batch as usize * 3 * shape.image_size * shape.image_size);
+                    let mut images = Vec::with_capacity(
+                        batch as usize * 3 * shape.image_size * shape.image_size,
+                    );
                     let mut tokens = Vec::with_capacity(batch as usize * shape.context_length);
                     for index in first..first + batch {
                         let sample = shape_sample(BuiltinSplit::ShapesTrain, index, &shape);
@@ -122,7 +160,10 @@ fn builtin_source(config: &LoaderConfig, start: u64) -> Source {
             (receiver, handle)
         })
         .collect();
-    Source::Builtin { workers, next_worker: 0 }
+    Source::Builtin {
+        workers,
+        next_worker: 0,
+    }
 }
 
 impl Drop for TrainStream {
@@ -139,5 +180,8 @@ impl Drop for TrainStream {
 
 /// Whether `spec` names the endless built-in training stream.
 pub fn is_builtin_train(spec: &str) -> bool {
-    matches!(resolve_spec(spec, DatasetType::Auto), Ok(DataSource::Builtin(BuiltinSplit::ShapesTrain)))
+    matches!(
+        resolve_spec(spec, DatasetType::Auto),
+        Ok(DataSource::Builtin(BuiltinSplit::ShapesTrain))
+    )
 }

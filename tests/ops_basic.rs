@@ -371,7 +371,10 @@ fn scatter_add_is_bit_reproducible() {
             .map(|(i, (a, b))| (i, *a, *b))
             .take(4)
             .collect();
-        assert!(diff.is_empty(), "scatter-add sums changed between runs: {diff:?}");
+        assert!(
+            diff.is_empty(),
+            "scatter-add sums changed between runs: {diff:?}"
+        );
     }
     let want = clusterclip::ops::gather::cpu::scatter_add_rows(&src, &idx, rows, cols);
     assert_close("scatter-add", &first, &want, 1e-4, 1e-5);

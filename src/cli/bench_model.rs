@@ -199,12 +199,24 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
     let mut mask_pass = |step: u32| -> Result<f64, Box<dyn std::error::Error>> {
         gpu.sync();
         let start = Instant::now();
-        let mask = compute_mask(&clip, &backend, &strategy, &images, args.batch_size, MaskRng::new(0, step), 0.0)?;
+        let mask = compute_mask(
+            &clip,
+            &backend,
+            &strategy,
+            &images,
+            args.batch_size,
+            MaskRng::new(0, step),
+            0.0,
+        )?;
         ratio = mask.map_or(0.0, |m| m.mask_ratio as f64);
         Ok(start.elapsed().as_secs_f64())
     };
     mask_pass(0)?;
-    let mask_s = median((1..=args.repeats.max(1) as u32).map(&mut mask_pass).collect::<Result<_, _>>()?);
+    let mask_s = median(
+        (1..=args.repeats.max(1) as u32)
+            .map(&mut mask_pass)
+            .collect::<Result<_, _>>()?,
+    );
     let tower_pass = || -> Result<f64, Box<dyn std::error::Error>> {
         let start = Instant::now();
         let mut g = Graph::new(backend.clone());
@@ -218,7 +230,11 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
         Ok(start.elapsed().as_secs_f64())
     };
     tower_pass()?;
-    let tower_s = median((0..args.repeats.max(1)).map(|_| tower_pass()).collect::<Result<_, _>>()?);
+    let tower_s = median(
+        (0..args.repeats.max(1))
+            .map(|_| tower_pass())
+            .collect::<Result<_, _>>()?,
+    );
     let share = mask_s / tower_s;
     if args.json {
         println!(
@@ -232,7 +248,13 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
     } else {
         println!(
             "{} batch {} on {}: cluster mask {:.1} ms, image tower fwd+bwd {:.1} ms, mask = {:.2}% of the tower (mask ratio {:.3})",
-            args.preset, args.batch_size, gpu.describe(), mask_s * 1e3, tower_s * 1e3, share * 100.0, ratio
+            args.preset,
+            args.batch_size,
+            gpu.describe(),
+            mask_s * 1e3,
+            tower_s * 1e3,
+            share * 100.0,
+            ratio
         );
     }
     Ok(())

@@ -1,26 +1,12 @@
 //! `clusterclip train` and `clusterclip eval` as a user runs them: a short run writes every file
 //! of the run folder, resumes, and its checkpoint evaluates; bad flags give one error line.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn clusterclip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clusterclip"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use std::path::Path;
+use std::process::Output;
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("clusterclip-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use common::cli::{clusterclip, stderr, temp_dir};
 
 /// A run of the tiny preset: batch 4, 2 steps per epoch, validation on 16 samples, on Vulkan
 /// (lavapipe on CI; Mesa's GL path compiles kernels for a minute).

@@ -647,7 +647,10 @@ fn cli_tokenize_make_shards_and_stats() {
     let (ok, _, err) = clusterclip(&[&args[..], &["--shard-size", "4"]].concat());
     assert!(!ok, "7 bad of 13 is over the default 1%");
     assert!(
-        err.starts_with("error: 7 of 13 records are bad") && err.lines().count() == 1,
+        err.starts_with(&format!(
+            "error: data spec {:?}: 7 of 13 records are bad",
+            csv.to_str().unwrap()
+        )) && err.lines().count() == 1,
         "{err}"
     );
     let (ok, out, err) = clusterclip(

@@ -52,7 +52,7 @@ fn config(logs: &Path, name: &str) -> TrainConfig {
     c.logs = logs.to_path_buf();
     c.name = Some(name.to_string());
     c.log_every_n_steps = 2;
-    c.workers = 1;
+    c.data.workers = 1;
     c.seed = 7;
     c
 }

@@ -2,7 +2,9 @@
 //! `train` and `eval` share ([`DataFlags`]).
 
 use super::CliResult;
-use crate::data::loader::{LoaderConfig, open_loader};
+use crate::data::loader::{
+    DEFAULT_MAX_BAD_FRACTION, DEFAULT_WORKERS, LoaderConfig, ReadOptions, open_loader,
+};
 use crate::data::records::RecordKeys;
 use crate::data::shards::{MakeShardsConfig, make_shards};
 use crate::data::spec::{BuiltinSplit, DataSource, DatasetType, resolve_spec};
@@ -38,11 +40,11 @@ pub struct DataFlags {
     /// WebDataset caption member extension.
     #[arg(long, default_value = "txt")]
     pub text_key: String,
-    /// Decode threads.
-    #[arg(long, default_value_t = 2)]
+    /// Decode threads (render threads for builtin:shapes).
+    #[arg(long, default_value_t = DEFAULT_WORKERS)]
     pub workers: usize,
     /// Stop when more than this share of records is bad.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = DEFAULT_MAX_BAD_FRACTION)]
     pub max_bad_fraction: f64,
     /// Sample shards (WebDataset) or records with replacement, endlessly.
     #[arg(long)]
@@ -73,6 +75,17 @@ impl DataFlags {
         })
     }
 
+    /// The readers' settings these flags give; the error names the flag.
+    pub fn read_options(&self) -> Result<ReadOptions, String> {
+        Ok(ReadOptions {
+            dataset_type: self.dataset_type,
+            keys: self.record_keys()?,
+            workers: self.workers,
+            max_bad_fraction: self.max_bad_fraction,
+            resampled: self.dataset_resampled,
+        })
+    }
+
     /// A loader configuration for `spec` with these flags.
     pub fn loader_config(
         &self,
@@ -82,13 +95,10 @@ impl DataFlags {
         vocab_size: usize,
         batch_size: usize,
     ) -> Result<LoaderConfig, String> {
-        let mut cfg = LoaderConfig::new(spec, image_size, context_length, vocab_size, batch_size);
-        cfg.dataset_type = self.dataset_type;
-        cfg.workers = self.workers;
-        cfg.max_bad_fraction = self.max_bad_fraction;
-        cfg.resampled = self.dataset_resampled;
-        cfg.keys = self.record_keys()?;
-        Ok(cfg)
+        Ok(
+            LoaderConfig::new(spec, image_size, context_length, vocab_size, batch_size)
+                .with_options(&self.read_options()?),
+        )
     }
 }
 

@@ -12,6 +12,7 @@ use crate::graph::Backend;
 use crate::model::ClipConfig;
 use crate::train::checkpoint::load_checkpoint;
 
+use super::data::DataFlags;
 use super::{CliResult, GpuArgs};
 
 #[derive(clap::Args)]
@@ -40,6 +41,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub cpu: bool,
     #[command(flatten)]
+    pub reader: DataFlags,
+    #[command(flatten)]
     pub gpu: GpuArgs,
 }
 
@@ -63,6 +66,7 @@ pub fn run(args: EvalArgs) -> CliResult {
     if !args.checkpoint.exists() {
         return Err(format!("--checkpoint: {} does not exist", args.checkpoint.display()).into());
     }
+    let read = args.reader.read_options()?;
     let checkpoint = load_checkpoint(&args.checkpoint, model.as_ref())?;
     let backend = if args.cpu {
         Backend::Cpu
@@ -79,7 +83,8 @@ pub fn run(args: EvalArgs) -> CliResult {
         .to_string()
     });
     let (metrics, summary) = if args.task == "zeroshot" {
-        let set = zeroshot_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
+        let set =
+            zeroshot_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
         let m = zeroshot_eval(&clip, &set, args.batch_size)?;
         let line = format!(
             "zero-shot on {} ({} images, {} classes, chance {:.1}%): top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
@@ -93,7 +98,8 @@ pub fn run(args: EvalArgs) -> CliResult {
         );
         (zeroshot_json(&m), line)
     } else {
-        let set = caption_set(&data, &clip, args.samples).map_err(|e| format!("--data: {e}"))?;
+        let set =
+            caption_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
         let (m, loss) = retrieval_eval(&clip, &set, args.batch_size)?;
         let r = |v: [f64; 3]| {
             format!(

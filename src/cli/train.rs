@@ -11,6 +11,7 @@ use crate::train::mask_step::MaskStrategy;
 use crate::train::run::{ResumeFrom, TrainConfig, default_eval_data, train};
 use crate::train::{AdamWConfig, LrScheduler};
 
+use super::data::DataFlags;
 use super::{CliResult, GpuArgs};
 
 #[derive(clap::Args, Clone, Debug)]
@@ -85,9 +86,6 @@ pub struct TrainArgs {
     /// Stop after N optimizer steps in all (the schedule still spans --epochs; resume later).
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Data decoding threads.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
     /// Use at most this many images (zero-shot) and samples (validation) per evaluation.
     #[arg(long)]
     pub eval_samples: Option<usize>,
@@ -112,6 +110,9 @@ pub struct TrainArgs {
     /// Run on the CPU reference backend (slow; for checks).
     #[arg(long)]
     pub cpu: bool,
+    // Reader flags of --train-data and --val-data, as `data` and `eval` take them.
+    #[command(flatten)]
+    pub data: DataFlags,
     #[command(flatten)]
     pub gpu: GpuArgs,
 }
@@ -194,7 +195,7 @@ impl TrainArgs {
             zeroshot_frequency: self.zeroshot_frequency,
             log_every_n_steps: self.log_every_n_steps,
             steps: self.steps,
-            workers: self.workers,
+            data: self.data.read_options()?,
             mask,
             target_mask_ratio: if threshold.is_none() {
                 self.target_mask_ratio

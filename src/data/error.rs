@@ -15,6 +15,8 @@ pub enum DataError {
     CsvHeader { file: PathBuf, reason: String },
     /// More bad records than `--max-bad-fraction` allows.
     TooManyBad {
+        /// The data spec (or file) the records came from.
+        spec: String,
         bad: u64,
         seen: u64,
         max_fraction: f64,
@@ -42,13 +44,14 @@ impl fmt::Display for DataError {
             DataError::Io { path, source } => write!(f, "{}: {source}", path.display()),
             DataError::CsvHeader { file, reason } => write!(f, "{}: {reason}", file.display()),
             DataError::TooManyBad {
+                spec,
                 bad,
                 seen,
                 max_fraction,
                 first_offenders,
             } => write!(
                 f,
-                "{bad} of {seen} records are bad ({:.2}%, over --max-bad-fraction {max_fraction}); first: {}",
+                "data spec {spec:?}: {bad} of {seen} records are bad ({:.2}%, over --max-bad-fraction {max_fraction}); first: {}",
                 100.0 * *bad as f64 / (*seen).max(1) as f64,
                 first_offenders.join("; ")
             ),

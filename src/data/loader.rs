@@ -21,6 +21,36 @@ use std::time::Instant;
 const OFFENDERS_KEPT: usize = 5;
 /// Records seen before the bad fraction can stop an unfinished pass (a pass's end always checks).
 const BAD_CHECK_MIN_RECORDS: u64 = 1000;
+/// Decode threads unless `--workers` says otherwise.
+pub const DEFAULT_WORKERS: usize = 2;
+/// Share of bad records tolerated unless `--max-bad-fraction` says otherwise.
+pub const DEFAULT_MAX_BAD_FRACTION: f64 = 0.01;
+
+/// How records are read and when to give up, whatever the spec: the data flags that `train`,
+/// `eval` and `data` share.
+#[derive(Clone, Debug)]
+pub struct ReadOptions {
+    pub dataset_type: DatasetType,
+    pub keys: RecordKeys,
+    /// Decode threads; 0 counts as 1.
+    pub workers: usize,
+    /// Stop with an error when more than this share of records is bad.
+    pub max_bad_fraction: f64,
+    /// Endless sampling with replacement (training only).
+    pub resampled: bool,
+}
+
+impl Default for ReadOptions {
+    fn default() -> Self {
+        ReadOptions {
+            dataset_type: DatasetType::Auto,
+            keys: RecordKeys::default(),
+            workers: DEFAULT_WORKERS,
+            max_bad_fraction: DEFAULT_MAX_BAD_FRACTION,
+            resampled: false,
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct LoaderConfig {
@@ -45,7 +75,7 @@ pub struct LoaderConfig {
 }
 
 impl LoaderConfig {
-    /// Defaults of the CLI flags: training order, 2 workers, 1% bad records allowed.
+    /// Training order, read as [`ReadOptions::default`] says.
     pub fn new(
         spec: &str,
         image_size: usize,
@@ -53,21 +83,38 @@ impl LoaderConfig {
         vocab_size: usize,
         batch_size: usize,
     ) -> Self {
+        let ReadOptions {
+            dataset_type,
+            keys,
+            workers,
+            max_bad_fraction,
+            resampled,
+        } = ReadOptions::default();
         LoaderConfig {
             spec: spec.to_string(),
-            dataset_type: DatasetType::Auto,
+            dataset_type,
             image_size,
             context_length,
             vocab_size,
             batch_size,
             train: true,
             seed: 0,
-            workers: 2,
-            max_bad_fraction: 0.01,
-            resampled: false,
+            workers,
+            max_bad_fraction,
+            resampled,
             shuffle_buffer: 1000,
-            keys: RecordKeys::default(),
+            keys,
         }
+    }
+
+    /// This configuration read as `options` say.
+    pub fn with_options(mut self, options: &ReadOptions) -> Self {
+        self.dataset_type = options.dataset_type;
+        self.keys = options.keys.clone();
+        self.workers = options.workers;
+        self.max_bad_fraction = options.max_bad_fraction;
+        self.resampled = options.resampled;
+        self
     }
 }
 
@@ -133,20 +180,69 @@ impl DataStats {
         lengths.truncated += u64::from(tokens > context_length);
     }
 
+    /// Adds the counts of `other`, read after these; offenders stay the first few of both.
+    pub fn merge(&mut self, other: &DataStats) {
+        self.samples += other.samples;
+        self.bad += other.bad;
+        for (kind, n) in &other.bad_by_kind {
+            match self.bad_by_kind.iter_mut().find(|(k, _)| k == kind) {
+                Some((_, count)) => *count += n,
+                None => self.bad_by_kind.push((kind.clone(), *n)),
+            }
+        }
+        let room = OFFENDERS_KEPT.saturating_sub(self.first_offenders.len());
+        self.first_offenders
+            .extend(other.first_offenders.iter().take(room).cloned());
+        self.wait_seconds += other.wait_seconds;
+        let (mine, theirs) = (&mut self.caption_tokens, &other.caption_tokens);
+        if theirs.count > 0 {
+            mine.min = if mine.count == 0 {
+                theirs.min
+            } else {
+                mine.min.min(theirs.min)
+            };
+            mine.max = mine.max.max(theirs.max);
+            mine.count += theirs.count;
+            mine.total += theirs.total;
+            mine.truncated += theirs.truncated;
+        }
+    }
+
+    /// The bad records in one line: "3 bad of 1000 records skipped (image file missing 2, image
+    /// does not decode 1); first: a.csv:line 4: image file missing; ..." or "no bad records
+    /// in 1000".
+    pub fn bad_records_line(&self) -> String {
+        let seen = self.samples + self.bad;
+        if self.bad == 0 {
+            return format!("no bad records in {seen}");
+        }
+        format!(
+            "{} bad of {seen} records skipped {}",
+            self.bad,
+            self.bad_details()
+        )
+    }
+
+    /// "(empty caption 2, no image member 1); first: a.tar:x: empty caption; ...".
+    fn bad_details(&self) -> String {
+        let kinds: Vec<String> = self
+            .bad_by_kind
+            .iter()
+            .map(|(kind, n)| format!("{kind} {n}"))
+            .collect();
+        format!(
+            "({}); first: {}",
+            kinds.join(", "),
+            self.first_offenders.join("; ")
+        )
+    }
+
     /// One summary line: "1200 samples, 3 bad (empty caption 2, no image member 1): a.tar:x: ...".
     pub fn summary(&self) -> String {
         let mut line = format!("{} samples, {} bad", self.samples, self.bad);
         if self.bad > 0 {
-            let kinds: Vec<String> = self
-                .bad_by_kind
-                .iter()
-                .map(|(kind, n)| format!("{kind} {n}"))
-                .collect();
-            line.push_str(&format!(
-                " ({}); first: {}",
-                kinds.join(", "),
-                self.first_offenders.join("; ")
-            ));
+            line.push(' ');
+            line.push_str(&self.bad_details());
         }
         line
     }
@@ -177,6 +273,9 @@ pub struct Loader {
     next_seq: u64,
     finished: bool,
     stats: DataStats,
+    /// What was read since the last [`Loader::take_recent_stats`].
+    recent: DataStats,
+    spec: String,
     batch_size: usize,
     image_size: usize,
     context_length: usize,
@@ -242,6 +341,8 @@ pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
         next_seq: 0,
         finished: false,
         stats: DataStats::default(),
+        recent: DataStats::default(),
+        spec: cfg.spec.clone(),
         batch_size: cfg.batch_size,
         image_size: cfg.image_size,
         context_length: cfg.context_length,
@@ -375,12 +476,17 @@ impl Loader {
                     batch.tokens.extend_from_slice(&sample.tokens);
                     all_labelled &= sample.label.is_some();
                     labels.push(sample.label.unwrap_or(0));
-                    self.stats.samples += 1;
-                    self.stats
-                        .record_caption(sample.caption_tokens, self.context_length);
+                    for stats in [&mut self.stats, &mut self.recent] {
+                        stats.samples += 1;
+                        stats.record_caption(sample.caption_tokens, self.context_length);
+                    }
                     batch.n += 1;
                 }
-                Err(kind) => self.stats.record_bad(&processed.origin, &kind),
+                Err(kind) => {
+                    for stats in [&mut self.stats, &mut self.recent] {
+                        stats.record_bad(&processed.origin, &kind);
+                    }
+                }
             }
         }
         self.check_bad_fraction()?;
@@ -418,6 +524,7 @@ impl Loader {
         let decided = self.finished || seen >= BAD_CHECK_MIN_RECORDS;
         if decided && self.stats.bad as f64 > self.max_bad_fraction * seen as f64 {
             return Err(DataError::TooManyBad {
+                spec: self.spec.clone(),
                 bad: self.stats.bad,
                 seen,
                 max_fraction: self.max_bad_fraction,
@@ -427,8 +534,14 @@ impl Loader {
         Ok(())
     }
 
+    /// Counts of this pass so far.
     pub fn stats(&self) -> &DataStats {
         &self.stats
+    }
+
+    /// Counts since the last call (or the start), for reports per epoch that span passes.
+    pub fn take_recent_stats(&mut self) -> DataStats {
+        std::mem::take(&mut self.recent)
     }
 
     /// Records in one pass when known (sizes.json, image folders, built-in val/test); this

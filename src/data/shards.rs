@@ -110,6 +110,7 @@ pub fn make_shards(cfg: &MakeShardsConfig) -> Result<MakeShardsReport, DataError
     let seen = report.samples + report.bad;
     if report.bad as f64 > cfg.max_bad_fraction * seen as f64 {
         return Err(DataError::TooManyBad {
+            spec: cfg.csv.display().to_string(),
             bad: report.bad,
             seen,
             max_fraction: cfg.max_bad_fraction,

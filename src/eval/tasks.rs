@@ -3,7 +3,7 @@
 //! 1/64) or `imagefolder:DIR`, and retrieval plus the contrastive validation loss on any
 //! captioned spec (`builtin:shapes-val`, `builtin:shapes-test`, shards, CSV).
 
-use crate::data::loader::{LoaderConfig, open_loader};
+use crate::data::loader::{LoaderConfig, ReadOptions, open_loader};
 use crate::data::shapes;
 use crate::data::tokenizer::Tokenizer;
 use crate::graph::Backend;
@@ -41,6 +41,7 @@ fn eval_loader(
     spec: &str,
     clip: &Clip,
     batch_size: usize,
+    options: &ReadOptions,
 ) -> Result<crate::data::loader::Loader, String> {
     let c = &clip.config;
     let mut config = LoaderConfig::new(
@@ -49,13 +50,21 @@ fn eval_loader(
         c.text.context_length,
         c.text.vocab_size,
         batch_size.max(1),
-    );
+    )
+    .with_options(options);
     config.train = false;
+    // An evaluation reads each record once, in stored order.
+    config.resampled = false;
     open_loader(&config).map_err(|e| e.to_string())
 }
 
-/// The zero-shot set of `spec` (at most `limit` images).
-pub fn zeroshot_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<LabelledSet, String> {
+/// The zero-shot set of `spec` (at most `limit` images), read as `options` say.
+pub fn zeroshot_set(
+    spec: &str,
+    clip: &Clip,
+    limit: Option<usize>,
+    options: &ReadOptions,
+) -> Result<LabelledSet, String> {
     let size = clip.config.vision.image_size;
     if spec == BUILTIN_ZEROSHOT {
         let n = limit.unwrap_or(BUILTIN_ZEROSHOT_IMAGES);
@@ -83,7 +92,7 @@ pub fn zeroshot_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<Lab
             "{spec}: the zero-shot task on built-in data is {BUILTIN_ZEROSHOT}"
         ));
     }
-    let mut loader = eval_loader(spec, clip, 64)?;
+    let mut loader = eval_loader(spec, clip, 64, options)?;
     let classes = loader
         .class_names()
         .map(<[String]>::to_vec)
@@ -143,9 +152,14 @@ pub fn zeroshot_eval(
     Ok(zero_shot(&image, &set.labels, &classes, dim))
 }
 
-/// The captioned set of `spec` (at most `limit` samples).
-pub fn caption_set(spec: &str, clip: &Clip, limit: Option<usize>) -> Result<CaptionSet, String> {
-    let mut loader = eval_loader(spec, clip, 64)?;
+/// The captioned set of `spec` (at most `limit` samples), read as `options` say.
+pub fn caption_set(
+    spec: &str,
+    clip: &Clip,
+    limit: Option<usize>,
+    options: &ReadOptions,
+) -> Result<CaptionSet, String> {
+    let mut loader = eval_loader(spec, clip, 64, options)?;
     let (mut images, mut tokens, mut n) = (Vec::new(), Vec::new(), 0);
     while let Some(batch) = loader.next_batch().map_err(|e| e.to_string())? {
         images.extend(batch.images);

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::data::loader::LoaderConfig;
+use crate::data::loader::{LoaderConfig, ReadOptions};
 use crate::data::spec::{DatasetType, resolve_spec};
 use crate::graph::Backend;
 use crate::masking::{
@@ -72,7 +72,9 @@ pub struct TrainConfig {
     pub log_every_n_steps: u64,
     /// Stop after this many optimizer steps in all (the schedule still spans all epochs).
     pub steps: Option<u64>,
-    pub workers: usize,
+    /// How --train-data and --val-data are read (`--dataset-type`, CSV/WebDataset keys,
+    /// `--workers`, `--max-bad-fraction`, `--dataset-resampled` for training data only).
+    pub data: ReadOptions,
     pub mask: MaskStrategy,
     /// `--threshold auto`: calibrate the cluster threshold to this mask ratio (M3.6).
     pub target_mask_ratio: Option<f64>,
@@ -106,7 +108,7 @@ impl TrainConfig {
             zeroshot_frequency: 1,
             log_every_n_steps: 10,
             steps: None,
-            workers: 2,
+            data: ReadOptions::default(),
             mask: MaskStrategy::Cluster(ClusterMaskConfig::default()),
             target_mask_ratio: None,
             eval_limit: None,
@@ -179,6 +181,12 @@ impl TrainConfig {
                 c.validate().map_err(|e| e.to_string())?
             }
         }
+        if !(0.0..=1.0).contains(&self.data.max_bad_fraction) {
+            return Err(format!(
+                "--max-bad-fraction {} must be in [0, 1]",
+                self.data.max_bad_fraction
+            ));
+        }
         if let Some(target) = self.target_mask_ratio {
             check_ratio("target-mask-ratio", target).map_err(|e| e.to_string())?;
         }
@@ -189,10 +197,10 @@ impl TrainConfig {
         }
         self.model.validate().map_err(|e| format!("--model: {e}"))?;
         // Specs are resolved up front, so one that matches nothing fails before anything starts.
-        resolve_spec(&self.train_data, DatasetType::Auto)
-            .map_err(|e| format!("--train-data: {e}"))?;
+        let dataset_type = self.data.dataset_type;
+        resolve_spec(&self.train_data, dataset_type).map_err(|e| format!("--train-data: {e}"))?;
         if let Some(spec) = &self.val_data {
-            resolve_spec(spec, DatasetType::Auto).map_err(|e| format!("--val-data: {e}"))?;
+            resolve_spec(spec, dataset_type).map_err(|e| format!("--val-data: {e}"))?;
         }
         match &self.zeroshot_data {
             Some(spec) if spec != BUILTIN_ZEROSHOT => {
@@ -207,7 +215,12 @@ impl TrainConfig {
     /// The run folder name (OpenCLIP's default when `--name` is absent).
     pub fn run_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
-            default_run_name(&self.model_name, self.lr, self.batch_size, self.workers)
+            default_run_name(
+                &self.model_name,
+                self.lr,
+                self.batch_size,
+                self.data.workers,
+            )
         })
     }
 
@@ -218,7 +231,8 @@ impl TrainConfig {
             MaskStrategy::Random { mask_ratio } => (Some(*mask_ratio), None),
             MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c) => (None, Some(*c)),
         };
-        serde_json::json!({
+        let d = &self.data;
+        let mut params = serde_json::json!({
             "model": self.model_name,
             "model_config": super::checkpoint::config_json(&self.model),
             "train_data": self.train_data, "val_data": self.val_data, "zeroshot_data": self.zeroshot_data,
@@ -229,13 +243,24 @@ impl TrainConfig {
             "accum_freq": self.accum_freq, "seed": self.seed, "logs": self.logs, "name": self.name,
             "save_frequency": self.save_frequency, "val_frequency": self.val_frequency,
             "zeroshot_frequency": self.zeroshot_frequency, "log_every_n_steps": self.log_every_n_steps,
-            "steps": self.steps, "workers": self.workers, "mask": self.mask.name(), "mask_ratio": mask_ratio,
+            "steps": self.steps, "workers": d.workers, "mask": self.mask.name(), "mask_ratio": mask_ratio,
             "anchor_ratio": cluster.map(|c| c.anchor_ratio), "threshold": cluster.map(|c| c.threshold),
             "min_mask_ratio": cluster.map(|c| c.min_mask_ratio), "max_mask_ratio": cluster.map(|c| c.max_mask_ratio),
             "target_mask_ratio": self.target_mask_ratio,
             "resume": self.resume.as_ref().map(|r| match r { ResumeFrom::Latest => "latest".to_string(), ResumeFrom::Path(p) => p.display().to_string() }),
             "steps_per_epoch": self.steps_per_epoch(), "total_steps": self.total_steps(),
-        })
+        });
+        // A second object: one json! of every setting exceeds the macro recursion limit.
+        let reader = serde_json::json!({
+            "dataset_type": d.dataset_type.to_string(), "csv_separator": (d.keys.csv_separator as char).to_string(),
+            "csv_img_key": d.keys.csv_img_key, "csv_caption_key": d.keys.csv_caption_key,
+            "image_key": d.keys.image_keys.join(";"), "text_key": d.keys.text_key,
+            "max_bad_fraction": d.max_bad_fraction, "dataset_resampled": d.resampled,
+        });
+        if let (Some(all), serde_json::Value::Object(reader)) = (params.as_object_mut(), reader) {
+            all.extend(reader);
+        }
+        params
     }
 
     fn loader_config(&self) -> LoaderConfig {
@@ -246,10 +271,19 @@ impl TrainConfig {
             m.text.context_length,
             m.text.vocab_size,
             self.batch_size,
-        );
+        )
+        .with_options(&self.data);
         config.seed = self.seed;
-        config.workers = self.workers;
         config
+    }
+
+    /// How the zero-shot set is read: its type comes from its own spec (`imagefolder:DIR`),
+    /// never from `--dataset-type`, which names the type of the captioned data.
+    fn zeroshot_read_options(&self) -> ReadOptions {
+        ReadOptions {
+            dataset_type: DatasetType::Auto,
+            ..self.data.clone()
+        }
     }
 }
 
@@ -437,15 +471,20 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
     let sets = EvalSets {
         val: match &config.val_data {
             Some(spec) if config.val_frequency > 0 => Some(
-                caption_set(spec, &trainer.clip, config.eval_limit)
+                caption_set(spec, &trainer.clip, config.eval_limit, &config.data)
                     .map_err(|e| TrainError::Config(format!("--val-data: {e}")))?,
             ),
             _ => None,
         },
         zeroshot: match &config.zeroshot_data {
             Some(spec) if config.zeroshot_frequency > 0 => Some(
-                zeroshot_set(spec, &trainer.clip, config.eval_limit)
-                    .map_err(|e| TrainError::Config(format!("--zeroshot-data: {e}")))?,
+                zeroshot_set(
+                    spec,
+                    &trainer.clip,
+                    config.eval_limit,
+                    &config.zeroshot_read_options(),
+                )
+                .map_err(|e| TrainError::Config(format!("--zeroshot-data: {e}")))?,
             ),
             _ => None,
         },
@@ -587,6 +626,16 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
 
         let end_of_run = state.step == stop_at;
         if epoch_done || end_of_run {
+            let span = if epoch_done {
+                String::new()
+            } else {
+                format!(" (to step {})", state.step)
+            };
+            logs.message(&format!(
+                "data: epoch {}{span}: {}",
+                state.step.div_ceil(steps_per_epoch),
+                stream.take_data_stats().bad_records_line()
+            ));
             let completed = state.step / steps_per_epoch;
             state.epoch = completed;
             let mut paths = vec![logs.checkpoint_dir().join(LATEST)];

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::data::builtin::shape_sample;
-use crate::data::loader::{Loader, LoaderConfig, open_loader};
+use crate::data::loader::{DataStats, Loader, LoaderConfig, open_loader};
 use crate::data::records::SampleShape;
 use crate::data::spec::{BuiltinSplit, DataSource, DatasetType, resolve_spec};
 
@@ -40,6 +40,9 @@ pub struct TrainStream {
     pub position: u64,
     /// Seconds spent waiting for batches.
     pub wait_seconds: f64,
+    /// Records read since the last [`TrainStream::take_data_stats`], less those of the open
+    /// loader (which counts its own).
+    recent: DataStats,
 }
 
 impl TrainStream {
@@ -60,6 +63,8 @@ impl TrainStream {
                         .next_batch()
                         .map_err(|e| format!("--train-data: {e}"))?;
                 }
+                // Records skipped to reach the position were counted in the run resumed.
+                loader.take_recent_stats();
                 Source::Loader {
                     loader: Box::new(loader),
                     config: config.clone(),
@@ -72,6 +77,7 @@ impl TrainStream {
             pass,
             position,
             wait_seconds: 0.0,
+            recent: DataStats::default(),
         })
     }
 
@@ -85,6 +91,7 @@ impl TrainStream {
             } => {
                 let (receiver, _) = &workers[*next_worker];
                 *next_worker = (*next_worker + 1) % workers.len();
+                self.recent.samples += self.batch_size as u64;
                 receiver
                     .recv()
                     .map_err(|_| "builtin:shapes worker stopped".to_string())?
@@ -114,6 +121,7 @@ impl TrainStream {
                             fresh_pass = true;
                             let mut next = config.clone();
                             next.seed = config.seed.wrapping_add(self.pass);
+                            self.recent.merge(&loader.take_recent_stats());
                             **loader =
                                 open_loader(&next).map_err(|e| format!("--train-data: {e}"))?;
                         }
@@ -124,6 +132,15 @@ impl TrainStream {
         self.position += self.batch_size as u64;
         self.wait_seconds += started.elapsed().as_secs_f64();
         Ok(batch)
+    }
+
+    /// Records read (good and bad) since the last call, across passes.
+    pub fn take_data_stats(&mut self) -> DataStats {
+        let mut stats = std::mem::take(&mut self.recent);
+        if let Source::Loader { loader, .. } = &mut self.source {
+            stats.merge(&loader.take_recent_stats());
+        }
+        stats
     }
 }
 

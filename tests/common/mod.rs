@@ -1,6 +1,8 @@
 //! Shared test helpers: one GPU per test binary, seeded random data, comparisons, and a
-//! finite-difference gradient check of the CPU reference backend.
+//! finite-difference gradient check of the CPU reference backend; `cli` runs the binary.
 #![allow(dead_code)]
+
+pub mod cli;
 
 use std::sync::{Arc, OnceLock};
 

@@ -22,7 +22,8 @@ struct Params {
     a_batch_stride: u32,
     b_batch_stride: u32,
     c_batch_stride: u32,
-    // bit 0: A transposed, bit 1: B transposed, bit 2: add bias, bit 3: accumulate into C
+    // bit 0: A transposed, bit 1: B transposed, bit 2: add bias, bit 3: accumulate into C,
+    // bit 4: lanes over the batch (see `placement`)
     flags: u32,
 }
 
@@ -87,9 +88,21 @@ fn rank1_update_a(t: ptr<function, Tile>, at: vec4<u32>, b0: vec4<f32>, b1: vec4
     rank1_update(t, a4[at.x], a4[at.y], a4[at.z], a4[at.w], b0, b1, b2, b3);
 }
 
-// The invocation's tile origin (row, column) in C.
-fn tile_origin(wid: vec3<u32>, lid: vec3<u32>) -> vec2<u32> {
-    return vec2((wid.y * WG_Y + lid.y) * TILE, (wid.x * WG_X + lid.x) * TILE);
+struct Placement {
+    // the invocation's tile origin (row, column) in C
+    origin: vec2<u32>,
+    batch: u32,
+}
+
+// Where the invocation works. Normally a workgroup's lanes sit side by side along N and the
+// grid's z is the batch. With flag bit 4 (many small products, e.g. attention heads, where
+// N < WG_X · TILE would leave lanes idle) the lanes take consecutive batch entries at the same
+// tile instead: z counts groups of WG_X batch entries (WG_Y is 1).
+fn placement(wid: vec3<u32>, lid: vec3<u32>) -> Placement {
+    if (params.flags & 16u) != 0u {
+        return Placement(vec2(wid.y * TILE, wid.x * TILE), wid.z * WG_X + lid.x);
+    }
+    return Placement(vec2((wid.y * WG_Y + lid.y) * TILE, (wid.x * WG_X + lid.x) * TILE), wid.z);
 }
 
 // Offsets of 4 consecutive rows (or vec4 groups) from `first`, each clamped to `count - 1`,
@@ -155,11 +168,16 @@ fn store_tile(t: ptr<function, Tile>, batch: u32, origin: vec2<u32>) {
 // A [M, K], B [K, N].
 @compute @workgroup_size(WG_X, WG_Y)
 fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid);
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    let origin = place.origin;
+    let batch = place.batch;
     let k4 = params.k / 4u;
     let n4 = params.n / 4u;
-    let a_base = wid.z * params.a_batch_stride / 4u;
-    let b_base = wid.z * params.b_batch_stride / 4u;
+    let a_base = batch * params.a_batch_stride / 4u;
+    let b_base = batch * params.b_batch_stride / 4u;
     var a_rows: array<vec4<u32>, 4>;
     for (var g = 0u; g < 4u; g++) {
         a_rows[g] = clamped4(origin.x + 4u * g, params.m, k4, a_base);
@@ -178,16 +196,21 @@ fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         rank1_update_b(&t, a0[3], a1[3], a2[3], a3[3], b_cols + (b_row + 3u * n4));
         b_row += 4u * n4;
     }
-    store_tile(&t, wid.z, origin);
+    store_tile(&t, batch, origin);
 }
 
 // A [M, K], B [N, K].
 @compute @workgroup_size(WG_X, WG_Y)
 fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid);
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    let origin = place.origin;
+    let batch = place.batch;
     let k4 = params.k / 4u;
-    let a_base = wid.z * params.a_batch_stride / 4u;
-    let b_base = wid.z * params.b_batch_stride / 4u;
+    let a_base = batch * params.a_batch_stride / 4u;
+    let b_base = batch * params.b_batch_stride / 4u;
     var a_rows: array<vec4<u32>, 4>;
     var b_rows: array<vec4<u32>, 4>;
     for (var g = 0u; g < 4u; g++) {
@@ -209,17 +232,22 @@ fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         rank1_update(&t, a0[2], a1[2], a2[2], a3[2], b0[2], b1[2], b2[2], b3[2]);
         rank1_update(&t, a0[3], a1[3], a2[3], a3[3], b0[3], b1[3], b2[3], b3[3]);
     }
-    store_tile(&t, wid.z, origin);
+    store_tile(&t, batch, origin);
 }
 
 // A [K, M], B [K, N].
 @compute @workgroup_size(WG_X, WG_Y)
 fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid);
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    let origin = place.origin;
+    let batch = place.batch;
     let m4 = params.m / 4u;
     let n4 = params.n / 4u;
-    let a_cols = clamped4(origin.x / 4u, m4, 1u, wid.z * params.a_batch_stride / 4u);
-    let b_cols = clamped4(origin.y / 4u, n4, 1u, wid.z * params.b_batch_stride / 4u);
+    let a_cols = clamped4(origin.x / 4u, m4, 1u, batch * params.a_batch_stride / 4u);
+    let b_cols = clamped4(origin.y / 4u, n4, 1u, batch * params.b_batch_stride / 4u);
     var t: Tile;
     var a_row = 0u;
     var b_row = 0u;
@@ -229,17 +257,22 @@ fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         a_row += m4;
         b_row += n4;
     }
-    store_tile(&t, wid.z, origin);
+    store_tile(&t, batch, origin);
 }
 
 // A [K, M], B [N, K].
 @compute @workgroup_size(WG_X, WG_Y)
 fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid);
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    let origin = place.origin;
+    let batch = place.batch;
     let m4 = params.m / 4u;
     let k4 = params.k / 4u;
-    let a_cols = clamped4(origin.x / 4u, m4, 1u, wid.z * params.a_batch_stride / 4u);
-    let b_base = wid.z * params.b_batch_stride / 4u;
+    let a_cols = clamped4(origin.x / 4u, m4, 1u, batch * params.a_batch_stride / 4u);
+    let b_base = batch * params.b_batch_stride / 4u;
     var b_rows: array<vec4<u32>, 4>;
     for (var g = 0u; g < 4u; g++) {
         b_rows[g] = clamped4(origin.y + 4u * g, params.n, k4, b_base);
@@ -257,22 +290,27 @@ fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         rank1_update_a(&t, a_cols + (a_row + 3u * m4), b0[3], b1[3], b2[3], b3[3]);
         a_row += 4u * m4;
     }
-    store_tile(&t, wid.z, origin);
+    store_tile(&t, batch, origin);
 }
 
 // Any shape and layout: scalar loads at row·row_stride + k·k_stride (the strides encode the
 // transposes), 16 rows × 16 columns per invocation as in the vec4 entry points.
 @compute @workgroup_size(WG_X, WG_Y)
 fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid);
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    let origin = place.origin;
+    let batch = place.batch;
     let trans_a = (params.flags & 1u) != 0u;
     let trans_b = (params.flags & 2u) != 0u;
     let a_row_stride = select(params.k, 1u, trans_a);
     let a_k_stride = select(1u, params.m, trans_a);
     let b_col_stride = select(1u, params.k, trans_b);
     let b_k_stride = select(params.n, 1u, trans_b);
-    let a_base = wid.z * params.a_batch_stride;
-    let b_base = wid.z * params.b_batch_stride;
+    let a_base = batch * params.a_batch_stride;
+    let b_base = batch * params.b_batch_stride;
     var a_rows: array<vec4<u32>, 4>;
     var b_cols: array<vec4<u32>, 4>;
     for (var g = 0u; g < 4u; g++) {
@@ -295,7 +333,7 @@ fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         a_k += a_k_stride;
         b_k += b_k_stride;
     }
-    store_tile(&t, wid.z, origin);
+    store_tile(&t, batch, origin);
 }
 
 // C[b] = A[b]ᵀ for A [M, K] (M = params.m rows, K = params.k columns): lets the fast `_tn`

@@ -1,6 +1,9 @@
-// Softmax of scale·x over the last axis of [rows, cols], one workgroup per row. Causal: x is
-// [.., T, T] and in row r (query i = r % T) keys j > i get probability 0 (CLIP's text mask).
-// Backward: dx = scale · y ∘ (dy − Σ_j dy_j y_j).
+// Softmax of scale·x over the last axis of [rows, cols], one invocation per row (a CPU driver
+// such as lavapipe runs a workgroup as SIMD lanes and pays dearly for the barriers of a
+// workgroup-per-row reduction; rows are many, so a GPU still gets thousands of invocations).
+// Only the first `keys` columns take part (the rest are padding and get probability 0);
+// causal: x is [.., cols, cols] and in row r (query i = r % cols) keys j > i get 0 too
+// (CLIP's text mask). Backward: dx = scale · y ∘ (dy − Σ_j dy_j y_j).
 
 struct Params {
     rows: u32,
@@ -8,6 +11,11 @@ struct Params {
     // 1: causal mask
     causal: u32,
     scale: f32,
+    // columns that take part (≤ cols)
+    keys: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -17,67 +25,36 @@ struct Params {
 
 const WG: u32 = 64u;
 
-var<workgroup> partial: array<f32, WG>;
-
-fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
+fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * WG + lid.x;
 }
 
-// Columns of row `row` that take part: all, or 0..=i under the causal mask.
+// Columns of row `row` that take part: the keys, or 0..=i of them under the causal mask.
 fn live_cols(row: u32) -> u32 {
     if params.causal != 0u {
-        return min(row % params.cols + 1u, params.cols);
+        return min(row % params.cols + 1u, params.keys);
     }
-    return params.cols;
-}
-
-fn reduce_max(lane: u32, value: f32) -> f32 {
-    partial[lane] = value;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lane < half {
-            partial[lane] = max(partial[lane], partial[lane + half]);
-        }
-        workgroupBarrier();
-    }
-    let result = partial[0];
-    workgroupBarrier();
-    return result;
-}
-
-fn reduce_sum(lane: u32, value: f32) -> f32 {
-    partial[lane] = value;
-    workgroupBarrier();
-    for (var half = WG / 2u; half > 0u; half /= 2u) {
-        if lane < half {
-            partial[lane] += partial[lane + half];
-        }
-        workgroupBarrier();
-    }
-    let result = partial[0];
-    workgroupBarrier();
-    return result;
+    return params.keys;
 }
 
 @compute @workgroup_size(WG)
 fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg);
+    let row = row_index(wid, nwg, lid);
     if row >= params.rows {
         return;
     }
     let base = row * params.cols;
     let live = live_cols(row);
-    var local_max = -3.402823e38;
-    for (var j = lid.x; j < live; j += WG) {
-        local_max = max(local_max, params.scale * x[base + j]);
+    var row_max = -3.402823e38;
+    for (var j = 0u; j < live; j++) {
+        row_max = max(row_max, params.scale * x[base + j]);
     }
-    let row_max = reduce_max(lid.x, local_max);
-    var local_sum = 0.0;
-    for (var j = lid.x; j < live; j += WG) {
-        local_sum += exp(params.scale * x[base + j] - row_max);
+    var sum = 0.0;
+    for (var j = 0u; j < live; j++) {
+        sum += exp(params.scale * x[base + j] - row_max);
     }
-    let inv_sum = 1.0 / reduce_sum(lid.x, local_sum);
-    for (var j = lid.x; j < params.cols; j += WG) {
+    let inv_sum = 1.0 / sum;
+    for (var j = 0u; j < params.cols; j++) {
         var y = 0.0;
         if j < live {
             y = exp(params.scale * x[base + j] - row_max) * inv_sum;
@@ -89,17 +66,16 @@ fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 // x holds the forward output y here.
 @compute @workgroup_size(WG)
 fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg);
+    let row = row_index(wid, nwg, lid);
     if row >= params.rows {
         return;
     }
     let base = row * params.cols;
-    var local_dot = 0.0;
-    for (var j = lid.x; j < params.cols; j += WG) {
-        local_dot += dy[base + j] * x[base + j];
+    var dot = 0.0;
+    for (var j = 0u; j < params.cols; j++) {
+        dot = fma(dy[base + j], x[base + j], dot);
     }
-    let dot = reduce_sum(lid.x, local_dot);
-    for (var j = lid.x; j < params.cols; j += WG) {
+    for (var j = 0u; j < params.cols; j++) {
         out[base + j] = params.scale * x[base + j] * (dy[base + j] - dot);
     }
 }

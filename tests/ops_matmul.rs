@@ -63,6 +63,35 @@ fn batched_matmul_gpu_matches_cpu() {
 }
 
 #[test]
+fn many_small_batched_products_match_cpu_in_every_layout() {
+    // Attention-like: a batch that is not a multiple of the workgroup's 8 lanes and N far below
+    // a workgroup's row of tiles, so the lanes take batch entries (flag bit 4 of the shader);
+    // N = 20 and 21 cover the vec4 and the strided kernels.
+    let mut rng = Rng::new(4);
+    for (batch, m, n, k) in [(19, 17, 20, 12), (11, 9, 21, 7)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let sa = if ta {
+                vec![batch, k, m]
+            } else {
+                vec![batch, m, k]
+            };
+            let sb = if tb {
+                vec![batch, n, k]
+            } else {
+                vec![batch, k, n]
+            };
+            let inputs = vec![(rng.vec(batch * m * k), sa), (rng.vec(batch * k * n), sb)];
+            compare_backends(
+                &format!("batched {batch}x{m}x{n}x{k} ta={ta} tb={tb}"),
+                &inputs,
+                |g, v| g.matmul_ext(v[0], v[1], ta, tb, None).unwrap(),
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
 fn matmul_cpu_gradcheck() {
     let mut rng = Rng::new(3);
     for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {

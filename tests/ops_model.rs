@@ -393,6 +393,8 @@ fn attention_gpu_matches_cpu() {
         (2, 17, 3, 32, false),
         (2, 17, 3, 64, true),
         (3, 17, 1, 64, false),
+        // head_dim 6: the products leave the vec4 path.
+        (2, 6, 2, 6, true),
     ] {
         let inputs = qkv_input(80 + (t * heads) as u64, b, t, heads, hd, 1.5);
         // Scores are f32 dot products of 32-64 terms of size ~1 and gradients sum over up to

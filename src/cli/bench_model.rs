@@ -43,6 +43,10 @@ pub struct StepArgs {
     pub mask_ratio: f64,
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// After timing, run one more step with every kernel submitted and timed on its own and
+    /// print where the step's time goes (slowest kernels first).
+    #[arg(long)]
+    pub profile: bool,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -307,6 +311,13 @@ pub fn run_step(args: StepArgs) -> CliResult {
     let runs: Vec<f64> = (1..=args.repeats.max(1) as u32)
         .map(&mut step)
         .collect::<Result<_, _>>()?;
+    if args.profile {
+        gpu.set_profiling(true);
+        step(args.repeats as u32 + 1)?;
+        let rows = gpu.profile();
+        gpu.set_profiling(false);
+        print_profile(&rows);
+    }
     let seconds = median(runs);
     let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let per_s = args.batch_size as f64 / seconds;
@@ -332,4 +343,24 @@ pub fn run_step(args: StepArgs) -> CliResult {
         );
     }
     Ok(())
+}
+
+/// The per-kernel table of `--profile`: total ms, share and dispatch count.
+pub fn print_profile(rows: &[(String, crate::gpu::KernelTime)]) {
+    let total: f64 = rows.iter().map(|(_, t)| t.seconds).sum();
+    eprintln!("{:>10} {:>6} {:>6}  kernel", "ms", "share", "calls");
+    for (name, time) in rows {
+        eprintln!(
+            "{:>10.1} {:>5.1}% {:>6}  {name}",
+            time.seconds * 1e3,
+            100.0 * time.seconds / total.max(1e-12),
+            time.dispatches
+        );
+    }
+    eprintln!(
+        "{:>10.1} {:>6} {:>6}  total (kernels run one by one)",
+        total * 1e3,
+        "",
+        ""
+    );
 }

@@ -99,15 +99,34 @@ impl Kernel {
     }
 }
 
+/// The WGSL of `shader`: the embedded copy, or with `CLUSTERCLIP_SHADER_DIR=DIR` (kernel
+/// development: edit and rerun without rebuilding) `DIR/NAME.wgsl` where that file exists.
+fn shader_source(shader: &Shader) -> Result<std::borrow::Cow<'static, str>, GpuError> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(dir) = std::env::var_os("CLUSTERCLIP_SHADER_DIR") {
+        let path = std::path::Path::new(&dir).join(format!("{}.wgsl", shader.name));
+        if path.exists() {
+            return std::fs::read_to_string(&path)
+                .map(Into::into)
+                .map_err(|e| GpuError::Shader {
+                    name: shader.name.to_string(),
+                    message: format!("{}: {e}", path.display()),
+                });
+        }
+    }
+    Ok(shader.source.into())
+}
+
 impl Gpu {
     fn module(&self, shader: &Shader) -> Result<Arc<Module>, GpuError> {
         if let Some(module) = self.modules.lock().unwrap().get(shader.name) {
             return Ok(module.clone());
         }
-        let (naga_module, info) = validate_wgsl(shader.name, shader.source)?;
+        let source = shader_source(shader)?;
+        let (naga_module, info) = validate_wgsl(shader.name, &source)?;
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            source: wgpu::ShaderSource::Wgsl(source),
         };
         let wgpu_module = if self.bounds_checks {
             self.device.create_shader_module(desc)

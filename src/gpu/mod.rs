@@ -42,6 +42,17 @@ pub struct Gpu {
     pool: Arc<Mutex<BufferPool>>,
     recorder: Mutex<Recorder>,
     poison: std::sync::atomic::AtomicBool,
+    /// Per-kernel wall time when profiling (`CLUSTERCLIP_PROFILE=1` or [`Gpu::set_profiling`]):
+    /// every dispatch is then submitted and waited for on its own, so totals are exact per
+    /// kernel but the step as a whole runs slower than normal.
+    profile: Mutex<Option<HashMap<String, KernelTime>>>,
+}
+
+/// Time spent in one kernel while profiling.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelTime {
+    pub dispatches: u64,
+    pub seconds: f64,
 }
 
 /// Everything that can go wrong talking to the GPU, as one line for the user.
@@ -126,6 +137,9 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             pool: Arc::new(Mutex::new(BufferPool::default())),
             poison: std::sync::atomic::AtomicBool::new(false),
+            profile: Mutex::new(
+                (std::env::var("CLUSTERCLIP_PROFILE").is_ok_and(|v| v == "1")).then(HashMap::new),
+            ),
         }))
     }
 
@@ -155,6 +169,24 @@ impl Gpu {
     /// Dispatches recorded since the device was opened.
     pub fn dispatch_count(&self) -> u64 {
         self.recorder.lock().unwrap().dispatches
+    }
+
+    /// Turns per-kernel profiling on (clearing earlier totals) or off.
+    pub fn set_profiling(&self, on: bool) {
+        *self.profile.lock().unwrap() = on.then(HashMap::new);
+    }
+
+    /// Per-kernel totals since profiling was turned on, slowest first.
+    pub fn profile(&self) -> Vec<(String, KernelTime)> {
+        let mut rows: Vec<_> = self
+            .profile
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), *v)))
+            .collect();
+        rows.sort_by(|a, b| b.1.seconds.total_cmp(&a.1.seconds));
+        rows
     }
 
     /// Submissions since the device was opened.

@@ -201,6 +201,32 @@ impl Gpu {
             "{}: grid {groups:?} exceeds {max} workgroups per dimension",
             kernel.name
         );
+        let profiling = self.profile.lock().unwrap().is_some();
+        if profiling {
+            // Everything recorded before (uploads, clears) is not this kernel's time.
+            self.sync();
+        }
+        self.record_dispatch(kernel, params, buffers, groups);
+        if profiling {
+            let start = web_time_now();
+            self.sync();
+            let seconds = web_time_now() - start;
+            let mut profile = self.profile.lock().unwrap();
+            if let Some(map) = profile.as_mut() {
+                let entry = map.entry(kernel.name.clone()).or_default();
+                entry.dispatches += 1;
+                entry.seconds += seconds;
+            }
+        }
+    }
+
+    fn record_dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        buffers: &[&GpuBuf],
+        groups: [u32; 3],
+    ) {
         let mut rec = self.recorder.lock().unwrap();
         let epoch = rec.epoch;
         let mut entries = Vec::with_capacity(buffers.len() + 1);
@@ -412,4 +438,20 @@ impl Gpu {
     pub fn trim_pool(&self) {
         self.pool.lock().unwrap().trim();
     }
+}
+
+/// Seconds on a monotonic clock (profiling only; the browser build has no `Instant`).
+#[cfg(not(target_arch = "wasm32"))]
+fn web_time_now() -> f64 {
+    use std::sync::OnceLock;
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_secs_f64()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn web_time_now() -> f64 {
+    0.0
 }

@@ -110,11 +110,12 @@ pub fn forward(
                 chunk_rows: 0,
                 eps,
             };
+            let k = kernel(gpu, "layer_norm_forward");
             gpu.dispatch(
-                &kernel(gpu, "layer_norm_forward"),
+                &k,
                 &params,
                 &[x.gpu(), gain.gpu(), bias.gpu(), x.gpu(), &stats, &out],
-                linear_grid(rows, 1),
+                linear_grid(rows, k.lanes()),
             );
             (Storage::Gpu(out), Storage::Gpu(stats))
         }
@@ -145,11 +146,12 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
             let stats = op.stats.gpu();
             if g.requires_grad(op.x) {
                 let dx = gpu.alloc(rows * cols);
+                let k = kernel(gpu, "layer_norm_backward_input");
                 gpu.dispatch(
-                    &kernel(gpu, "layer_norm_backward_input"),
+                    &k,
                     &params,
                     &[x.gpu(), gain.gpu(), x.gpu(), grad.gpu(), stats, &dx],
-                    linear_grid(rows, 1),
+                    linear_grid(rows, k.lanes()),
                 );
                 g.accumulate(op.x, Storage::Gpu(dx));
             }

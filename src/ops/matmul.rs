@@ -234,6 +234,23 @@ fn transposes_first(dims: &MatmulDims) -> (bool, bool) {
     (!dims.trans_a, dims.trans_b)
 }
 
+/// Whether a workgroup's lanes should take consecutive batch entries instead of neighbouring
+/// tiles along N: when N is narrower than a workgroup's row of tiles (attention heads: N = 64
+/// or the token count against 8 × 16 columns), the normal placement leaves lanes idle. Picks
+/// the placement with more useful lanes (measured 2.4x on 64x64x64 x 192 heads, lavapipe).
+fn lanes_over_batch(dims: &MatmulDims, tile: u32, wx: u32, wy: u32) -> bool {
+    if wy != 1 || dims.batch < 2 {
+        return false;
+    }
+    let (n, batch) = (dims.n as f64, dims.batch as f64);
+    let row = (tile * wx) as f64;
+    let normal = n / ((n / row).ceil() * row);
+    let tile = tile as f64;
+    let over_batch =
+        n / ((n / tile).ceil() * tile) * batch / ((batch / wx as f64).ceil() * wx as f64);
+    over_batch > normal
+}
+
 /// Records `dst[b] = src[b]ᵀ` for `batch` row-major [rows, cols] matrices.
 fn transpose(gpu: &Gpu, src: &Storage, batch: usize, rows: usize, cols: usize) -> Storage {
     let dst = Storage::Gpu(gpu.alloc(batch * rows * cols));
@@ -282,10 +299,14 @@ pub fn dispatch(
         return dispatch(gpu, a, b, bias, c, dims, accumulate);
     }
     let kernel = gpu.kernel(&crate::shader!("matmul"), entry_point(&dims));
+    let tile = tile_size();
+    let [wx, wy, _] = kernel.workgroup_size;
+    let lanes_over_batch = lanes_over_batch(&dims, tile, wx, wy);
     let flags = u32::from(dims.trans_a)
         | u32::from(dims.trans_b) << 1
         | u32::from(bias.is_some()) << 2
-        | u32::from(accumulate) << 3;
+        | u32::from(accumulate) << 3
+        | u32::from(lanes_over_batch) << 4;
     let params = Params {
         m: dims.m as u32,
         n: dims.n as u32,
@@ -300,13 +321,19 @@ pub fn dispatch(
         c_batch_stride: (dims.m * dims.n) as u32,
         flags,
     };
-    let tile = tile_size();
-    let [wx, wy, _] = kernel.workgroup_size;
-    let groups = [
-        (dims.n as u32).div_ceil(tile * wx),
-        (dims.m as u32).div_ceil(tile * wy),
-        dims.batch as u32,
-    ];
+    let groups = if lanes_over_batch {
+        [
+            (dims.n as u32).div_ceil(tile),
+            (dims.m as u32).div_ceil(tile),
+            (dims.batch as u32).div_ceil(wx),
+        ]
+    } else {
+        [
+            (dims.n as u32).div_ceil(tile * wx),
+            (dims.m as u32).div_ceil(tile * wy),
+            dims.batch as u32,
+        ]
+    };
     // The kernel always binds a bias; without one, A stands in (never read).
     let bias = bias.unwrap_or(a);
     gpu.dispatch(

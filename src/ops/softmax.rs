@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::{Gpu, MAX_GROUPS_PER_DIM};
+use crate::gpu::Gpu;
 use crate::graph::{Backend, Graph, Op, OpResult, Storage, Tensor, shape_error};
 
 /// What the tape keeps: the input and the output y (the backward needs only y).
@@ -30,6 +30,8 @@ pub struct SoftmaxDims {
     pub scale: f32,
     /// Row r (query r % cols) sees keys 0..=r % cols only.
     pub causal: bool,
+    /// Columns that take part (≤ cols); the rest are padding with probability 0.
+    pub keys: usize,
 }
 
 impl Graph {
@@ -51,6 +53,7 @@ impl Graph {
             cols,
             scale,
             causal,
+            keys: cols,
         };
         let output = forward(&self.backend, self.storage(a), dims);
         let op = Op::Softmax(SoftmaxOp {
@@ -76,6 +79,8 @@ struct Params {
     cols: u32,
     causal: u32,
     scale: f32,
+    keys: u32,
+    _pad: [u32; 3],
 }
 
 impl From<SoftmaxDims> for Params {
@@ -85,6 +90,8 @@ impl From<SoftmaxDims> for Params {
             cols: d.cols as u32,
             causal: u32::from(d.causal),
             scale: d.scale,
+            keys: d.keys.min(d.cols) as u32,
+            _pad: [0; 3],
         }
     }
 }
@@ -92,13 +99,11 @@ impl From<SoftmaxDims> for Params {
 fn dispatch_rows(gpu: &Gpu, entry: &str, dims: SoftmaxDims, x: &Storage, dy: &Storage) -> Storage {
     let out = gpu.alloc(dims.rows * dims.cols);
     let kernel = gpu.kernel(&crate::shader!("softmax"), entry);
-    let max = MAX_GROUPS_PER_DIM as usize;
-    let groups = [dims.rows.min(max) as u32, dims.rows.div_ceil(max) as u32, 1];
-    gpu.dispatch(
+    gpu.dispatch_linear(
         &kernel,
         &Params::from(dims),
         &[x.gpu(), dy.gpu(), &out],
-        groups,
+        dims.rows,
     );
     Storage::Gpu(out)
 }
@@ -131,7 +136,12 @@ pub mod cpu {
     pub fn forward(x: &[f32], d: SoftmaxDims) -> Vec<f32> {
         let mut y = vec![0f32; d.rows * d.cols];
         for r in 0..d.rows {
-            let live = if d.causal { r % d.cols + 1 } else { d.cols };
+            let keys = d.keys.min(d.cols);
+            let live = if d.causal {
+                (r % d.cols + 1).min(keys)
+            } else {
+                keys
+            };
             let row = &x[r * d.cols..r * d.cols + live];
             let z: Vec<f64> = row.iter().map(|&v| d.scale as f64 * v as f64).collect();
             let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);

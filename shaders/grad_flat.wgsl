@@ -62,12 +62,13 @@ fn reduce_workgroup(lane: u32, value: f32) -> f32 {
     return sums[0];
 }
 
-// Workgroup w sums the squares of elements w·WG + lane, stepping by parts·WG.
+// Workgroup w sums the squares of elements offset + w·WG + lane, stepping by parts·WG (one
+// binding-sized piece of the flat gradients per dispatch).
 @compute @workgroup_size(WG)
 fn norm_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     var acc = 0.0;
     for (var i = wid.x * WG + lid.x; i < params.len; i += params.parts * WG) {
-        let g = flat[i];
+        let g = flat[params.offset + i];
         acc += g * g;
     }
     let total = reduce_workgroup(lid.x, acc);

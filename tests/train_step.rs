@@ -31,8 +31,9 @@ fn small_config() -> ClipConfig {
     }
 }
 
-#[test]
-fn one_full_step_is_equal_on_gpu_and_cpu() {
+/// Two steps (forward, loss, backward, clipped AdamW) on `backend`: (first loss, second loss,
+/// parameters after).
+fn two_steps(backend: &Backend) -> (f32, f32, Vec<f32>) {
     let config = small_config();
     let batch = 5;
     let mut rng = Rng::new(11);
@@ -45,8 +46,8 @@ fn one_full_step_is_equal_on_gpu_and_cpu() {
         .flat_map(|i| [i % 3, 3 + (i + 1) % 3, 6 + (i + 2) % 3])
         .map(|j| j as u32)
         .collect();
-    let mut results = Vec::new();
-    for backend in [Backend::Cpu, Backend::Gpu(gpu())] {
+    {
+        let backend = backend.clone();
         let clip = Clip::new(config.clone(), &backend, 3).unwrap();
         let adam = AdamWConfig {
             grad_clip_norm: Some(0.5),
@@ -70,9 +71,13 @@ fn one_full_step_is_equal_on_gpu_and_cpu() {
             .loss
             .unwrap();
         let g = clusterclip::Graph::new(backend.clone());
-        results.push((first, second, trainer.clip.params.flat_host(&g)));
+        (first, second, trainer.clip.params.flat_host(&g))
     }
-    let (cpu, gpu) = (&results[0], &results[1]);
+}
+
+#[test]
+fn one_full_step_is_equal_on_gpu_and_cpu() {
+    let (cpu, gpu) = (&two_steps(&Backend::Cpu), &two_steps(&Backend::Gpu(gpu())));
     assert!(
         (cpu.0 - gpu.0).abs() < 1e-5 * cpu.0.abs(),
         "loss {} vs {}",
@@ -93,6 +98,60 @@ fn one_full_step_is_equal_on_gpu_and_cpu() {
     // parameter by at most lr·(a few %), so compare the whole vector's relative error.
     let err = rel_err(&gpu.2, &cpu.2);
     assert!(err < 1e-5, "parameters after two steps differ by {err:.2e}");
+}
+
+#[test]
+fn flat_buffers_larger_than_one_binding_are_split() {
+    // A ViT-B/16's flat parameter, gradient and moment buffers (598 MB each) exceed WebGPU's
+    // 128 MiB per binding; here a device that pretends to bind 64 KiB at most makes the small
+    // model's ~220 KB buffers go through the same splitting.
+    let split = fresh_gpu();
+    split.set_binding_limit(Some(64 << 10));
+    let limit = split.binding_limit_words();
+    let total = Clip::new(small_config(), &Backend::Cpu, 3)
+        .unwrap()
+        .params
+        .total;
+    let chunks = split.binding_chunks(0, total);
+    assert!(
+        chunks.len() >= 3,
+        "{total} words in {} chunks",
+        chunks.len()
+    );
+    // Pieces tile the range in order, start binding-aligned views and each fits one binding.
+    for offset in [0, 64, 100, 4095] {
+        let pieces = split.binding_chunks(offset, 3 * limit + 17);
+        let mut next = 0;
+        for c in &pieces {
+            assert_eq!(c.at, next);
+            assert_eq!(c.view_offset + c.inner, offset + c.at);
+            assert_eq!(c.view_offset % clusterclip::gpu::BINDING_ALIGN_WORDS, 0);
+            assert_eq!(c.at % clusterclip::gpu::BINDING_ALIGN_WORDS, 0);
+            assert!(c.inner + c.len <= limit, "{c:?} exceeds {limit}");
+            next += c.len;
+        }
+        assert_eq!(next, 3 * limit + 17);
+    }
+    let whole = two_steps(&Backend::Gpu(gpu()));
+    let pieces = two_steps(&Backend::Gpu(split.clone()));
+    assert_eq!(whole.0, pieces.0, "first loss");
+    // Only the clip norm's summation order differs (per-piece partial sums).
+    let err = rel_err(&pieces.2, &whole.2);
+    assert!(err < 1e-6, "parameters differ by {err:.2e} when split");
+    // A tensor too large for one binding that no op splits fails naming the kernel and sizes.
+    split.set_binding_limit(Some(1 << 10));
+    let message = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        two_steps(&Backend::Gpu(split.clone()))
+    }))
+    .expect_err("a 1 KiB binding limit cannot hold the activations");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("MiB per storage binding") && message.contains("--batch-size"),
+        "{message}"
+    );
 }
 
 #[test]

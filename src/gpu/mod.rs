@@ -18,7 +18,7 @@ mod recorder;
 #[cfg(not(target_arch = "wasm32"))]
 pub use adapter::adapter_summaries;
 pub use adapter::{AdapterSummary, BackendChoice, GpuOptions};
-pub use buffer::GpuBuf;
+pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf};
 pub use kernel::{Kernel, Shader, validate_wgsl};
 
 use std::collections::HashMap;
@@ -42,10 +42,32 @@ pub struct Gpu {
     pool: Arc<Mutex<BufferPool>>,
     recorder: Mutex<Recorder>,
     poison: std::sync::atomic::AtomicBool,
+    /// Largest storage binding in bytes: the device's limit, or lower in tests (see
+    /// [`Gpu::set_binding_limit`]).
+    binding_limit: std::sync::atomic::AtomicU64,
     /// Per-kernel wall time when profiling (`CLUSTERCLIP_PROFILE=1` or [`Gpu::set_profiling`]):
     /// every dispatch is then submitted and waited for on its own, so totals are exact per
     /// kernel but the step as a whole runs slower than normal.
     profile: Mutex<Option<HashMap<String, KernelTime>>>,
+}
+
+/// One binding-sized piece of a buffer range (see [`Gpu::binding_chunks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BindingChunk {
+    /// First element of the piece, relative to the range's start (binding aligned).
+    pub at: usize,
+    /// Start of the aligned view that holds the piece, in buffer elements.
+    pub view_offset: usize,
+    /// The piece's first element inside that view (below the alignment).
+    pub inner: usize,
+    pub len: usize,
+}
+
+impl BindingChunk {
+    /// The view of `buf` that holds this piece.
+    pub fn view(&self, buf: &GpuBuf) -> GpuBuf {
+        buf.view(self.view_offset, self.inner + self.len)
+    }
 }
 
 /// Time spent in one kernel while profiling.
@@ -125,6 +147,7 @@ impl Gpu {
             .await
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
         let bounds_checks = options.bounds_checks.unwrap_or(cfg!(debug_assertions));
+        let binding_limit = limits.max_storage_buffer_binding_size;
         Ok(Arc::new(Gpu {
             recorder: Mutex::new(Recorder::new()),
             device,
@@ -137,6 +160,7 @@ impl Gpu {
             modules: Mutex::new(HashMap::new()),
             pool: Arc::new(Mutex::new(BufferPool::default())),
             poison: std::sync::atomic::AtomicBool::new(false),
+            binding_limit: std::sync::atomic::AtomicU64::new(binding_limit),
             profile: Mutex::new(
                 (std::env::var("CLUSTERCLIP_PROFILE").is_ok_and(|v| v == "1")).then(HashMap::new),
             ),
@@ -169,6 +193,45 @@ impl Gpu {
     /// Dispatches recorded since the device was opened.
     pub fn dispatch_count(&self) -> u64 {
         self.recorder.lock().unwrap().dispatches
+    }
+
+    /// Largest storage binding in 32-bit words, a multiple of the 256-byte view alignment.
+    pub fn binding_limit_words(&self) -> usize {
+        let bytes = self
+            .binding_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        (bytes / 4) as usize / buffer::BINDING_ALIGN_WORDS * buffer::BINDING_ALIGN_WORDS
+    }
+
+    /// Tests: pretend the device binds at most `bytes` per storage binding (`None`: the device's
+    /// own limit), so the splitting of large tensors runs on small models.
+    pub fn set_binding_limit(&self, bytes: Option<u64>) {
+        let device = self.limits.max_storage_buffer_binding_size;
+        let bytes = bytes.map_or(device, |b| b.min(device));
+        self.binding_limit
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Cuts elements `offset..offset + len` of a buffer into pieces that each fit one binding
+    /// (WebGPU's default is 128 MiB, which a ViT-B/16's flat parameter, gradient and moment
+    /// buffers exceed). Piece starts are `offset` plus multiples of a binding-aligned step, so
+    /// a same-length buffer that starts at `offset`'s 0 can be cut the same way.
+    pub fn binding_chunks(&self, offset: usize, len: usize) -> Vec<BindingChunk> {
+        let align = buffer::BINDING_ALIGN_WORDS;
+        let step = self.binding_limit_words().saturating_sub(align).max(align);
+        (0..len)
+            .step_by(step)
+            .map(|at| {
+                let start = offset + at;
+                let view_offset = start / align * align;
+                BindingChunk {
+                    at,
+                    view_offset,
+                    inner: start - view_offset,
+                    len: step.min(len - at),
+                }
+            })
+            .collect()
     }
 
     /// Turns per-kernel profiling on (clearing earlier totals) or off.

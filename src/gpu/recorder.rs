@@ -201,6 +201,18 @@ impl Gpu {
             "{}: grid {groups:?} exceeds {max} workgroups per dimension",
             kernel.name
         );
+        // Before any lock: a panic here leaves the device usable.
+        let binding_limit = self.binding_limit_words();
+        for buf in buffers {
+            assert!(
+                buf.len() <= binding_limit,
+                "{}: a {:.1} MiB tensor exceeds this GPU's {:.1} MiB per storage binding; \
+                 use a smaller --batch-size (with --accum-freq to keep the batch)",
+                kernel.name,
+                (buf.len() * 4) as f64 / (1 << 20) as f64,
+                (binding_limit * 4) as f64 / (1 << 20) as f64
+            );
+        }
         let profiling = self.profile.lock().unwrap().is_some();
         if profiling {
             // Everything recorded before (uploads, clears) is not this kernel's time.
@@ -275,6 +287,7 @@ impl Gpu {
                     buffers.len()
                 )
             });
+
             buf.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
             entries.push(wgpu::BindGroupEntry {
                 binding,

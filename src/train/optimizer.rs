@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use crate::gpu::BINDING_ALIGN_WORDS;
 use crate::graph::{Backend, Graph, Storage};
 use crate::model::config::LOGIT_SCALE_MAX;
 use crate::model::params::{BoundParams, ParamStore};
@@ -109,7 +110,12 @@ impl Optimizer {
             grads: params.zeros_like(backend),
             moment1: params.zeros_like(backend),
             moment2: params.zeros_like(backend),
-            norm_partial: backend.zeros(NORM_PARTS),
+            norm_partial: backend.zeros(
+                NORM_PARTS
+                    * backend
+                        .gpu()
+                        .map_or(1, |gpu| gpu.binding_chunks(0, params.total).len()),
+            ),
             clip: backend.zeros(2),
             config,
             steps: 0,
@@ -152,13 +158,22 @@ impl Optimizer {
                         None if accumulate => continue,
                         None => backend.zeros(len),
                     };
-                    let params = FlatParams {
-                        offset: offset as u32,
-                        len: len as u32,
-                        max_norm: 0.0,
-                        parts: 0,
-                    };
-                    gpu.dispatch_linear(&kernel, &params, &[flat, piece.gpu()], len);
+                    // The flat buffer outgrows one binding at ViT-B/16 (598 MB): bind pieces.
+                    for chunk in gpu.binding_chunks(offset, len) {
+                        let params = FlatParams {
+                            offset: chunk.inner as u32,
+                            len: chunk.len as u32,
+                            max_norm: 0.0,
+                            parts: 0,
+                        };
+                        let source = piece.gpu().view(chunk.at, chunk.len);
+                        gpu.dispatch_linear(
+                            &kernel,
+                            &params,
+                            &[&chunk.view(flat), &source],
+                            chunk.len,
+                        );
+                    }
                 }
             }
         }
@@ -175,14 +190,16 @@ impl Optimizer {
                 .for_each(|x| *x *= factor),
             Backend::Gpu(gpu) => {
                 let kernel = gpu.kernel(&crate::shader!("grad_flat"), "scale");
-                let len = self.grads.total;
-                let params = FlatParams {
-                    offset: 0,
-                    len: len as u32,
-                    max_norm: factor,
-                    parts: 0,
-                };
-                gpu.dispatch_linear(&kernel, &params, &[self.grads.values.gpu()], len);
+                let flat = self.grads.values.gpu();
+                for chunk in gpu.binding_chunks(0, self.grads.total) {
+                    let params = FlatParams {
+                        offset: chunk.inner as u32,
+                        len: chunk.len as u32,
+                        max_norm: factor,
+                        parts: 0,
+                    };
+                    gpu.dispatch_linear(&kernel, &params, &[&chunk.view(flat)], chunk.len);
+                }
             }
         }
     }
@@ -229,34 +246,52 @@ impl Optimizer {
             Backend::Gpu(gpu) => {
                 if let Some(max_norm) = c.grad_clip_norm {
                     let shader = crate::shader!("grad_flat");
+                    // NORM_PARTS partial sums per binding-sized piece of the flat gradients.
+                    let chunks = gpu.binding_chunks(0, self.grads.total);
+                    if self.norm_partial.len() < chunks.len() * NORM_PARTS {
+                        self.norm_partial = backend.zeros(chunks.len() * NORM_PARTS);
+                    }
                     let (partial, result) = (self.norm_partial.gpu(), self.clip.gpu());
+                    let flat = self.grads.values.gpu();
+                    for (c, chunk) in chunks.iter().enumerate() {
+                        let params = FlatParams {
+                            offset: chunk.inner as u32,
+                            len: chunk.len as u32,
+                            max_norm,
+                            parts: NORM_PARTS as u32,
+                        };
+                        let view = chunk.view(flat);
+                        gpu.dispatch(
+                            &gpu.kernel(&shader, "norm_partial"),
+                            &params,
+                            &[&view, &view, &partial.view(c * NORM_PARTS, NORM_PARTS)],
+                            [NORM_PARTS as u32, 1, 1],
+                        );
+                    }
                     let params = FlatParams {
                         offset: 0,
-                        len: self.grads.total as u32,
+                        len: 0,
                         max_norm,
-                        parts: NORM_PARTS as u32,
+                        parts: (chunks.len() * NORM_PARTS) as u32,
                     };
-                    let flat = self.grads.values.gpu();
-                    gpu.dispatch(
-                        &gpu.kernel(&shader, "norm_partial"),
-                        &params,
-                        &[flat, flat, partial],
-                        [NORM_PARTS as u32, 1, 1],
-                    );
                     gpu.dispatch(
                         &gpu.kernel(&shader, "norm_final"),
                         &params,
-                        &[flat, flat, partial, result],
+                        &[partial, partial, partial, result],
                         [1, 1, 1],
                     );
                 }
                 let shader = crate::shader!("adamw");
                 let kernel = gpu.kernel(&shader, "adamw");
                 let p = params.values.gpu();
-                for run in &self.runs {
+                for (run, chunk) in self.runs.iter().flat_map(|run| {
+                    gpu.binding_chunks(run.offset, run.len)
+                        .into_iter()
+                        .map(move |c| (run, c))
+                }) {
                     let adam = AdamParams {
-                        offset: run.offset as u32,
-                        len: run.len as u32,
+                        offset: chunk.inner as u32,
+                        len: chunk.len as u32,
                         lr,
                         weight_decay: if run.decay { c.weight_decay } else { 0.0 },
                         beta1: c.beta1,
@@ -269,13 +304,13 @@ impl Optimizer {
                         hi: 0.0,
                     };
                     let buffers = [
-                        p,
-                        self.grads.values.gpu(),
-                        self.moment1.values.gpu(),
-                        self.moment2.values.gpu(),
+                        &chunk.view(p),
+                        &chunk.view(self.grads.values.gpu()),
+                        &chunk.view(self.moment1.values.gpu()),
+                        &chunk.view(self.moment2.values.gpu()),
                         self.clip.gpu(),
                     ];
-                    gpu.dispatch_linear(&kernel, &adam, &buffers, run.len);
+                    gpu.dispatch_linear(&kernel, &adam, &buffers, chunk.len);
                 }
                 if let Some(at) = self.logit_scale_offset {
                     let clamp = AdamParams {
@@ -285,7 +320,18 @@ impl Optimizer {
                         hi: LOGIT_SCALE_MAX,
                         ..bytemuck::Zeroable::zeroed()
                     };
-                    gpu.dispatch(&gpu.kernel(&shader, "clamp_value"), &clamp, &[p], [1, 1, 1]);
+                    let at_view = at / BINDING_ALIGN_WORDS * BINDING_ALIGN_WORDS;
+                    let clamp = AdamParams {
+                        offset: (at - at_view) as u32,
+                        ..clamp
+                    };
+                    let view = p.view(at_view, at - at_view + 1);
+                    gpu.dispatch(
+                        &gpu.kernel(&shader, "clamp_value"),
+                        &clamp,
+                        &[&view],
+                        [1, 1, 1],
+                    );
                 }
             }
         }

@@ -14,19 +14,22 @@ use clusterclip::graph::{Backend, Graph, Tensor};
 /// otherwise (Mesa's GL path compiles some kernels for a minute).
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let mut options = GpuOptions::from_env().expect("GPU environment variables");
-        if std::env::var("CLUSTERCLIP_BACKEND").is_err() {
-            options.backend = clusterclip::gpu::BackendChoice::Vulkan;
-        }
-        // Tests run wgpu's bounds-checked shaders (release builds otherwise skip the checks);
-        // tests/ops_matmul.rs also runs the unchecked variant.
-        options.bounds_checks.get_or_insert(true);
-        let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("{e}"));
-        gpu.set_poison(true);
-        gpu
-    })
-    .clone()
+    GPU.get_or_init(fresh_gpu).clone()
+}
+
+/// A device of its own, set up as [`gpu`]'s (for tests that change device-wide settings).
+#[allow(dead_code)]
+pub fn fresh_gpu() -> Arc<Gpu> {
+    let mut options = GpuOptions::from_env().expect("GPU environment variables");
+    if std::env::var("CLUSTERCLIP_BACKEND").is_err() {
+        options.backend = clusterclip::gpu::BackendChoice::Vulkan;
+    }
+    // Tests run wgpu's bounds-checked shaders (release builds otherwise skip the checks);
+    // tests/ops_matmul.rs also runs the unchecked variant.
+    options.bounds_checks.get_or_insert(true);
+    let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("{e}"));
+    gpu.set_poison(true);
+    gpu
 }
 
 pub fn gpu_graph() -> Graph {

@@ -179,6 +179,8 @@ fn bad_flags_give_one_error_line_naming_the_flag() {
         (&["--threshold", "auto"], "--target-mask-ratio"),
         (&["--lr-scheduler", "linear"], "--lr-scheduler"),
         (&["--resume", "latest"], "--name"),
+        // 4096 images of a ViT-B/16 need 9.9 GB MLP activations, more than any one binding.
+        (&["--model", "b16", "--batch-size", "4096"], "--batch-size"),
         (
             &["--train-data", "/nonexistent/shards-{000..003}.tar"],
             "--train-data",

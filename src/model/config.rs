@@ -55,6 +55,39 @@ impl VisionConfig {
 }
 
 impl ClipConfig {
+    /// Words of the largest activation a training or evaluation step at `batch` binds (the
+    /// unmasked image tower): MLP hidden activations, attention probabilities or the logits.
+    /// The runtime binds each tensor whole, so this must fit one storage binding.
+    pub fn largest_activation_words(&self, batch: usize) -> usize {
+        (self.activation_words_per_sample() * batch).max(batch * batch)
+    }
+
+    /// The largest batch whose activations fit bindings of `words` (at least 1).
+    pub fn largest_batch_within(&self, words: usize) -> usize {
+        let by_sample = words / self.activation_words_per_sample().max(1);
+        by_sample.min(words.isqrt()).max(1)
+    }
+
+    fn activation_words_per_sample(&self) -> usize {
+        let (v, t) = (&self.vision, &self.text);
+        let image_tokens = v.patches() + 1;
+        let text_tokens = t.context_length;
+        // Attention pads the token axis to a multiple of 4 (src/ops/attention.rs).
+        let (ip, tp) = (
+            image_tokens.next_multiple_of(4),
+            text_tokens.next_multiple_of(4),
+        );
+        [
+            image_tokens * MLP_RATIO * v.width,
+            v.heads * ip * ip,
+            text_tokens * MLP_RATIO * t.width,
+            t.heads * tp * tp,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
     pub fn preset(name: &str) -> Result<ClipConfig, String> {
         let config = match name {
             // The configuration measured in PyTorch on the 2-core CI machine (issue 3).

@@ -425,6 +425,21 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         ),
         None => None,
     };
+    if let Some(gpu) = backend.gpu() {
+        let limit = gpu.binding_limit_words();
+        let needed = config.model.largest_activation_words(config.batch_size);
+        if needed > limit {
+            return Err(TrainError::Config(format!(
+                "--batch-size {}: {} needs {:.0} MiB activations, over this GPU's {:.0} MiB per \
+                 storage binding; use --batch-size {} or less (with --accum-freq to keep the batch)",
+                config.batch_size,
+                config.model_name,
+                (needed * 4) as f64 / (1 << 20) as f64,
+                (limit * 4) as f64 / (1 << 20) as f64,
+                config.model.largest_batch_within(limit)
+            )));
+        }
+    }
     let mut logs = RunLogs::open(&run_dir).map_err(TrainError::Config)?;
     let (clip, mut state) = match &checkpoint {
         Some(ck) => {
@@ -523,7 +538,15 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         ));
     }
 
-    let eval_batch = config.batch_size.max(MIN_EVAL_BATCH);
+    // Evaluation batches as large as one storage binding allows (b16 at 64 would not fit 128 MiB).
+    let eval_batch = match backend.gpu() {
+        Some(gpu) => config
+            .batch_size
+            .max(MIN_EVAL_BATCH)
+            .min(config.model.largest_batch_within(gpu.binding_limit_words()))
+            .max(1),
+        None => config.batch_size.max(MIN_EVAL_BATCH),
+    };
     let started = Instant::now();
     let first_step = state.step;
     let mut last_checkpoint = resume_path.clone();

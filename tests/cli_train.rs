@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::cli::{clusterclip, stderr, temp_dir};
+use common::cli::{clusterclip, clusterclip_with_env, stderr, temp_dir};
 
 /// A run of the tiny preset: batch 4, 2 steps per epoch, validation on 16 samples, on Vulkan
 /// (lavapipe on CI; Mesa's GL path compiles kernels for a minute).
@@ -179,8 +179,6 @@ fn bad_flags_give_one_error_line_naming_the_flag() {
         (&["--threshold", "auto"], "--target-mask-ratio"),
         (&["--lr-scheduler", "linear"], "--lr-scheduler"),
         (&["--resume", "latest"], "--name"),
-        // 4096 images of a ViT-B/16 need 9.9 GB MLP activations, more than any one binding.
-        (&["--model", "b16", "--batch-size", "4096"], "--batch-size"),
         (
             &["--train-data", "/nonexistent/shards-{000..003}.tar"],
             "--train-data",
@@ -210,6 +208,54 @@ fn bad_flags_give_one_error_line_naming_the_flag() {
         !out.status.success() && stderr(&out).contains("--task"),
         "{}",
         stderr(&out)
+    );
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// A batch whose activations exceed one storage binding runs as micro-batches of one contrastive
+/// batch (a ViT-B/16 at batch 56+ on 128 MiB bindings); a model whose single image does not fit
+/// fails with one line naming --model.
+#[test]
+fn batches_over_one_binding_run_as_micro_batches() {
+    let logs = temp_dir("micro");
+    let l = logs.to_str().unwrap();
+    let args = [
+        "train",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--logs",
+        l,
+        "--val-frequency",
+        "0",
+        "--zeroshot-frequency",
+        "0",
+        "--workers",
+        "1",
+        "--backend",
+        "vulkan",
+    ];
+    // The tiny preset's largest activation is 195 KiB per image: 800 kB bindings hold 4 images.
+    let out = clusterclip_with_env(&args, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "800000")]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("batch 8 runs as micro-batches of at most 4"),
+        "{err}"
+    );
+    assert!(err.contains("done: step 2"), "{err}");
+    let out = clusterclip_with_env(&args, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "4096")]);
+    let err = stderr(&out);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|line| !line.trim().is_empty() && !line.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert!(!out.status.success());
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("error: --model tiny") && lines[0].contains("per storage binding"),
+        "{err}"
     );
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -154,6 +154,78 @@ fn flat_buffers_larger_than_one_binding_are_split() {
     );
 }
 
+/// Parameters after one step on 6 images given as `splits` micro-batches (e.g. [6] or [2, 4]).
+fn step_in_micro_batches(backend: &Backend, splits: &[usize]) -> (f32, Vec<f32>) {
+    let config = small_config();
+    let batch: usize = splits.iter().sum();
+    let mut rng = Rng::new(21);
+    let image_len = 3 * 24 * 24;
+    let images = rng.vec(batch * image_len);
+    let tokens: Vec<u32> = (0..batch * 7)
+        .map(|i| if i % 7 == 5 { 49 } else { rng.below(48) })
+        .collect();
+    let kept: Vec<u32> = (0..batch)
+        .flat_map(|i| [i % 4, 4 + i % 5])
+        .map(|j| j as u32)
+        .collect();
+    let clip = Clip::new(config, backend, 5).unwrap();
+    let adam = AdamWConfig {
+        grad_clip_norm: Some(1.0),
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(clip, backend.clone(), adam);
+    let mut first = 0;
+    let micro: Vec<ClipInputs> = splits
+        .iter()
+        .map(|&n| {
+            let range = first..first + n;
+            first += n;
+            ClipInputs {
+                images: &images[range.start * image_len..range.end * image_len],
+                tokens: &tokens[range.start * 7..range.end * 7],
+                batch: n,
+                kept: Some(&kept[range.start * 2..range.end * 2]),
+            }
+        })
+        .collect();
+    let loss = trainer.step(&micro, 1e-3, true).unwrap().loss.unwrap();
+    let g = clusterclip::Graph::new(backend.clone());
+    (loss, trainer.clip.params.flat_host(&g))
+}
+
+#[test]
+fn micro_batches_make_one_contrastive_batch() {
+    // OpenCLIP's --accum-freq: micro-batches of 2 + 4 images train exactly as one batch of 6
+    // (every caption is a negative for every image), not as two averaged small batches.
+    for backend in [Backend::Cpu, Backend::Gpu(gpu())] {
+        let (loss_whole, whole) = step_in_micro_batches(&backend, &[6]);
+        let (loss_split, split) = step_in_micro_batches(&backend, &[2, 4]);
+        let (loss_three, three) = step_in_micro_batches(&backend, &[1, 2, 3]);
+        assert!(
+            (loss_whole - loss_split).abs() < 1e-6 * loss_whole.abs()
+                && (loss_whole - loss_three).abs() < 1e-6 * loss_whole.abs(),
+            "{}: loss {loss_whole} vs {loss_split} / {loss_three}",
+            backend.name()
+        );
+        for (name, other) in [("2+4", &split), ("1+2+3", &three)] {
+            let err = rel_err(other, &whole);
+            assert!(
+                err < 1e-5,
+                "{}: {name} differs by {err:.2e}",
+                backend.name()
+            );
+        }
+        // The comparison means something: the step moved the parameters.
+        let initial = Clip::new(small_config(), &backend, 5).unwrap();
+        let g = clusterclip::Graph::new(backend.clone());
+        let moved = rel_err(&whole, &initial.params.flat_host(&g));
+        assert!(
+            moved > 1e-4,
+            "the step moved the parameters by only {moved:.2e}"
+        );
+    }
+}
+
 #[test]
 fn reproduces_the_openclip_adamw_trajectory_on_the_gpu() {
     let prefix =

@@ -58,7 +58,8 @@ pub struct TrainArgs {
     pub lr_scheduler: String,
     #[arg(long)]
     pub grad_clip_norm: Option<f32>,
-    /// Micro-batches of --batch-size per optimizer step (gradient accumulation).
+    /// Micro-batches of --batch-size per optimizer step, trained as one contrastive batch of
+    /// batch-size × accum-freq with cached features (OpenCLIP's --accum-freq).
     #[arg(long, default_value_t = 1)]
     pub accum_freq: usize,
     #[arg(long, default_value_t = 0)]

@@ -52,10 +52,14 @@ pub struct GpuOptions {
     pub adapter: Option<String>,
     /// wgpu's shader bounds checks; `None` = on in debug builds, off in release builds.
     pub bounds_checks: Option<bool>,
+    /// Bind at most this many bytes per storage binding, below the device's limit (tests of
+    /// the splitting of large tensors and batches; `CLUSTERCLIP_MAX_BINDING_BYTES`).
+    pub max_binding_bytes: Option<u64>,
 }
 
 impl GpuOptions {
-    /// Options from `CLUSTERCLIP_BACKEND`, `CLUSTERCLIP_ADAPTER` and `CLUSTERCLIP_BOUNDS_CHECKS`.
+    /// Options from `CLUSTERCLIP_BACKEND`, `CLUSTERCLIP_ADAPTER`, `CLUSTERCLIP_BOUNDS_CHECKS` and
+    /// `CLUSTERCLIP_MAX_BINDING_BYTES`.
     pub fn from_env() -> Result<Self, String> {
         let mut options = GpuOptions::default();
         if let Ok(text) = std::env::var("CLUSTERCLIP_BACKEND") {
@@ -69,6 +73,11 @@ impl GpuOptions {
         }
         if let Ok(text) = std::env::var("CLUSTERCLIP_BOUNDS_CHECKS") {
             options.bounds_checks = Some(matches!(text.as_str(), "1" | "true" | "on"));
+        }
+        if let Ok(text) = std::env::var("CLUSTERCLIP_MAX_BINDING_BYTES") {
+            options.max_binding_bytes = Some(text.parse().map_err(|_| {
+                format!("CLUSTERCLIP_MAX_BINDING_BYTES {text:?} is not a byte count")
+            })?);
         }
         Ok(options)
     }

@@ -147,7 +147,11 @@ impl Gpu {
             .await
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
         let bounds_checks = options.bounds_checks.unwrap_or(cfg!(debug_assertions));
-        let binding_limit = limits.max_storage_buffer_binding_size;
+        let binding_limit = options
+            .max_binding_bytes
+            .map_or(limits.max_storage_buffer_binding_size, |b| {
+                b.min(limits.max_storage_buffer_binding_size)
+            });
         Ok(Arc::new(Gpu {
             recorder: Mutex::new(Recorder::new()),
             device,

@@ -182,6 +182,36 @@ impl Gpu {
         dst.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
     }
 
+    /// Copies `len` words of `src` from `src_offset` into `dst` at `dst_offset`, inside the step's
+    /// encoder (no alignment beyond 4 bytes needed: concatenating and slicing feature rows).
+    pub fn copy_range(
+        &self,
+        src: &GpuBuf,
+        src_offset: usize,
+        dst: &GpuBuf,
+        dst_offset: usize,
+        len: usize,
+    ) {
+        assert!(
+            src_offset + len <= src.len() && dst_offset + len <= dst.len(),
+            "copy_range past the end of a buffer"
+        );
+        if len == 0 {
+            return;
+        }
+        let mut rec = self.recorder.lock().unwrap();
+        let epoch = rec.epoch;
+        rec.encoder(&self.device).copy_buffer_to_buffer(
+            src.buffer(),
+            src.byte_offset() + (src_offset * 4) as u64,
+            dst.buffer(),
+            dst.byte_offset() + (dst_offset * 4) as u64,
+            (len * 4) as u64,
+        );
+        src.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+        dst.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+    }
+
     /// Records one dispatch of `kernel` with `params` at binding 0 and `buffers[i]` at binding
     /// `i + 1` (bindings the entry point does not use are skipped). Nothing runs until a read
     /// or [`Gpu::flush`].

@@ -59,6 +59,36 @@ impl Backend {
             Backend::Gpu(gpu) => Storage::Gpu(gpu.zeros(len)),
         }
     }
+
+    /// The storages one after another (e.g. feature rows of several micro-batches).
+    pub fn concat(&self, parts: &[&Storage]) -> Storage {
+        match self {
+            Backend::Cpu => Storage::Cpu(Arc::new(
+                parts.iter().flat_map(|p| p.cpu().iter().copied()).collect(),
+            )),
+            Backend::Gpu(gpu) => {
+                let out = gpu.alloc(parts.iter().map(|p| p.len()).sum());
+                let mut at = 0;
+                for part in parts {
+                    gpu.copy_range(part.gpu(), 0, &out, at, part.len());
+                    at += part.len();
+                }
+                Storage::Gpu(out)
+            }
+        }
+    }
+
+    /// A copy of words `offset..offset + len` of `value`.
+    pub fn slice(&self, value: &Storage, offset: usize, len: usize) -> Storage {
+        match self {
+            Backend::Cpu => Storage::Cpu(Arc::new(value.cpu()[offset..offset + len].to_vec())),
+            Backend::Gpu(gpu) => {
+                let out = gpu.alloc(len);
+                gpu.copy_range(value.gpu(), offset, &out, 0, len);
+                Storage::Gpu(out)
+            }
+        }
+    }
 }
 
 /// The values of one tensor: a shared CPU vector or a view of a pooled GPU buffer. 32-bit

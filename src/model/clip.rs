@@ -82,6 +82,22 @@ impl Clip {
 
     /// Forward pass to the loss on `g` (whose backend must hold the parameters).
     pub fn forward(&self, g: &mut Graph, inputs: &ClipInputs) -> Result<ClipOutputs, ShapeError> {
+        let (params, image_features, text_features) = self.features(g, inputs)?;
+        let loss = g.contrastive_loss(image_features, text_features, params.get("logit_scale"))?;
+        Ok(ClipOutputs {
+            params,
+            image_features,
+            text_features,
+            loss,
+        })
+    }
+
+    /// Forward pass to the L2-normalised image and text features [batch, embed_dim].
+    pub fn features(
+        &self,
+        g: &mut Graph,
+        inputs: &ClipInputs,
+    ) -> Result<(BoundParams, Tensor, Tensor), ShapeError> {
         let v = &self.config.vision;
         let expected = inputs.batch * 3 * v.image_size * v.image_size;
         if inputs.images.len() != expected {
@@ -111,12 +127,6 @@ impl Clip {
         }
         let image_features = g.l2_normalize(image)?;
         let text_features = g.l2_normalize(text)?;
-        let loss = g.contrastive_loss(image_features, text_features, params.get("logit_scale"))?;
-        Ok(ClipOutputs {
-            params,
-            image_features,
-            text_features,
-            loss,
-        })
+        Ok((params, image_features, text_features))
     }
 }

@@ -19,7 +19,7 @@ use super::logs::{RunLogs, default_run_name, format_duration};
 use super::mask_step::{MaskStrategy, compute_mask};
 use super::optimizer::AdamWConfig;
 use super::schedule::{LrScheduler, learning_rate};
-use super::step::Trainer;
+use super::step::{Trainer, split_inputs};
 use super::stream::{TrainStream, is_builtin_train};
 use crate::eval::tasks::{
     BUILTIN_ZEROSHOT, CaptionSet, LabelledSet, caption_set, logit_scale, retrieval_eval,
@@ -425,21 +425,32 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         ),
         None => None,
     };
-    if let Some(gpu) = backend.gpu() {
-        let limit = gpu.binding_limit_words();
-        let needed = config.model.largest_activation_words(config.batch_size);
-        if needed > limit {
-            return Err(TrainError::Config(format!(
-                "--batch-size {}: {} needs {:.0} MiB activations, over this GPU's {:.0} MiB per \
-                 storage binding; use --batch-size {} or less (with --accum-freq to keep the batch)",
-                config.batch_size,
-                config.model_name,
-                (needed * 4) as f64 / (1 << 20) as f64,
-                (limit * 4) as f64 / (1 << 20) as f64,
-                config.model.largest_batch_within(limit)
-            )));
+    // Batches whose activations exceed one storage binding (WebGPU's 128 MiB; a ViT-B/16 at
+    // batch 56+) run as micro-batches of one contrastive batch (Trainer::step), not refused.
+    let micro_batch = match backend.gpu() {
+        Some(gpu) => {
+            let limit = gpu.binding_limit_words();
+            let largest_param = crate::model::init::param_specs(&config.model)
+                .iter()
+                .map(|p| p.numel())
+                .max()
+                .unwrap_or(0);
+            if config.model.largest_activation_words(1).max(largest_param) > limit {
+                return Err(TrainError::Config(format!(
+                    "--model {}: one image needs {:.0} KiB tensors, over this GPU's {:.0} KiB \
+                     per storage binding",
+                    config.model_name,
+                    (config.model.largest_activation_words(1).max(largest_param) * 4) as f64
+                        / 1024.0,
+                    (limit * 4) as f64 / 1024.0,
+                )));
+            }
+            config
+                .batch_size
+                .min(config.model.largest_batch_within(limit))
         }
-    }
+        None => config.batch_size,
+    };
     let mut logs = RunLogs::open(&run_dir).map_err(TrainError::Config)?;
     let (clip, mut state) = match &checkpoint {
         Some(ck) => {
@@ -528,6 +539,13 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         match &resume_path { Some(p) => format!(", resumed at step {} from {}", state.step, p.display()), None => String::new() },
         run_dir.display()
     ));
+    if micro_batch < config.batch_size {
+        logs.message(&format!(
+            "batch {} runs as micro-batches of at most {micro_batch} (activations over one storage \
+             binding); the loss stays one contrastive batch",
+            config.batch_size
+        ));
+    }
     if let Some(r) = state
         .calibrated_threshold
         .filter(|_| config.target_mask_ratio.is_some())
@@ -585,11 +603,14 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
             / batches.len() as f64;
         let inputs: Vec<ClipInputs> = batches
             .iter()
-            .map(|(b, m)| ClipInputs {
-                images: &b.images,
-                tokens: &b.tokens,
-                batch: config.batch_size,
-                kept: m.as_ref().map(|m| m.kept.as_slice()),
+            .flat_map(|(b, m)| {
+                let whole = ClipInputs {
+                    images: &b.images,
+                    tokens: &b.tokens,
+                    batch: config.batch_size,
+                    kept: m.as_ref().map(|m| m.kept.as_slice()),
+                };
+                split_inputs(whole, micro_batch)
             })
             .collect();
         let lr = learning_rate(

@@ -43,28 +43,30 @@ impl Trainer {
         Ok(g.storage(out.loss).clone())
     }
 
-    /// One optimizer step over `micro_batches` (gradients averaged), at learning rate `lr`.
+    /// One optimizer step at learning rate `lr` on the batch made of `micro_batches`.
+    ///
+    /// Several micro-batches are one contrastive batch, as OpenCLIP's `--accum-freq`: a first
+    /// pass computes every micro-batch's features without keeping activations, the loss over all
+    /// of them gives the gradients of the features and `logit_scale`, and a second pass per
+    /// micro-batch back-propagates its slice of those gradients. The update equals one step on
+    /// the whole batch (every image still meets every caption as a negative) at the cost of a
+    /// second forward, while only one micro-batch's activations exist at a time.
     pub fn step(
         &mut self,
         micro_batches: &[ClipInputs],
         lr: f32,
         read_loss: bool,
     ) -> Result<StepReport, ShapeError> {
-        let mut losses = Vec::new();
-        for (i, inputs) in micro_batches.iter().enumerate() {
-            losses.push(self.accumulate_gradients(inputs, i > 0)?);
-        }
-        self.optimizer
-            .scale_grads(&self.backend, 1.0 / micro_batches.len().max(1) as f32);
+        let loss = match micro_batches {
+            [] => return Ok(StepReport { loss: None }),
+            [one] => self.accumulate_gradients(one, false)?,
+            many => self.accumulate_feature_cached(many)?,
+        };
         self.optimizer
             .step(&mut self.clip.params, &self.backend, lr);
         // The read submits the whole step at once; otherwise submit without waiting.
         let loss = if read_loss {
-            let values: Vec<f32> = losses
-                .iter()
-                .map(|l| read_storage(&self.backend, l)[0])
-                .collect();
-            Some(values.iter().sum::<f32>() / values.len().max(1) as f32)
+            Some(read_storage(&self.backend, &loss)[0])
         } else {
             if let Backend::Gpu(gpu) = &self.backend {
                 gpu.flush();
@@ -73,6 +75,103 @@ impl Trainer {
         };
         Ok(StepReport { loss })
     }
+
+    /// The gradients of one contrastive loss over all `micro_batches` (see [`Trainer::step`]).
+    fn accumulate_feature_cached(
+        &mut self,
+        micro_batches: &[ClipInputs],
+    ) -> Result<Storage, ShapeError> {
+        let backend = self.backend.clone();
+        // Pass 1: features only; each graph (and its activations) is dropped at once.
+        let mut image_parts = Vec::with_capacity(micro_batches.len());
+        let mut text_parts = Vec::with_capacity(micro_batches.len());
+        for inputs in micro_batches {
+            let mut g = Graph::new(backend.clone());
+            let (_, image, text) = self.clip.features(&mut g, inputs)?;
+            image_parts.push(g.storage(image).clone());
+            text_parts.push(g.storage(text).clone());
+        }
+        let total: usize = micro_batches.iter().map(|m| m.batch).sum();
+        let dim = self.clip.config.embed_dim;
+        // The loss over the whole batch: gradients of all features and of logit_scale.
+        let mut g = Graph::new(backend.clone());
+        let params = self.clip.params.bind(&mut g);
+        let image = g.from_storage(
+            backend.concat(&image_parts.iter().collect::<Vec<_>>()),
+            &[total, dim],
+            true,
+        )?;
+        let text = g.from_storage(
+            backend.concat(&text_parts.iter().collect::<Vec<_>>()),
+            &[total, dim],
+            true,
+        )?;
+        let loss = g.contrastive_loss(image, text, params.get("logit_scale"))?;
+        g.backward(loss)?;
+        let (d_image, d_text) = match (g.grad(image), g.grad(text)) {
+            (Some(a), Some(b)) => (a.clone(), b.clone()),
+            _ => unreachable!("the contrastive loss reaches both feature sets"),
+        };
+        // Only logit_scale has a gradient in this graph; the towers' come below.
+        self.optimizer.gather_grads(&g, &params, false);
+        let loss = g.storage(loss).clone();
+        drop(g);
+        // Pass 2: per micro-batch, back-propagate its rows of the feature gradients through the
+        // towers: the gradient of Σ features ∘ d_features (a constant) is exactly that.
+        let mut row = 0;
+        for inputs in micro_batches {
+            let mut g = Graph::new(backend.clone());
+            let (params, image, text) = self.clip.features(&mut g, inputs)?;
+            let n = inputs.batch * dim;
+            let seeds = [
+                backend.slice(&d_image, row * dim, n),
+                backend.slice(&d_text, row * dim, n),
+            ];
+            let mut surrogate = None;
+            for (features, seed) in [image, text].into_iter().zip(seeds) {
+                let seed = g.from_storage(seed, &[inputs.batch, dim], false)?;
+                let product = g.mul(features, seed)?;
+                let sum = g.sum_all(product)?;
+                surrogate = Some(match surrogate {
+                    None => sum,
+                    Some(other) => g.add(other, sum)?,
+                });
+            }
+            g.backward(surrogate.expect("two feature sets"))?;
+            self.optimizer.gather_grads(&g, &params, true);
+            row += inputs.batch;
+        }
+        Ok(loss)
+    }
+}
+
+/// `inputs` cut into micro-batches of at most `size` images, in order (a kept-patch list has
+/// the same count per image, so it is cut at the same images).
+pub fn split_inputs(inputs: ClipInputs<'_>, size: usize) -> Vec<ClipInputs<'_>> {
+    let size = size.max(1);
+    if inputs.batch <= size {
+        return vec![inputs];
+    }
+    let per_image = |len: usize| len / inputs.batch.max(1);
+    let (image_len, token_len) = (
+        per_image(inputs.images.len()),
+        per_image(inputs.tokens.len()),
+    );
+    let kept_len = inputs.kept.map_or(0, |k| per_image(k.len()));
+    (0..inputs.batch)
+        .step_by(size)
+        .map(|first| {
+            let n = size.min(inputs.batch - first);
+            ClipInputs {
+                images: &inputs.images[first * image_len..(first + n) * image_len],
+                tokens: &inputs.tokens[first * token_len..(first + n) * token_len],
+                batch: n,
+                kept: inputs
+                    .kept
+                    .map(|k| &k[first * kept_len..(first + n) * kept_len]),
+            }
+        })
+        .collect()
 }
 
 /// Reads storage of `backend` to the host.

@@ -4,8 +4,14 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 pub fn clusterclip(args: &[&str]) -> Output {
+    clusterclip_with_env(args, &[])
+}
+
+/// [`clusterclip`] with extra environment variables.
+pub fn clusterclip_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_clusterclip"))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("the binary runs")
 }

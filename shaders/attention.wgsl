@@ -8,7 +8,7 @@
 // fastest kernel we have) with the row softmax of shaders/softmax.wgsl in between; this file
 // holds the layout changes around them: heads are cut out into [B, H, Tp, hd] with the token
 // axis padded to Tp (a multiple of 4, so every product takes the vec4 path) and zeros in the
-// padding rows, and put back. A fused one-invocation-per-query kernel measured 10x slower on
+// padding rows, and put back. A fused one-invocation-per-query kernel measured about 4x slower on
 // lavapipe (per-lane arrays and gathers), see src/ops/attention.rs.
 
 struct Params {

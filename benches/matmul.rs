@@ -54,7 +54,8 @@ fn vit_step_shapes() -> Vec<(String, MatmulDims)> {
         ));
     }
     // Attention per head: S = Q·Kᵀ, O = P·V and their gradients.
-    let t = TOKENS;
+    // The attention pads the token axis to a multiple of 4 (src/ops/attention.rs).
+    let t = TOKENS.next_multiple_of(4);
     shapes.push(("attn Q·Kᵀ".into(), dims(heads, t, t, HEAD_DIM, false, true)));
     shapes.push(("attn P·V".into(), dims(heads, t, HEAD_DIM, t, false, false)));
     shapes.push((

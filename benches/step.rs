@@ -1,0 +1,42 @@
+//! Images/s of whole training steps (mask, forward, loss, backward, AdamW) by masking strategy,
+//! as `clusterclip bench step`: none, random (50%) and cluster for the tiny preset at batch 64
+//! and the s16 preset at batch 8.
+//!
+//! `cargo bench --bench step [-- FILTER]` (FILTER matches "tiny", "s16" or a mask name); the
+//! adapter follows `CLUSTERCLIP_BACKEND` / `CLUSTERCLIP_ADAPTER`. On lavapipe the s16 runs take
+//! a few minutes. `benches/pytorch_step.py` runs the same step in PyTorch for a ratio.
+
+use clusterclip::cli::GpuArgs;
+use clusterclip::cli::bench_model::{StepArgs, run_step};
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    for (preset, batch, repeats) in [("tiny", 64, 3), ("s16", 8, 1)] {
+        for mask in ["none", "random", "cluster"] {
+            let name = format!("{preset} {mask}");
+            if !filter.iter().all(|f| name.contains(f.as_str())) {
+                continue;
+            }
+            let args = StepArgs {
+                preset: preset.into(),
+                batch_size: batch,
+                mask: mask.into(),
+                mask_ratio: 0.5,
+                repeats,
+                profile: false,
+                json: false,
+                gpu: GpuArgs {
+                    backend: None,
+                    adapter: None,
+                },
+            };
+            if let Err(e) = run_step(args) {
+                eprintln!("{name}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+}

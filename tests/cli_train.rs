@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use common::cli::{clusterclip, clusterclip_with_env, stderr, temp_dir};
+use common::cli::{clusterclip, clusterclip_with_env, error_line, stderr, temp_dir};
 
 /// A run of the tiny preset: batch 4, 2 steps per epoch, validation on 16 samples, on Vulkan
 /// (lavapipe on CI; Mesa's GL path compiles kernels for a minute).
@@ -246,16 +246,10 @@ fn batches_over_one_binding_run_as_micro_batches() {
     );
     assert!(err.contains("done: step 2"), "{err}");
     let out = clusterclip_with_env(&args, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "4096")]);
-    let err = stderr(&out);
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|line| !line.trim().is_empty() && !line.contains("XDG_RUNTIME_DIR"))
-        .collect();
-    assert!(!out.status.success());
-    assert_eq!(lines.len(), 1, "{err}");
+    let line = error_line(&out);
     assert!(
-        lines[0].starts_with("error: --model tiny") && lines[0].contains("per storage binding"),
-        "{err}"
+        line.starts_with("error: --model tiny") && line.contains("per storage binding"),
+        "{line}"
     );
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use clusterclip::data::records::{ReadOrder, index_order};
-use common::cli::{clusterclip, stderr, temp_dir};
+use common::cli::{clusterclip, error_line, stderr, temp_dir};
 
 /// Samples per training step.
 const BATCH: usize = 4;
@@ -104,24 +104,6 @@ fn data_line(logs: &Path) -> String {
         .collect();
     assert_eq!(lines.len(), 1, "one data line per epoch:\n{log}");
     lines[0].to_string()
-}
-
-/// The one `error: ` line that ends a failed run's stderr.
-fn error_line(out: &Output) -> String {
-    assert!(!out.status.success(), "the run should fail");
-    let err = stderr(out);
-    // Mesa on a headless machine prints its own "error: XDG_RUNTIME_DIR ..." at start-up.
-    let ours: Vec<&str> = err
-        .lines()
-        .filter(|l| l.starts_with("error") && !l.contains("XDG_RUNTIME_DIR"))
-        .collect();
-    assert_eq!(ours.len(), 1, "one error line:\n{err}");
-    assert_eq!(
-        err.lines().rev().find(|l| !l.trim().is_empty()),
-        Some(ours[0]),
-        "the error ends the output:\n{err}"
-    );
-    ours[0].to_string()
 }
 
 #[test]

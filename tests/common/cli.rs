@@ -27,3 +27,21 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The one `error: ` line that ends a failed run's stderr.
+pub fn error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "the run should fail");
+    let err = stderr(out);
+    // Mesa on a headless machine prints its own "error: XDG_RUNTIME_DIR ..." at start-up.
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("error") && !l.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert_eq!(ours.len(), 1, "one error line:\n{err}");
+    assert_eq!(
+        err.lines().rev().find(|l| !l.trim().is_empty()),
+        Some(ours[0]),
+        "the error ends the output:\n{err}"
+    );
+    ours[0].to_string()
+}

@@ -64,7 +64,7 @@ const CHECKED_ENTRIES: usize = 64;
 #[derive(Clone, Debug)]
 pub struct MatmulTiming {
     pub dims: MatmulDims,
-    pub kernel: &'static str,
+    pub kernel: String,
     /// Median seconds per matmul.
     pub seconds: f64,
     pub gflops: f64,

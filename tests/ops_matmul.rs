@@ -63,6 +63,28 @@ fn batched_matmul_gpu_matches_cpu() {
 }
 
 #[test]
+fn large_products_with_transposed_copies_match_cpu() {
+    // At 2^24 multiply-adds and more, operands are first copied into the `_tn` layout when the
+    // other side of C is at least 128 wide: both, only B (N = 64) or only A (M = 64), in every
+    // layout; the backward products take the same paths.
+    let mut rng = Rng::new(5);
+    for (m, n, k) in [(128, 128, 1024), (256, 64, 1024), (64, 256, 1024)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let sa = shape_a(m, k, ta);
+            let sb = if tb { vec![n, k] } else { vec![k, n] };
+            let inputs = vec![(rng.vec(m * k), sa), (rng.vec(k * n), sb)];
+            // Sums of 1024 products of values in [-1, 1): 3e-4 covers the reordering.
+            compare_backends(
+                &format!("matmul {m}x{n}x{k} ta={ta} tb={tb}"),
+                &inputs,
+                |g, v| g.matmul_ext(v[0], v[1], ta, tb, None).unwrap(),
+                3e-4,
+            );
+        }
+    }
+}
+
+#[test]
 fn many_small_batched_products_match_cpu_in_every_layout() {
     // Attention-like: a batch that is not a multiple of the workgroup's 8 lanes and N far below
     // a workgroup's row of tiles, so the lanes take batch entries (flag bit 4 of the shader);

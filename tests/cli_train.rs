@@ -227,6 +227,8 @@ fn batches_over_one_binding_run_as_micro_batches() {
         "2",
         "--logs",
         l,
+        "--name",
+        "micro",
         "--val-frequency",
         "0",
         "--zeroshot-frequency",
@@ -245,6 +247,28 @@ fn batches_over_one_binding_run_as_micro_batches() {
         "{err}"
     );
     assert!(err.contains("done: step 2"), "{err}");
+    // Evaluation batches shrink to fit the same bindings, with the same result.
+    let checkpoint = logs.join("micro/checkpoints/epoch_latest.safetensors");
+    let eval = [
+        "eval",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--samples",
+        "16",
+        "--backend",
+        "vulkan",
+    ];
+    let split = clusterclip_with_env(&eval, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "800000")]);
+    let whole = clusterclip(&eval);
+    assert!(split.status.success(), "{}", stderr(&split));
+    let result = |out: &Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find(|l| l.starts_with("zero-shot"))
+            .map(str::to_string)
+    };
+    assert!(result(&split).is_some(), "{}", stderr(&split));
+    assert_eq!(result(&split), result(&whole));
     let out = clusterclip_with_env(&args, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "4096")]);
     let line = error_line(&out);
     assert!(

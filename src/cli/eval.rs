@@ -74,6 +74,11 @@ pub fn run(args: EvalArgs) -> CliResult {
         Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
     };
     let clip = checkpoint.model(&backend);
+    // Batches as large as one storage binding allows (a ViT-B/16 at 64 exceeds 128 MiB).
+    let batch_size = backend.gpu().map_or(args.batch_size, |gpu| {
+        args.batch_size
+            .min(clip.config.largest_batch_within(gpu.binding_limit_words()))
+    });
     let data = args.data.clone().unwrap_or_else(|| {
         if args.task == "zeroshot" {
             BUILTIN_ZEROSHOT
@@ -85,7 +90,7 @@ pub fn run(args: EvalArgs) -> CliResult {
     let (metrics, summary) = if args.task == "zeroshot" {
         let set =
             zeroshot_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
-        let m = zeroshot_eval(&clip, &set, args.batch_size)?;
+        let m = zeroshot_eval(&clip, &set, batch_size)?;
         let line = format!(
             "zero-shot on {} ({} images, {} classes, chance {:.1}%): top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
             data,
@@ -100,7 +105,7 @@ pub fn run(args: EvalArgs) -> CliResult {
     } else {
         let set =
             caption_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
-        let (m, loss) = retrieval_eval(&clip, &set, args.batch_size)?;
+        let (m, loss) = retrieval_eval(&clip, &set, batch_size)?;
         let r = |v: [f64; 3]| {
             format!(
                 "{:.2}/{:.2}/{:.2}%",

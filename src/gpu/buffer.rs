@@ -123,7 +123,7 @@ impl GpuBuf {
     /// A sub-view; `offset` (in words) must keep the 256-byte binding alignment.
     pub fn view(&self, offset: usize, len: usize) -> GpuBuf {
         assert!(
-            offset % BINDING_ALIGN_WORDS == 0,
+            offset.is_multiple_of(BINDING_ALIGN_WORDS),
             "view offset {offset} is not 256-byte aligned"
         );
         assert!(

@@ -329,11 +329,11 @@ impl Gpu {
                 || kernel
                     .storage_bindings()
                     .filter(|&o| o != b)
-                    .all(|o| !buffers[o as usize - 1]
+                    .all(|o| buffers[o as usize - 1]
                         .inner
                         .buffer
                         .as_ref()
-                        .is_some_and(|x| x == buffers[b as usize - 1].buffer()))),
+                        .is_none_or(|x| x != buffers[b as usize - 1].buffer()))),
             "{}: a written binding aliases another binding of the same dispatch",
             kernel.name
         );

@@ -33,7 +33,7 @@ pub const LAYER_NORM_EPS: f32 = 1e-5;
 /// MLP hidden width = 4 × width (M1).
 pub const MLP_RATIO: usize = 4;
 /// `logit_scale` starts at ln(1/0.07) (M1).
-pub const LOGIT_SCALE_INIT: f32 = 2.659_260_1;
+pub const LOGIT_SCALE_INIT: f32 = 2.659_26;
 /// `logit_scale` is clamped to [0, ln 100] after every step (M1).
 pub const LOGIT_SCALE_MAX: f32 = 4.605_170_2;
 
@@ -176,19 +176,19 @@ impl ClipConfig {
                 return Err(format!("model config: {field} must be positive"));
             }
         }
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return Err(format!(
                 "model config: vision.image_size {} is not a multiple of vision.patch_size {}",
                 v.image_size, v.patch_size
             ));
         }
-        if v.width % v.heads != 0 {
+        if !v.width.is_multiple_of(v.heads) {
             return Err(format!(
                 "model config: vision.width {} is not divisible by vision.heads {}",
                 v.width, v.heads
             ));
         }
-        if t.width % t.heads != 0 {
+        if !t.width.is_multiple_of(t.heads) {
             return Err(format!(
                 "model config: text.width {} is not divisible by text.heads {}",
                 t.width, t.heads

@@ -9,7 +9,7 @@ use crate::graph::{Graph, OpResult, shape_error};
 /// tokens [N, context] (zero padded) -> text features [N, embed_dim] (not normalised).
 pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &TextConfig, tokens: &[u32]) -> OpResult {
     let ctx = cfg.context_length;
-    if tokens.is_empty() || tokens.len() % ctx != 0 {
+    if tokens.is_empty() || !tokens.len().is_multiple_of(ctx) {
         return Err(shape_error(
             "text",
             format!(

@@ -25,7 +25,7 @@ pub fn kept_rows(
     batch: usize,
     patches: usize,
 ) -> Result<Vec<u32>, crate::graph::ShapeError> {
-    if batch == 0 || kept.len() % batch != 0 {
+    if batch == 0 || !kept.len().is_multiple_of(batch) {
         return Err(shape_error(
             "keep",
             format!("{} kept indices for {batch} images", kept.len()),

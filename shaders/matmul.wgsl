@@ -354,3 +354,93 @@ fn transpose_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
     }
 }
+
+// ---- Discrete and integrated GPUs ----------------------------------------------------------
+// `matmul_tiled`: the classic workgroup-memory kernel for hardware GPUs, where the entry points
+// above would leave most of a warp idle (8 invocations per workgroup) and spill their 256-float
+// tiles. 16 × 16 invocations compute a 64 × 64 block of C, 4 × 4 each, staging 64 × 16 of A and
+// 16 × 64 of B per k step in workgroup memory (8 KiB); loads follow the contiguous axis of each
+// layout, so any transpose flags work without copies. Lavapipe runs it too (slowly: barriers),
+// which is how the tests check it; src/ops/matmul.rs picks it for non-CPU adapters.
+const TILED_M: u32 = 64u;
+const TILED_N: u32 = 64u;
+const TILED_K: u32 = 16u;
+
+var<workgroup> a_stage: array<f32, 1024>;
+var<workgroup> b_stage: array<f32, 1024>;
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let batch = wid.z;
+    let row0 = wid.y * TILED_M;
+    let col0 = wid.x * TILED_N;
+    let trans_a = (params.flags & 1u) != 0u;
+    let trans_b = (params.flags & 2u) != 0u;
+    let a_base = batch * params.a_batch_stride;
+    let b_base = batch * params.b_batch_stride;
+    var acc0 = vec4(0.0);
+    var acc1 = vec4(0.0);
+    var acc2 = vec4(0.0);
+    var acc3 = vec4(0.0);
+    for (var k0 = 0u; k0 < params.k; k0 += TILED_K) {
+        // 1024 values of each operand, 4 per invocation; neighbouring invocations read
+        // neighbouring addresses of the stored layout.
+        for (var i = 0u; i < 4u; i++) {
+            let e = lane + i * 256u;
+            var r: u32;
+            var kk: u32;
+            if trans_a {
+                r = e % TILED_M;
+                kk = e / TILED_M;
+            } else {
+                kk = e % TILED_K;
+                r = e / TILED_K;
+            }
+            let gr = row0 + r;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if gr < params.m && gk < params.k {
+                if trans_a {
+                    v = a[a_base + gk * params.m + gr];
+                } else {
+                    v = a[a_base + gr * params.k + gk];
+                }
+            }
+            a_stage[kk * TILED_M + r] = v;
+            var c: u32;
+            if trans_b {
+                kk = e % TILED_K;
+                c = e / TILED_K;
+            } else {
+                c = e % TILED_N;
+                kk = e / TILED_N;
+            }
+            let gc = col0 + c;
+            let gk2 = k0 + kk;
+            var w = 0.0;
+            if gc < params.n && gk2 < params.k {
+                if trans_b {
+                    w = b[b_base + gc * params.k + gk2];
+                } else {
+                    w = b[b_base + gk2 * params.n + gc];
+                }
+            }
+            b_stage[kk * TILED_N + c] = w;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILED_K; kk++) {
+            let ar = kk * TILED_M + lid.y * 4u;
+            let bc = kk * TILED_N + lid.x * 4u;
+            let av = vec4(a_stage[ar], a_stage[ar + 1u], a_stage[ar + 2u], a_stage[ar + 3u]);
+            let bv = vec4(b_stage[bc], b_stage[bc + 1u], b_stage[bc + 2u], b_stage[bc + 3u]);
+            acc0 = fma(vec4(av.x), bv, acc0);
+            acc1 = fma(vec4(av.y), bv, acc1);
+            acc2 = fma(vec4(av.z), bv, acc2);
+            acc3 = fma(vec4(av.w), bv, acc3);
+        }
+        workgroupBarrier();
+    }
+    // Column r of the block is row r of C (as `store_block` expects).
+    let block = mat4x4(acc0, acc1, acc2, acc3);
+    store_block(block, batch * params.c_batch_stride, row0 + lid.y * 4u, col0 + lid.x * 4u);
+}

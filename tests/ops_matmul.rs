@@ -85,6 +85,58 @@ fn large_products_with_transposed_copies_match_cpu() {
 }
 
 #[test]
+fn the_hardware_gpu_kernel_matches_cpu() {
+    // `matmul_tiled` (workgroup memory, 64 x 64 blocks) is what non-CPU adapters run; lavapipe
+    // runs it here on request. Shapes off the 64 x 64 x 16 blocks, every layout, batched with a
+    // shared B and a bias, and the backward products.
+    let tiled = fresh_gpu();
+    tiled.set_tiled_matmul(true);
+    let mut rng = Rng::new(6);
+    for &(batch, m, n, k) in &[
+        (1, 1, 1, 1),
+        (1, 17, 33, 65),
+        (1, 130, 67, 200),
+        (3, 19, 23, 29),
+    ] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let lead = |rows: usize, cols: usize| {
+                if batch == 1 {
+                    vec![rows, cols]
+                } else {
+                    vec![batch, rows, cols]
+                }
+            };
+            let sa = if ta { lead(k, m) } else { lead(m, k) };
+            let sb = if tb { lead(n, k) } else { lead(k, n) };
+            let inputs = vec![
+                (rng.vec(batch * m * k), sa),
+                (rng.vec(batch * k * n), sb),
+                (rng.vec(n), vec![n]),
+            ];
+            compare_backends_on(
+                &tiled,
+                &format!("tiled {batch}x{m}x{n}x{k} ta={ta} tb={tb}"),
+                &inputs,
+                |g, v| g.matmul_ext(v[0], v[1], ta, tb, Some(v[2])).unwrap(),
+                1e-4,
+            );
+        }
+    }
+    let inputs = vec![
+        (rng.vec(3 * 19 * 29), vec![3, 19, 29]),
+        (rng.vec(23 * 29), vec![23, 29]),
+        (rng.vec(23), vec![23]),
+    ];
+    compare_backends_on(
+        &tiled,
+        "tiled linear",
+        &inputs,
+        |g, v| g.linear(v[0], v[1], Some(v[2])).unwrap(),
+        1e-4,
+    );
+}
+
+#[test]
 fn many_small_batched_products_match_cpu_in_every_layout() {
     // Attention-like: a batch that is not a multiple of the workgroup's 8 lanes and N far below
     // a workgroup's row of tiles, so the lanes take batch entries (flag bit 4 of the shader);

@@ -101,6 +101,22 @@ fn one_full_step_is_equal_on_gpu_and_cpu() {
 }
 
 #[test]
+fn one_full_step_is_equal_with_the_hardware_gpu_matmul() {
+    // Non-CPU adapters run every matmul on `matmul_tiled`; lavapipe runs it here on request.
+    let tiled = fresh_gpu();
+    tiled.set_tiled_matmul(true);
+    let (cpu, gpu) = (two_steps(&Backend::Cpu), two_steps(&Backend::Gpu(tiled)));
+    assert!(
+        (cpu.0 - gpu.0).abs() < 1e-5 * cpu.0.abs(),
+        "loss {} vs {}",
+        cpu.0,
+        gpu.0
+    );
+    let err = rel_err(&gpu.2, &cpu.2);
+    assert!(err < 1e-5, "parameters after two steps differ by {err:.2e}");
+}
+
+#[test]
 fn flat_buffers_larger_than_one_binding_are_split() {
     // A ViT-B/16's flat parameter, gradient and moment buffers (598 MB each) exceed WebGPU's
     // 128 MiB per binding; here a device that pretends to bind 64 KiB at most makes the small

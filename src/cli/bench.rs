@@ -122,7 +122,11 @@ pub fn time_matmul(gpu: &Gpu, dims: MatmulDims, repeats: usize) -> MatmulTiming 
     let seconds = times[times.len() / 2];
     MatmulTiming {
         dims,
-        kernel: matmul::kernel_plan(&dims),
+        kernel: if gpu.tiled_matmul() {
+            "matmul_tiled".into()
+        } else {
+            matmul::kernel_plan(&dims)
+        },
         seconds,
         gflops: dims.flops() / seconds / 1e9,
         dispatches_per_submit: per_submit,

@@ -94,6 +94,7 @@ pub fn run(args: InfoArgs) -> CliResult {
                 "driver": gpu.info.driver,
                 "driver_info": gpu.info.driver_info,
                 "bounds_checks": gpu.bounds_checks,
+                "matmul": if gpu.tiled_matmul() { "tiled" } else { "register" },
                 "limits": limits,
                 "features": features,
             },
@@ -112,6 +113,14 @@ pub fn run(args: InfoArgs) -> CliResult {
     println!(
         "  shader bounds checks: {}",
         if gpu.bounds_checks { "on" } else { "off" }
+    );
+    println!(
+        "  matmul kernels: {} (CLUSTERCLIP_MATMUL=tiled|register)",
+        if gpu.tiled_matmul() {
+            "tiled, workgroup memory (hardware GPUs)"
+        } else {
+            "register tiles (CPU drivers)"
+        }
     );
     println!("  limits:");
     for (name, value) in &limits {

@@ -55,11 +55,15 @@ pub struct GpuOptions {
     /// Bind at most this many bytes per storage binding, below the device's limit (tests of
     /// the splitting of large tensors and batches; `CLUSTERCLIP_MAX_BINDING_BYTES`).
     pub max_binding_bytes: Option<u64>,
+    /// Matmul kernels: `Some(true)` the workgroup-memory kernel for hardware GPUs, `Some(false)`
+    /// the register-tile kernels for CPU drivers, `None` by adapter type
+    /// (`CLUSTERCLIP_MATMUL=tiled|register`).
+    pub tiled_matmul: Option<bool>,
 }
 
 impl GpuOptions {
-    /// Options from `CLUSTERCLIP_BACKEND`, `CLUSTERCLIP_ADAPTER`, `CLUSTERCLIP_BOUNDS_CHECKS` and
-    /// `CLUSTERCLIP_MAX_BINDING_BYTES`.
+    /// Options from `CLUSTERCLIP_BACKEND`, `CLUSTERCLIP_ADAPTER`, `CLUSTERCLIP_BOUNDS_CHECKS`,
+    /// `CLUSTERCLIP_MATMUL` and `CLUSTERCLIP_MAX_BINDING_BYTES`.
     pub fn from_env() -> Result<Self, String> {
         let mut options = GpuOptions::default();
         if let Ok(text) = std::env::var("CLUSTERCLIP_BACKEND") {
@@ -73,6 +77,18 @@ impl GpuOptions {
         }
         if let Ok(text) = std::env::var("CLUSTERCLIP_BOUNDS_CHECKS") {
             options.bounds_checks = Some(matches!(text.as_str(), "1" | "true" | "on"));
+        }
+        if let Ok(text) = std::env::var("CLUSTERCLIP_MATMUL") {
+            options.tiled_matmul = match text.as_str() {
+                "tiled" => Some(true),
+                "register" => Some(false),
+                "" | "auto" => None,
+                other => {
+                    return Err(format!(
+                        "CLUSTERCLIP_MATMUL {other:?}: use tiled, register or auto"
+                    ));
+                }
+            };
         }
         if let Ok(text) = std::env::var("CLUSTERCLIP_MAX_BINDING_BYTES") {
             options.max_binding_bytes = Some(text.parse().map_err(|_| {

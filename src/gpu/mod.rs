@@ -45,6 +45,10 @@ pub struct Gpu {
     /// Largest storage binding in bytes: the device's limit, or lower in tests (see
     /// [`Gpu::set_binding_limit`]).
     binding_limit: std::sync::atomic::AtomicU64,
+    /// Matmuls run on the workgroup-memory kernel made for hardware GPUs (true) or the
+    /// register-tile kernels tuned for CPU drivers such as lavapipe (false); see
+    /// [`Gpu::set_tiled_matmul`].
+    tiled_matmul: std::sync::atomic::AtomicBool,
     /// Per-kernel wall time when profiling (`CLUSTERCLIP_PROFILE=1` or [`Gpu::set_profiling`]):
     /// every dispatch is then submitted and waited for on its own, so totals are exact per
     /// kernel but the step as a whole runs slower than normal.
@@ -147,6 +151,9 @@ impl Gpu {
             .await
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
         let bounds_checks = options.bounds_checks.unwrap_or(cfg!(debug_assertions));
+        let tiled_matmul = options
+            .tiled_matmul
+            .unwrap_or(info.device_type != wgpu::DeviceType::Cpu);
         let binding_limit = options
             .max_binding_bytes
             .map_or(limits.max_storage_buffer_binding_size, |b| {
@@ -165,6 +172,7 @@ impl Gpu {
             pool: Arc::new(Mutex::new(BufferPool::default())),
             poison: std::sync::atomic::AtomicBool::new(false),
             binding_limit: std::sync::atomic::AtomicU64::new(binding_limit),
+            tiled_matmul: std::sync::atomic::AtomicBool::new(tiled_matmul),
             profile: Mutex::new(
                 (std::env::var("CLUSTERCLIP_PROFILE").is_ok_and(|v| v == "1")).then(HashMap::new),
             ),
@@ -197,6 +205,18 @@ impl Gpu {
     /// Dispatches recorded since the device was opened.
     pub fn dispatch_count(&self) -> u64 {
         self.recorder.lock().unwrap().dispatches
+    }
+
+    /// Whether matmuls use the workgroup-memory kernel for hardware GPUs (`matmul_tiled`).
+    pub fn tiled_matmul(&self) -> bool {
+        self.tiled_matmul.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Chooses the matmul kernels: the workgroup-memory kernel for hardware GPUs (the default
+    /// on non-CPU adapters) or the register-tile kernels tuned for CPU drivers.
+    pub fn set_tiled_matmul(&self, on: bool) {
+        self.tiled_matmul
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Largest storage binding in 32-bit words, a multiple of the 256-byte view alignment.

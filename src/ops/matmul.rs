@@ -178,6 +178,26 @@ struct Params {
     flags: u32,
 }
 
+impl Params {
+    /// Sizes and batch strides of `dims`, no flags.
+    fn new(dims: &MatmulDims) -> Params {
+        Params {
+            m: dims.m as u32,
+            n: dims.n as u32,
+            k: dims.k as u32,
+            batch: dims.batch as u32,
+            a_batch_stride: (dims.m * dims.k) as u32,
+            b_batch_stride: if dims.shared_b {
+                0
+            } else {
+                (dims.k * dims.n) as u32
+            },
+            c_batch_stride: (dims.m * dims.n) as u32,
+            flags: 0,
+        }
+    }
+}
+
 /// The kernels that compute `dims`, for reports: `entry_point`, after transposed copies of the
 /// operands for large products in a slow layout.
 pub fn kernel_plan(dims: &MatmulDims) -> String {
@@ -300,6 +320,9 @@ pub fn dispatch(
     dims: MatmulDims,
     accumulate: bool,
 ) {
+    if gpu.tiled_matmul() {
+        return dispatch_tiled(gpu, a, b, bias, c, dims, accumulate);
+    }
     let (transpose_a, transpose_b) = transposes_first(&dims);
     if transpose_a || transpose_b {
         let b_batch = if dims.shared_b { 1 } else { dims.batch };
@@ -323,18 +346,8 @@ pub fn dispatch(
         | u32::from(accumulate) << 3
         | u32::from(lanes_over_batch) << 4;
     let params = Params {
-        m: dims.m as u32,
-        n: dims.n as u32,
-        k: dims.k as u32,
-        batch: dims.batch as u32,
-        a_batch_stride: (dims.m * dims.k) as u32,
-        b_batch_stride: if dims.shared_b {
-            0
-        } else {
-            (dims.k * dims.n) as u32
-        },
-        c_batch_stride: (dims.m * dims.n) as u32,
         flags,
+        ..Params::new(&dims)
     };
     let groups = if lanes_over_batch {
         [
@@ -350,6 +363,39 @@ pub fn dispatch(
         ]
     };
     // The kernel always binds a bias; without one, A stands in (never read).
+    let bias = bias.unwrap_or(a);
+    gpu.dispatch(
+        &kernel,
+        &params,
+        &[a.gpu(), b.gpu(), c.gpu(), bias.gpu()],
+        groups,
+    );
+}
+
+/// The workgroup-memory kernel of hardware GPUs (`matmul_tiled`): any layout, no copies.
+fn dispatch_tiled(
+    gpu: &Gpu,
+    a: &Storage,
+    b: &Storage,
+    bias: Option<&Storage>,
+    c: &Storage,
+    dims: MatmulDims,
+    accumulate: bool,
+) {
+    let kernel = gpu.kernel(&crate::shader!("matmul"), "matmul_tiled");
+    let params = Params {
+        flags: u32::from(dims.trans_a)
+            | u32::from(dims.trans_b) << 1
+            | u32::from(bias.is_some()) << 2
+            | u32::from(accumulate) << 3,
+        ..Params::new(&dims)
+    };
+    // 64 x 64 blocks of C per workgroup (TILED_M, TILED_N in the shader).
+    let groups = [
+        (dims.n as u32).div_ceil(64),
+        (dims.m as u32).div_ceil(64),
+        dims.batch as u32,
+    ];
     let bias = bias.unwrap_or(a);
     gpu.dispatch(
         &kernel,

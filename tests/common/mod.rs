@@ -170,8 +170,19 @@ pub fn compare_backends(
     build: impl Fn(&mut Graph, &[Tensor]) -> Tensor,
     tol: f32,
 ) {
+    compare_backends_on(&gpu(), name, inputs, build, tol);
+}
+
+/// [`compare_backends`] on a given device (e.g. one set to other kernels).
+pub fn compare_backends_on(
+    gpu: &Arc<Gpu>,
+    name: &str,
+    inputs: &[(Vec<f32>, Vec<usize>)],
+    build: impl Fn(&mut Graph, &[Tensor]) -> Tensor,
+    tol: f32,
+) {
     let mut results = Vec::new();
-    for mut g in [cpu_graph(), gpu_graph()] {
+    for mut g in [cpu_graph(), Graph::new(Backend::Gpu(gpu.clone()))] {
         let vars: Vec<Tensor> = inputs
             .iter()
             .map(|(v, s)| g.variable(v, s).unwrap())

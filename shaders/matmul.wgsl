@@ -362,18 +362,46 @@ fn transpose_copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
 // 16 × 64 of B per k step in workgroup memory (8 KiB); loads follow the contiguous axis of each
 // layout, so any transpose flags work without copies. Lavapipe runs it too (slowly: barriers),
 // which is how the tests check it; src/ops/matmul.rs picks it for non-CPU adapters.
-const TILED_M: u32 = 64u;
-const TILED_N: u32 = 64u;
+// Rows and columns of C per workgroup (16 invocations x 4 each way).
+const TILED_MN: u32 = 64u;
 const TILED_K: u32 = 16u;
 
 var<workgroup> a_stage: array<f32, 1024>;
 var<workgroup> b_stage: array<f32, 1024>;
 
+struct StageSlot {
+    // position in the [TILED_K][TILED_MN] stage
+    slot: u32,
+    // element of the operand's buffer
+    index: u32,
+    // inside the operand (else the stage holds 0)
+    valid: bool,
+}
+
+// Value e (0..1024) of one k step's stage of an operand with `outer` rows or columns (M for A,
+// N for B) from `outer0` and k from `k0`. `k_major`: stored [K, outer] (A transposed, B as is),
+// else [outer, K]. Neighbouring e follow the stored layout's contiguous axis.
+fn stage_slot(e: u32, outer0: u32, outer: u32, k0: u32, k_major: bool, base: u32) -> StageSlot {
+    var o: u32;
+    var kk: u32;
+    if k_major {
+        o = e % TILED_MN;
+        kk = e / TILED_MN;
+    } else {
+        kk = e % TILED_K;
+        o = e / TILED_K;
+    }
+    let go = outer0 + o;
+    let gk = k0 + kk;
+    let index = select(base + go * params.k + gk, base + gk * outer + go, k_major);
+    return StageSlot(kk * TILED_MN + o, index, go < outer && gk < params.k);
+}
+
 @compute @workgroup_size(16, 16)
 fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
     let batch = wid.z;
-    let row0 = wid.y * TILED_M;
-    let col0 = wid.x * TILED_N;
+    let row0 = wid.y * TILED_MN;
+    let col0 = wid.x * TILED_MN;
     let trans_a = (params.flags & 1u) != 0u;
     let trans_b = (params.flags & 2u) != 0u;
     let a_base = batch * params.a_batch_stride;
@@ -387,50 +415,23 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         // neighbouring addresses of the stored layout.
         for (var i = 0u; i < 4u; i++) {
             let e = lane + i * 256u;
-            var r: u32;
-            var kk: u32;
-            if trans_a {
-                r = e % TILED_M;
-                kk = e / TILED_M;
-            } else {
-                kk = e % TILED_K;
-                r = e / TILED_K;
-            }
-            let gr = row0 + r;
-            let gk = k0 + kk;
+            let at_a = stage_slot(e, row0, params.m, k0, trans_a, a_base);
             var v = 0.0;
-            if gr < params.m && gk < params.k {
-                if trans_a {
-                    v = a[a_base + gk * params.m + gr];
-                } else {
-                    v = a[a_base + gr * params.k + gk];
-                }
+            if at_a.valid {
+                v = a[at_a.index];
             }
-            a_stage[kk * TILED_M + r] = v;
-            var c: u32;
-            if trans_b {
-                kk = e % TILED_K;
-                c = e / TILED_K;
-            } else {
-                c = e % TILED_N;
-                kk = e / TILED_N;
-            }
-            let gc = col0 + c;
-            let gk2 = k0 + kk;
+            a_stage[at_a.slot] = v;
+            let at_b = stage_slot(e, col0, params.n, k0, !trans_b, b_base);
             var w = 0.0;
-            if gc < params.n && gk2 < params.k {
-                if trans_b {
-                    w = b[b_base + gc * params.k + gk2];
-                } else {
-                    w = b[b_base + gk2 * params.n + gc];
-                }
+            if at_b.valid {
+                w = b[at_b.index];
             }
-            b_stage[kk * TILED_N + c] = w;
+            b_stage[at_b.slot] = w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILED_K; kk++) {
-            let ar = kk * TILED_M + lid.y * 4u;
-            let bc = kk * TILED_N + lid.x * 4u;
+            let ar = kk * TILED_MN + lid.y * 4u;
+            let bc = kk * TILED_MN + lid.x * 4u;
             let av = vec4(a_stage[ar], a_stage[ar + 1u], a_stage[ar + 2u], a_stage[ar + 3u]);
             let bv = vec4(b_stage[bc], b_stage[bc + 1u], b_stage[bc + 2u], b_stage[bc + 3u]);
             acc0 = fma(vec4(av.x), bv, acc0);

@@ -299,13 +299,7 @@ fn softmax_rows_sum_to_one_and_mask_the_future() {
 #[test]
 fn unchecked_shaders_give_the_same_results() {
     // Release builds drop wgpu's bounds checks; these kernels must guard their own indices.
-    let options = clusterclip::gpu::GpuOptions {
-        backend: clusterclip::gpu::BackendChoice::Vulkan,
-        bounds_checks: Some(false),
-        ..Default::default()
-    };
-    let gpu = clusterclip::gpu::Gpu::new(&options).unwrap();
-    gpu.set_poison(true);
+    let gpu = unchecked_gpu();
     let mut rng = Rng::new(16);
     let x = rng.vec(3 * 77 * 77);
     let ids: Vec<u32> = (0..200).map(|_| rng.below(50)).collect();

@@ -186,13 +186,7 @@ fn bad_shapes_name_the_op_and_the_shapes() {
 #[test]
 fn unchecked_shaders_give_the_same_result() {
     // Release builds drop wgpu's bounds checks; the loss kernels must guard their own indices.
-    let options = clusterclip::gpu::GpuOptions {
-        backend: clusterclip::gpu::BackendChoice::Vulkan,
-        bounds_checks: Some(false),
-        ..Default::default()
-    };
-    let gpu = clusterclip::gpu::Gpu::new(&options).unwrap();
-    gpu.set_poison(true);
+    let gpu = unchecked_gpu();
     let mut rng = Rng::new(24);
     let (b, d) = (259, 12);
     let (img, txt) = (unit_rows(&mut rng, b, d), unit_rows(&mut rng, b, d));

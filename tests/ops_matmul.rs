@@ -262,12 +262,7 @@ fn mismatched_shapes_name_the_op_and_both_shapes() {
 #[test]
 fn unchecked_shaders_give_the_same_result() {
     // Release builds drop wgpu's bounds checks; the kernels must not rely on them.
-    let options = clusterclip::gpu::GpuOptions {
-        backend: clusterclip::gpu::BackendChoice::Vulkan,
-        bounds_checks: Some(false),
-        ..Default::default()
-    };
-    let gpu = clusterclip::gpu::Gpu::new(&options).unwrap();
+    let gpu = unchecked_gpu();
     let mut rng = Rng::new(7);
     let (a, b) = (rng.vec(17 * 65), rng.vec(65 * 33));
     let mut g = clusterclip::Graph::new(clusterclip::Backend::Gpu(gpu));

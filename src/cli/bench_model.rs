@@ -91,12 +91,44 @@ pub fn synthetic_batch(config: &ClipConfig, batch: usize, seed: u64) -> (Vec<f32
     (images, tokens)
 }
 
+/// What every model benchmark starts from: the preset's model (seed 0) on the chosen GPU and a
+/// builtin-shapes batch.
+struct BenchSetup {
+    config: ClipConfig,
+    gpu: std::sync::Arc<crate::gpu::Gpu>,
+    backend: Backend,
+    clip: Clip,
+    images: Vec<f32>,
+    tokens: Vec<u32>,
+}
+
+impl BenchSetup {
+    fn new(preset: &str, gpu: &GpuArgs, batch: usize) -> Result<Self, Box<dyn std::error::Error>> {
+        let config = ClipConfig::preset(preset)?;
+        let gpu = crate::gpu::Gpu::new(&gpu.options()?)?;
+        let backend = Backend::Gpu(gpu.clone());
+        let clip = Clip::new(config.clone(), &backend, 0)?;
+        let (images, tokens) = synthetic_batch(&config, batch, 0);
+        Ok(BenchSetup {
+            config,
+            gpu,
+            backend,
+            clip,
+            images,
+            tokens,
+        })
+    }
+}
+
 pub fn run_tower(args: TowerArgs) -> CliResult {
-    let config = ClipConfig::preset(&args.preset)?;
-    let gpu = crate::gpu::Gpu::new(&args.gpu.options()?)?;
-    let backend = Backend::Gpu(gpu.clone());
-    let clip = Clip::new(config.clone(), &backend, 0)?;
-    let (images, tokens) = synthetic_batch(&config, args.batch_size, 0);
+    let BenchSetup {
+        config,
+        gpu,
+        backend,
+        clip,
+        images,
+        tokens,
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
     let v = &config.vision;
     let patches = v.patches();
     let keep = args.keep.unwrap_or(patches).min(patches);
@@ -192,11 +224,14 @@ pub struct MaskBenchArgs {
 /// Cluster-mask kernels (and the read of k and the kept indices, as the training step does)
 /// against the image tower's forward+backward on the same batch.
 pub fn run_mask(args: MaskBenchArgs) -> CliResult {
-    let config = ClipConfig::preset(&args.preset)?;
-    let gpu = crate::gpu::Gpu::new(&args.gpu.options()?)?;
-    let backend = Backend::Gpu(gpu.clone());
-    let clip = Clip::new(config.clone(), &backend, 0)?;
-    let (images, _) = synthetic_batch(&config, args.batch_size, 0);
+    let BenchSetup {
+        config,
+        gpu,
+        backend,
+        clip,
+        images,
+        ..
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
     let v = &config.vision;
     let strategy = MaskStrategy::Cluster(ClusterMaskConfig::default());
     let mut ratio = 0.0;
@@ -277,12 +312,15 @@ pub fn parse_strategy(mask: &str, mask_ratio: f64) -> Result<MaskStrategy, Strin
 }
 
 pub fn run_step(args: StepArgs) -> CliResult {
-    let config = ClipConfig::preset(&args.preset)?;
     let strategy = parse_strategy(&args.mask, args.mask_ratio)?;
-    let gpu = crate::gpu::Gpu::new(&args.gpu.options()?)?;
-    let backend = Backend::Gpu(gpu.clone());
-    let clip = Clip::new(config.clone(), &backend, 0)?;
-    let (images, tokens) = synthetic_batch(&config, args.batch_size, 0);
+    let BenchSetup {
+        gpu,
+        backend,
+        clip,
+        images,
+        tokens,
+        ..
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
     let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
     let mut ratios = Vec::new();
     let mut step = |i: u32| -> Result<f64, Box<dyn std::error::Error>> {

@@ -167,19 +167,7 @@ impl Gpu {
             dst.len(),
             "copy between buffers of different lengths"
         );
-        if src.is_empty() {
-            return;
-        }
-        let mut rec = self.recorder.lock().unwrap();
-        let epoch = rec.epoch;
-        rec.encoder(&self.device).copy_buffer_to_buffer(
-            src.buffer(),
-            src.byte_offset(),
-            dst.buffer(),
-            dst.byte_offset(),
-            (src.len() * 4) as u64,
-        );
-        dst.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
+        self.copy_range(src, 0, dst, 0, src.len());
     }
 
     /// Copies `len` words of `src` from `src_offset` into `dst` at `dst_offset`, inside the step's

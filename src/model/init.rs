@@ -64,35 +64,35 @@ fn declare(config: &ClipConfig) -> Vec<(ParamSpec, Init)> {
     let t = &config.text;
     let e = config.embed_dim;
     let mut out = Vec::new();
-    let mut p = |name: &str, shape: Vec<usize>, init: Init| {
-        out.push((
+    let p = |name: &str, shape: Vec<usize>, init: Init| {
+        (
             ParamSpec {
                 name: name.to_string(),
                 shape,
             },
             init,
-        ))
+        )
     };
     let vscale = (v.width as f32).powf(-0.5);
     let patch_fan_in = 3 * v.patch_size * v.patch_size;
-    p(
+    out.push(p(
         "visual.class_embedding",
         vec![v.width],
         Init::Normal(vscale),
-    );
-    p(
+    ));
+    out.push(p(
         "visual.positional_embedding",
         vec![v.patches() + 1, v.width],
         Init::Normal(vscale),
-    );
-    p("visual.proj", vec![v.width, e], Init::Normal(vscale));
-    p(
+    ));
+    out.push(p("visual.proj", vec![v.width, e], Init::Normal(vscale)));
+    out.push(p(
         "visual.conv1.weight",
         vec![v.width, 3, v.patch_size, v.patch_size],
         Init::Uniform(1.0 / (patch_fan_in as f32).sqrt()),
-    );
-    p("visual.ln_pre.weight", vec![v.width], Init::Ones);
-    p("visual.ln_pre.bias", vec![v.width], Init::Zeros);
+    ));
+    out.push(p("visual.ln_pre.weight", vec![v.width], Init::Ones));
+    out.push(p("visual.ln_pre.bias", vec![v.width], Init::Zeros));
     for i in 0..v.layers {
         out.extend(block_specs(
             &format!("visual.transformer.resblocks.{i}."),
@@ -100,33 +100,24 @@ fn declare(config: &ClipConfig) -> Vec<(ParamSpec, Init)> {
             None,
         ));
     }
-    let mut p = |name: &str, shape: Vec<usize>, init: Init| {
-        out.push((
-            ParamSpec {
-                name: name.to_string(),
-                shape,
-            },
-            init,
-        ))
-    };
-    p("visual.ln_post.weight", vec![v.width], Init::Ones);
-    p("visual.ln_post.bias", vec![v.width], Init::Zeros);
-    p(
+    out.push(p("visual.ln_post.weight", vec![v.width], Init::Ones));
+    out.push(p("visual.ln_post.bias", vec![v.width], Init::Zeros));
+    out.push(p(
         "positional_embedding",
         vec![t.context_length, t.width],
         Init::Normal(0.01),
-    );
-    p(
+    ));
+    out.push(p(
         "text_projection",
         vec![t.width, e],
         Init::Normal((t.width as f32).powf(-0.5)),
-    );
-    p("logit_scale", vec![], Init::Constant(LOGIT_SCALE_INIT));
-    p(
+    ));
+    out.push(p("logit_scale", vec![], Init::Constant(LOGIT_SCALE_INIT)));
+    out.push(p(
         "token_embedding.weight",
         vec![t.vocab_size, t.width],
         Init::Normal(0.02),
-    );
+    ));
     let attn_std = (t.width as f32).powf(-0.5);
     let proj_std = attn_std * ((2 * t.layers) as f32).powf(-0.5);
     let fc_std = ((2 * t.width) as f32).powf(-0.5);
@@ -137,17 +128,8 @@ fn declare(config: &ClipConfig) -> Vec<(ParamSpec, Init)> {
             Some((attn_std, proj_std, fc_std)),
         ));
     }
-    let mut p = |name: &str, shape: Vec<usize>, init: Init| {
-        out.push((
-            ParamSpec {
-                name: name.to_string(),
-                shape,
-            },
-            init,
-        ))
-    };
-    p("ln_final.weight", vec![t.width], Init::Ones);
-    p("ln_final.bias", vec![t.width], Init::Zeros);
+    out.push(p("ln_final.weight", vec![t.width], Init::Ones));
+    out.push(p("ln_final.bias", vec![t.width], Init::Zeros));
     out
 }
 

@@ -310,7 +310,9 @@ fn transpose(gpu: &Gpu, src: &Storage, batch: usize, rows: usize, cols: usize) -
     dst
 }
 
-/// Records the matmul kernel writing (or, with `accumulate`, adding) into `c`.
+/// Records the matmul kernel writing (or, with `accumulate`, adding) into `c`: the
+/// workgroup-memory kernel on hardware GPUs, the register-tile kernels (after transposed copies
+/// where they pay) on CPU drivers.
 pub fn dispatch(
     gpu: &Gpu,
     a: &Storage,
@@ -320,10 +322,12 @@ pub fn dispatch(
     dims: MatmulDims,
     accumulate: bool,
 ) {
-    if gpu.tiled_matmul() {
-        return dispatch_tiled(gpu, a, b, bias, c, dims, accumulate);
-    }
-    let (transpose_a, transpose_b) = transposes_first(&dims);
+    let tiled = gpu.tiled_matmul();
+    let (transpose_a, transpose_b) = if tiled {
+        (false, false)
+    } else {
+        transposes_first(&dims)
+    };
     if transpose_a || transpose_b {
         let b_batch = if dims.shared_b { 1 } else { dims.batch };
         let a_t = transpose_a.then(|| transpose(gpu, a, dims.batch, dims.m, dims.k));
@@ -336,10 +340,16 @@ pub fn dispatch(
         let (a, b) = (a_t.as_ref().unwrap_or(a), b_t.as_ref().unwrap_or(b));
         return dispatch(gpu, a, b, bias, c, dims, accumulate);
     }
-    let kernel = gpu.kernel(&crate::shader!("matmul"), entry_point(&dims));
-    let tile = tile_size();
+    let entry = if tiled {
+        "matmul_tiled"
+    } else {
+        entry_point(&dims)
+    };
+    let kernel = gpu.kernel(&crate::shader!("matmul"), entry);
     let [wx, wy, _] = kernel.workgroup_size;
-    let lanes_over_batch = lanes_over_batch(&dims, tile, wx, wy);
+    // Rows and columns of C per invocation: 4 in `matmul_tiled`, TILE in the others.
+    let tile = if tiled { 4 } else { tile_size() };
+    let lanes_over_batch = !tiled && lanes_over_batch(&dims, tile, wx, wy);
     let flags = u32::from(dims.trans_a)
         | u32::from(dims.trans_b) << 1
         | u32::from(bias.is_some()) << 2
@@ -363,39 +373,6 @@ pub fn dispatch(
         ]
     };
     // The kernel always binds a bias; without one, A stands in (never read).
-    let bias = bias.unwrap_or(a);
-    gpu.dispatch(
-        &kernel,
-        &params,
-        &[a.gpu(), b.gpu(), c.gpu(), bias.gpu()],
-        groups,
-    );
-}
-
-/// The workgroup-memory kernel of hardware GPUs (`matmul_tiled`): any layout, no copies.
-fn dispatch_tiled(
-    gpu: &Gpu,
-    a: &Storage,
-    b: &Storage,
-    bias: Option<&Storage>,
-    c: &Storage,
-    dims: MatmulDims,
-    accumulate: bool,
-) {
-    let kernel = gpu.kernel(&crate::shader!("matmul"), "matmul_tiled");
-    let params = Params {
-        flags: u32::from(dims.trans_a)
-            | u32::from(dims.trans_b) << 1
-            | u32::from(bias.is_some()) << 2
-            | u32::from(accumulate) << 3,
-        ..Params::new(&dims)
-    };
-    // 64 x 64 blocks of C per workgroup (TILED_M, TILED_N in the shader).
-    let groups = [
-        (dims.n as u32).div_ceil(64),
-        (dims.m as u32).div_ceil(64),
-        dims.batch as u32,
-    ];
     let bias = bias.unwrap_or(a);
     gpu.dispatch(
         &kernel,

@@ -112,10 +112,7 @@ impl Trainer {
             (Some(a), Some(b)) => (a.clone(), b.clone()),
             _ => unreachable!("the contrastive loss reaches both feature sets"),
         };
-        // Only logit_scale has a gradient in this graph; the towers' come below.
-        self.optimizer.gather_grads(&g, &params, false);
-        let loss = g.storage(loss).clone();
-        drop(g);
+        let loss_graph = (g, params);
         // Pass 2: per micro-batch, back-propagate its rows of the feature gradients through the
         // towers: the gradient of Σ features ∘ d_features (a constant) is exactly that.
         let mut row = 0;
@@ -138,10 +135,13 @@ impl Trainer {
                 });
             }
             g.backward(surrogate.expect("two feature sets"))?;
-            self.optimizer.gather_grads(&g, &params, true);
+            self.optimizer.gather_grads(&g, &params, row > 0);
             row += inputs.batch;
         }
-        Ok(loss)
+        // Only logit_scale has a gradient in the loss graph: added to what the towers left.
+        let (g, params) = loss_graph;
+        self.optimizer.gather_grads(&g, &params, true);
+        Ok(g.storage(loss).clone())
     }
 }
 

@@ -20,13 +20,23 @@ pub fn gpu() -> Arc<Gpu> {
 /// A device of its own, set up as [`gpu`]'s (for tests that change device-wide settings).
 #[allow(dead_code)]
 pub fn fresh_gpu() -> Arc<Gpu> {
+    new_gpu(None)
+}
+
+/// A device of its own without wgpu's shader bounds checks, as release builds run.
+#[allow(dead_code)]
+pub fn unchecked_gpu() -> Arc<Gpu> {
+    new_gpu(Some(false))
+}
+
+/// Vulkan unless the environment says otherwise, new allocations poisoned with NaN; bounds
+/// checks as `bounds_checks` says, else on (release builds otherwise skip them).
+fn new_gpu(bounds_checks: Option<bool>) -> Arc<Gpu> {
     let mut options = GpuOptions::from_env().expect("GPU environment variables");
     if std::env::var("CLUSTERCLIP_BACKEND").is_err() {
         options.backend = clusterclip::gpu::BackendChoice::Vulkan;
     }
-    // Tests run wgpu's bounds-checked shaders (release builds otherwise skip the checks);
-    // tests/ops_matmul.rs also runs the unchecked variant.
-    options.bounds_checks.get_or_insert(true);
+    options.bounds_checks = bounds_checks.or(options.bounds_checks).or(Some(true));
     let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("{e}"));
     gpu.set_poison(true);
     gpu

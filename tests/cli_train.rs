@@ -8,8 +8,8 @@ use std::process::Output;
 
 use common::cli::{clusterclip, clusterclip_with_env, error_line, stderr, temp_dir};
 
-/// A run of the tiny preset: batch 4, 2 steps per epoch, validation on 16 samples, on Vulkan
-/// (lavapipe on CI; Mesa's GL path compiles kernels for a minute).
+/// A run of the tiny preset: batch 4, 2 steps per epoch, validation on 16 samples, on the
+/// adapter the binary chooses (`CLUSTERCLIP_BACKEND` overrides, as for every test).
 fn short_run(logs: &Path, extra: &[&str]) -> Output {
     let logs = logs.to_str().unwrap();
     let mut args = vec![
@@ -34,8 +34,6 @@ fn short_run(logs: &Path, extra: &[&str]) -> Output {
         "1",
         "--workers",
         "1",
-        "--backend",
-        "vulkan",
     ];
     args.extend_from_slice(extra);
     clusterclip(&args)
@@ -119,8 +117,6 @@ fn train_writes_the_run_folder_resumes_and_evaluates() {
         "--json",
         "--samples",
         "64",
-        "--backend",
-        "vulkan",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -142,8 +138,6 @@ fn train_writes_the_run_folder_resumes_and_evaluates() {
         "--json",
         "--samples",
         "16",
-        "--backend",
-        "vulkan",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -185,7 +179,7 @@ fn bad_flags_give_one_error_line_naming_the_flag() {
         ),
     ];
     for (flags, flag) in cases {
-        let mut args = vec!["train", "--logs", l, "--backend", "vulkan"];
+        let mut args = vec!["train", "--logs", l];
         args.extend_from_slice(flags);
         let out = clusterclip(&args);
         let err = stderr(&out);
@@ -235,8 +229,6 @@ fn batches_over_one_binding_run_as_micro_batches() {
         "0",
         "--workers",
         "1",
-        "--backend",
-        "vulkan",
     ];
     // The tiny preset's largest activation is 195 KiB per image: 800 kB bindings hold 4 images.
     let out = clusterclip_with_env(&args, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "800000")]);
@@ -255,8 +247,6 @@ fn batches_over_one_binding_run_as_micro_batches() {
         checkpoint.to_str().unwrap(),
         "--samples",
         "16",
-        "--backend",
-        "vulkan",
     ];
     let split = clusterclip_with_env(&eval, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "800000")]);
     let whole = clusterclip(&eval);

@@ -59,7 +59,7 @@ fn write_csv(dir: &Path, rows: &[Row]) -> PathBuf {
 }
 
 /// Two steps of 4 of the tiny preset on `csv` read with `reader` flags, no masking (the data
-/// path is under test), on Vulkan as tests/cli_train.rs.
+/// path is under test), on the adapter the binary chooses, as tests/cli_train.rs.
 fn train_on(csv: &Path, logs: &Path, reader: &[&str], extra: &[&str]) -> Output {
     let batch = BATCH.to_string();
     let samples = RUN_SAMPLES.to_string();
@@ -87,8 +87,6 @@ fn train_on(csv: &Path, logs: &Path, reader: &[&str], extra: &[&str]) -> Output 
         "1",
         "--workers",
         "1",
-        "--backend",
-        "vulkan",
     ];
     args.extend_from_slice(reader);
     args.extend_from_slice(extra);

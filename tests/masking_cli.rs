@@ -1,5 +1,7 @@
 //! `clusterclip mask`: JSON and picture of one mask, and one clear error line for bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -30,6 +32,8 @@ fn write_two_colour_png(path: &Path, width: u32, height: u32, seed: u64) {
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
+    // Says once which adapter the binary's choice lands on (the same choice as in this process).
+    let _ = common::gpu();
     let output = Command::new(env!("CARGO_BIN_EXE_clusterclip"))
         .arg("mask")
         .args(args)

@@ -9,6 +9,8 @@ pub fn clusterclip(args: &[&str]) -> Output {
 
 /// [`clusterclip`] with extra environment variables.
 pub fn clusterclip_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    // The binary makes the same adapter choice as the library in this process: say which, once.
+    let _ = super::gpu();
     Command::new(env!("CARGO_BIN_EXE_clusterclip"))
         .args(args)
         .envs(env.iter().copied())

@@ -10,8 +10,8 @@ use clusterclip::gpu::{Gpu, GpuOptions};
 use clusterclip::graph::{Backend, Graph, Tensor};
 
 /// The GPU every test of this binary shares (one device, one pipeline cache), with new
-/// allocations poisoned with NaN so unwritten outputs fail. Vulkan unless the environment says
-/// otherwise (Mesa's GL path compiles some kernels for a minute).
+/// allocations poisoned with NaN so unwritten outputs fail. The adapter is the one the library
+/// chooses (Vulkan where a driver exists, else GL); `CLUSTERCLIP_BACKEND` overrides.
 pub fn gpu() -> Arc<Gpu> {
     static GPU: OnceLock<Arc<Gpu>> = OnceLock::new();
     GPU.get_or_init(fresh_gpu).clone()
@@ -29,17 +29,35 @@ pub fn unchecked_gpu() -> Arc<Gpu> {
     new_gpu(Some(false))
 }
 
-/// Vulkan unless the environment says otherwise, new allocations poisoned with NaN; bounds
-/// checks as `bounds_checks` says, else on (release builds otherwise skip them).
+/// The library's adapter choice under the environment's settings, new allocations poisoned with
+/// NaN; bounds checks as `bounds_checks` says, else on (release builds otherwise skip them).
 fn new_gpu(bounds_checks: Option<bool>) -> Arc<Gpu> {
     let mut options = GpuOptions::from_env().expect("GPU environment variables");
-    if std::env::var("CLUSTERCLIP_BACKEND").is_err() {
-        options.backend = clusterclip::gpu::BackendChoice::Vulkan;
-    }
     options.bounds_checks = bounds_checks.or(options.bounds_checks).or(Some(true));
-    let gpu = Gpu::new(&options).unwrap_or_else(|e| panic!("{e}"));
+    let gpu = Gpu::new(&options).unwrap_or_else(|e| {
+        panic!(
+            "no GPU adapter for the tests: {e}. Install a Vulkan driver (Mesa's lavapipe: \
+             apt-get install mesa-vulkan-drivers) or GL (Mesa's llvmpipe: libegl-mesa0)"
+        )
+    });
+    announce_adapter(&gpu.describe());
     gpu.set_poison(true);
     gpu
+}
+
+/// Writes the adapter a test binary uses to stderr once, past the test harness's capture (which
+/// takes only the print macros), so every CI log says what the suite ran on.
+pub fn announce_adapter(description: &str) {
+    static ANNOUNCED: OnceLock<()> = OnceLock::new();
+    ANNOUNCED.get_or_init(|| {
+        use std::io::Write;
+        let binary = std::env::args().next().unwrap_or_default();
+        let binary = std::path::Path::new(&binary)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let _ = writeln!(std::io::stderr(), "[{binary}] adapter: {description}");
+    });
 }
 
 pub fn gpu_graph() -> Graph {

@@ -1,6 +1,8 @@
 //! Turns Fashion-MNIST, as the Debian package `dataset-fashion-mnist` installs it (IDX files
 //! under /usr/share/datasets/fashion-mnist), into an image folder for `imagefolder:DIR` zero-shot
-//! evaluation, and optionally a TSV of captions ("a photo of a {class}.") for training.
+//! evaluation, and optionally a TSV of captions for training: each image's class name in one of
+//! [`CAPTION_TEMPLATES`], chosen by a hash of the image index, so captions vary as web captions do
+//! while the zero-shot prompts (src/data/prompts.rs) stay a separate set.
 //!
 //! cargo run --release --example fashion_mnist_to_imagefolder -- \
 //!     --split test --out data/fashion-mnist-test [--limit 1000] [--tsv] [--idx-dir DIR]
@@ -22,6 +24,17 @@ const CLASS_FOLDERS: [&str; 10] = [
     "sneaker",
     "bag",
     "ankle_boot",
+];
+/// Caption phrasings for training; none is one of the zero-shot templates.
+const CAPTION_TEMPLATES: [&str; 8] = [
+    "a {}.",
+    "{}",
+    "a black and white photo of a {}.",
+    "a product photo of a {}.",
+    "a small picture of a {}.",
+    "a low resolution photo of a {}.",
+    "a {} on a dark background.",
+    "this is a {}.",
 ];
 const IDX_IMAGES_MAGIC: u32 = 0x0803;
 const IDX_LABELS_MAGIC: u32 = 0x0801;
@@ -109,6 +122,14 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), String> {
     Ok((dims, data))
 }
 
+/// A fixed pseudo-random template per image (splitmix64 of the index), independent of the split.
+fn template_index(index: usize) -> usize {
+    let mut z = (index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % CAPTION_TEMPLATES.len() as u64) as usize
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     let prefix = if args.split == "train" {
@@ -148,10 +169,9 @@ fn run() -> Result<(), String> {
         image
             .save(args.out.join(&relative))
             .map_err(|e| format!("{relative}: {e}"))?;
-        tsv.push_str(&format!(
-            "{relative}\ta photo of a {}.\n",
-            folder.replace('_', " ")
-        ));
+        let template = CAPTION_TEMPLATES[template_index(index)];
+        let caption = template.replace("{}", &folder.replace('_', " "));
+        tsv.push_str(&format!("{relative}\t{caption}\n"));
     }
     if args.tsv {
         let path = args.out.join("captions.tsv");

@@ -122,6 +122,18 @@ fn read_idx(path: &Path, magic: u32) -> Result<(Vec<usize>, Vec<u8>), String> {
     Ok((dims, data))
 }
 
+/// "a ankle boot" -> "an ankle boot".
+fn fix_article(caption: &str) -> String {
+    let mut words: Vec<&str> = caption.split(' ').collect();
+    for i in 0..words.len().saturating_sub(1) {
+        if words[i].eq_ignore_ascii_case("a") && words[i + 1].starts_with(['a', 'e', 'i', 'o', 'u'])
+        {
+            words[i] = if words[i] == "A" { "An" } else { "an" };
+        }
+    }
+    words.join(" ")
+}
+
 /// A fixed pseudo-random template per image (splitmix64 of the index), independent of the split.
 fn template_index(index: usize) -> usize {
     let mut z = (index as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -170,7 +182,7 @@ fn run() -> Result<(), String> {
             .save(args.out.join(&relative))
             .map_err(|e| format!("{relative}: {e}"))?;
         let template = CAPTION_TEMPLATES[template_index(index)];
-        let caption = template.replace("{}", &folder.replace('_', " "));
+        let caption = fix_article(&template.replace("{}", &folder.replace('_', " ")));
         tsv.push_str(&format!("{relative}\t{caption}\n"));
     }
     if args.tsv {

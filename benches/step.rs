@@ -25,7 +25,7 @@ fn main() {
                 preset: preset.into(),
                 batch_size: batch,
                 mask: MaskFlags {
-                    mask,
+                    mask: mask.to_string(),
                     ..MaskFlags::default()
                 },
                 repeats,

@@ -104,14 +104,14 @@ fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> 
 }
 
 /// The model of `cluster-embed`, if any, from --checkpoint or --preset.
-fn load_model(args: &MaskArgs) -> Result<Option<Clip>, String> {
+fn load_model(args: &MaskArgs, kind: MaskKind) -> Result<Option<Clip>, String> {
     let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
     if let Some(path) = &args.checkpoint {
         return Ok(Some(
             load_checkpoint(path, preset.as_ref())?.model(&Backend::Cpu),
         ));
     }
-    match (args.mask.mask, preset) {
+    match (kind, preset) {
         (MaskKind::ClusterEmbed, Some(config)) => {
             eprintln!(
                 "cluster-embed: untrained {} model initialised from --seed {}",
@@ -128,7 +128,8 @@ fn load_model(args: &MaskArgs) -> Result<Option<Clip>, String> {
 }
 
 pub fn run(args: MaskArgs) -> CliResult {
-    let model = load_model(&args)?;
+    let plan = args.mask.plan()?;
+    let model = load_model(&args, plan.strategy.kind())?;
     let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
     let vision = model
         .as_ref()
@@ -144,7 +145,6 @@ pub fn run(args: MaskArgs) -> CliResult {
         )
         .into());
     }
-    let plan = args.mask.plan()?;
     if !(0.0..=1.0).contains(&args.progress) {
         return Err(format!("--progress {} is outside [0, 1]", args.progress).into());
     }

@@ -127,9 +127,11 @@ impl FromStr for Threshold {
     }
 }
 
-/// The mask flags, as given; `MaskFlags::default()` holds every default the CLI shows. The
-/// mask generator's seed is each command's own `--seed` (train's also seeds the model, and a
-/// resumed run checks it), so it is not repeated here.
+/// The mask flags, as given; `MaskFlags::default()` holds every default the CLI shows. Names
+/// stay text until `plan` parses them, so a bad one is one error line naming its flag, like
+/// every other setting (clap's own value errors add usage lines). The mask generator's seed is
+/// each command's own `--seed` (train's also seeds the model, and a resumed run checks it), so
+/// it is not repeated here.
 #[derive(Clone, Debug, PartialEq)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct MaskFlags {
@@ -139,7 +141,7 @@ pub struct MaskFlags {
         arg(long = "mask", alias = "strategy", value_name = "STRATEGY",
             default_value_t = MaskFlags::default().mask)
     )]
-    pub mask: MaskKind,
+    pub mask: String,
     /// Dropped fraction of random masking (M4). Cluster masking at the same k (equal compute,
     /// M7): --min-mask-ratio and --max-mask-ratio both set to it.
     #[cfg_attr(feature = "cli", arg(long, default_value_t = MaskFlags::default().mask_ratio))]
@@ -149,7 +151,7 @@ pub struct MaskFlags {
     pub anchor_ratio: f64,
     /// Similarity threshold r in [0, 1] (M3.3), or `auto` with --target-mask-ratio (M3.6).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = MaskFlags::default().threshold))]
-    pub threshold: Threshold,
+    pub threshold: String,
     /// Realised mask ratio 1 − k/L that `--threshold auto` aims at, averaged over the first
     /// batches (M3.6); within [--min-mask-ratio, --max-mask-ratio].
     #[cfg_attr(feature = "cli", arg(long))]
@@ -163,21 +165,21 @@ pub struct MaskFlags {
     /// Pixels cluster masking compares (M3.1): normalized (the authors' code: CLIP-normalised
     /// patches) or rgb (pixels in [0, 1]: uniform patches are flat and never cluster).
     #[cfg_attr(feature = "cli", arg(long, default_value_t = MaskFlags::default().mask_features))]
-    pub mask_features: MaskFeatures,
+    pub mask_features: String,
 }
 
 impl Default for MaskFlags {
     fn default() -> Self {
         let cluster = ClusterMaskConfig::default();
         MaskFlags {
-            mask: MaskKind::Cluster,
+            mask: MaskKind::Cluster.to_string(),
             mask_ratio: 0.5, // FLIP's ratio (M4)
             anchor_ratio: cluster.anchor_ratio,
-            threshold: Threshold::Fixed(cluster.threshold),
+            threshold: Threshold::Fixed(cluster.threshold).to_string(),
             target_mask_ratio: None,
             min_mask_ratio: cluster.min_mask_ratio,
             max_mask_ratio: cluster.max_mask_ratio,
-            mask_features: cluster.features,
+            mask_features: cluster.features.to_string(),
         }
     }
 }
@@ -193,17 +195,24 @@ pub struct MaskPlan {
 impl MaskFlags {
     /// The one parser of the mask settings; the error names the flags.
     pub fn plan(&self) -> Result<MaskPlan, MaskError> {
+        let flag = |name: &str, e: String| MaskError::Settings(format!("--{name}: {e}"));
+        let kind: MaskKind = self.mask.parse().map_err(|e| flag("mask", e))?;
+        let threshold: Threshold = self.threshold.parse().map_err(|e| flag("threshold", e))?;
+        let features: MaskFeatures = self
+            .mask_features
+            .parse()
+            .map_err(|e| flag("mask-features", e))?;
         let cluster = ClusterMaskConfig {
             anchor_ratio: self.anchor_ratio,
-            threshold: match self.threshold {
+            threshold: match threshold {
                 Threshold::Fixed(r) => r,
                 Threshold::Auto => ClusterMaskConfig::default().threshold,
             },
             min_mask_ratio: self.min_mask_ratio,
             max_mask_ratio: self.max_mask_ratio,
-            features: self.mask_features,
+            features,
         };
-        let strategy = match self.mask {
+        let strategy = match kind {
             MaskKind::None => MaskStrategy::None,
             MaskKind::Random => {
                 check_ratio("mask-ratio", self.mask_ratio)?;
@@ -217,7 +226,7 @@ impl MaskFlags {
         if let Some(c) = strategy.cluster() {
             c.validate()?;
         }
-        let target_mask_ratio = match (self.threshold, self.target_mask_ratio) {
+        let target_mask_ratio = match (threshold, self.target_mask_ratio) {
             (Threshold::Auto, None) => {
                 return Err(MaskError::Settings(
                     "--threshold auto needs --target-mask-ratio".into(),
@@ -232,8 +241,7 @@ impl MaskFlags {
             (Threshold::Auto, Some(target)) => {
                 let Some(c) = strategy.cluster() else {
                     return Err(MaskError::Settings(format!(
-                        "--threshold auto calibrates cluster masking, not --mask {}",
-                        self.mask
+                        "--threshold auto calibrates cluster masking, not --mask {kind}"
                     )));
                 };
                 c.check_target(target)?;

@@ -8,6 +8,7 @@
 
 use clusterclip::cli::GpuArgs;
 use clusterclip::cli::bench_model::{StepArgs, run_step};
+use clusterclip::masking::{MaskFlags, MaskKind};
 
 fn main() {
     let filter: Vec<String> = std::env::args()
@@ -15,7 +16,7 @@ fn main() {
         .filter(|a| !a.starts_with("--"))
         .collect();
     for (preset, batch, repeats) in [("tiny", 64, 3), ("s16", 8, 1)] {
-        for mask in ["none", "random", "cluster"] {
+        for mask in [MaskKind::None, MaskKind::Random, MaskKind::Cluster] {
             let name = format!("{preset} {mask}");
             if !filter.iter().all(|f| name.contains(f.as_str())) {
                 continue;
@@ -23,8 +24,10 @@ fn main() {
             let args = StepArgs {
                 preset: preset.into(),
                 batch_size: batch,
-                mask: mask.into(),
-                mask_ratio: 0.5,
+                mask: MaskFlags {
+                    mask: mask.to_string(),
+                    ..MaskFlags::default()
+                },
                 repeats,
                 profile: false,
                 json: false,

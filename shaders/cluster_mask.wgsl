@@ -25,6 +25,15 @@ struct Params {
     seed_lo: u32,
     seed_hi: u32,
     step: u32,
+    // x * scale + shift per channel before standardising (features.rs pixel_transform, M3.1):
+    // identity for `normalized`, back to [0, 1] for `rgb`. Scalars: a uniform array needs a
+    // 16-byte stride.
+    scale_r: f32,
+    scale_g: f32,
+    scale_b: f32,
+    shift_r: f32,
+    shift_g: f32,
+    shift_b: f32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -78,6 +87,15 @@ fn bits24(image: u32, stream: u32, index: u32) -> u32 {
 
 // ---- patch_features: images [N, 3, H, W] -> unit centred patches [N, L, 3p²] (M3.1) ----
 
+// (scale, shift) of one channel.
+fn pixel_transform(channel: u32) -> vec2<f32> {
+    switch channel {
+        case 0u: { return vec2<f32>(params.scale_r, params.shift_r); }
+        case 1u: { return vec2<f32>(params.scale_g, params.shift_g); }
+        default: { return vec2<f32>(params.scale_b, params.shift_b); }
+    }
+}
+
 // One invocation per patch, two passes as the CPU twin: mean, then the centred sum of squares.
 // Flat patches become zero vectors. Features are stored dimension-major, [N, 3p², L], so
 // neighbouring invocations (patches) touch neighbouring words in every pass after the first.
@@ -100,10 +118,11 @@ fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     var sum = 0.0;
     var i = first;
     for (var channel = 0u; channel < 3u; channel++) {
+        let transform = pixel_transform(channel);
         for (var y = 0u; y < p; y++) {
             let start = ((image * 3u + channel) * params.height + top + y) * params.width + left;
             for (var x = 0u; x < p; x++) {
-                let v = images[start + x];
+                let v = images[start + x] * transform.x + transform.y;
                 pixel_features[i] = v;
                 sum += v;
                 i += stride;

@@ -109,8 +109,15 @@ fn cluster_mask_json_and_picture() {
         // Two colours: the clusters cover whole colour regions, so far more than the anchors.
         assert!(masked.len() >= 16, "{masked:?}");
     }
+    // Panels scaled 8x (nearest neighbour) to 256 px: every 8 x 8 block is one input pixel.
     let picture = image::open(&out).unwrap().into_rgb8();
-    assert_eq!(picture.dimensions(), (2 * 32 + 8, 2 * 32 + 8));
+    assert_eq!(picture.dimensions(), (2 * 256 + 8, 2 * 256 + 8));
+    for (bx, by) in [(0, 0), (13, 7), (31, 31)] {
+        let corner = picture.get_pixel(bx * 8, by * 8);
+        for (dx, dy) in [(7, 0), (0, 7), (5, 3), (7, 7)] {
+            assert_eq!(picture.get_pixel(bx * 8 + dx, by * 8 + dy), corner);
+        }
+    }
     // The same seed gives the same mask.
     let (_, again, _) = run(&args);
     assert_eq!(again, stdout);
@@ -141,6 +148,12 @@ fn random_strategy_and_threshold_calibration() {
     let json: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["keep_count"], 9); // round(36 * 0.25)
     assert_eq!(indices(&json["masked"]).len(), 27);
+    // `--strategy` is the hidden old name of `--mask`.
+    let renamed: Vec<&str> = random
+        .iter()
+        .map(|a| if *a == "--strategy" { "--mask" } else { a })
+        .collect();
+    assert_eq!(run(&renamed).1, stdout);
 
     let auto: Vec<&str> = [
         "--image",
@@ -160,6 +173,17 @@ fn random_strategy_and_threshold_calibration() {
     let json: Value = serde_json::from_str(&stdout).unwrap();
     let threshold = json["threshold"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&threshold));
+    // Calibration reports the ratio the mask realises, 1 - k/L (M3.6).
+    let reported: f64 = stderr
+        .split("realised mask ratio ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        (reported - json["mask_ratio"].as_f64().unwrap()).abs() < 1e-4,
+        "{stderr}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -235,6 +259,40 @@ fn bad_input_gives_one_clear_error_line() {
             vec![
                 "--image".into(),
                 path(&good),
+                "--threshold".into(),
+                "auto".into(),
+                "--target-mask-ratio".into(),
+                "0.95".into(),
+            ],
+            "--target-mask-ratio 0.95 is outside [--min-mask-ratio 0.3, --max-mask-ratio 0.9]"
+                .into(),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
+                "--mask".into(),
+                "random".into(),
+                "--threshold".into(),
+                "auto".into(),
+                "--target-mask-ratio".into(),
+                "0.5".into(),
+            ],
+            "--threshold auto calibrates cluster masking, not --mask random".into(),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
+                "--target-mask-ratio".into(),
+                "0.5".into(),
+            ],
+            "--target-mask-ratio needs --threshold auto".into(),
+        ),
+        (
+            vec![
+                "--image".into(),
+                path(&good),
                 "--image-size".into(),
                 "100".into(),
             ],
@@ -296,7 +354,7 @@ fn preset_sizes_and_cluster_embed_with_an_initialised_model() {
     assert!(!ok);
     assert_eq!(
         stderr.trim(),
-        "error: --strategy cluster-embed needs --preset or --checkpoint (M3.7)"
+        "error: --mask cluster-embed needs --preset or --checkpoint (M3.7)"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -7,9 +7,9 @@ mod common;
 
 use clusterclip::gpu::{Gpu, validate_wgsl};
 use clusterclip::masking::{
-    ClusterMaskConfig, ClusterScores, GpuEmbedding, GpuImages, MAX_GPU_PATCHES, MaskResult,
-    MaskRng, PatchFeatures, cluster_mask, cluster_mask_gpu, embedding_features, patch_features,
-    random_mask, random_mask_gpu,
+    ClusterMaskConfig, ClusterScores, GpuEmbedding, GpuImages, MAX_GPU_PATCHES, MaskFeatures,
+    MaskResult, MaskRng, PatchFeatures, cluster_mask, cluster_mask_gpu, embedding_features,
+    patch_features_of, random_mask, random_mask_gpu,
 };
 use common::{Rng, gpu};
 
@@ -64,7 +64,7 @@ fn both(
     rng: MaskRng,
 ) -> (MaskResult, MaskResult, usize) {
     let l = (h / p) * (w / p);
-    let pixels = patch_features(images, n, h, w, p);
+    let pixels = patch_features_of(images, n, h, w, p, config.features);
     let mut input = PatchFeatures::new(&pixels, n, l).unwrap();
     // CPU twin of the embedding: the patch tokens without the class token.
     let emb_cpu: Vec<f32> = embedding
@@ -154,6 +154,13 @@ fn gpu_cluster_mask_equals_the_cpu_twin_on_random_smooth_and_flat_images() {
             threshold: 0.6,
             min_mask_ratio: 0.5,
             max_mask_ratio: 0.8,
+            ..Default::default()
+        },
+        ClusterMaskConfig {
+            anchor_ratio: 0.1,
+            threshold: 0.3,
+            features: MaskFeatures::Rgb, // un-normalised inside the feature kernel (M3.1)
+            ..Default::default()
         },
     ];
     let mut keep_counts = std::collections::BTreeSet::new();
@@ -249,19 +256,26 @@ fn gpu_cluster_mask_equals_the_cpu_twin_on_built_in_images() {
         let sample = clusterclip::data::shapes::train_sample(7, i as u64, size);
         clusterclip::data::image_ops::normalise_rgb(&sample.rgb, size, image);
     }
-    let config = ClusterMaskConfig {
-        anchor_ratio: 0.05,
-        ..Default::default()
-    };
-    for step in 0..3 {
-        let (cpu, on_gpu, borderline) = both(
-            &gpu,
-            &images,
-            (n, size, size, p),
-            None,
-            &config,
-            MaskRng::new(11, step),
-        );
-        assert_same_mask(&format!("shapes, step {step}"), &cpu, &on_gpu, borderline);
+    for features in [MaskFeatures::Normalized, MaskFeatures::Rgb] {
+        let config = ClusterMaskConfig {
+            anchor_ratio: 0.05,
+            features,
+            ..Default::default()
+        };
+        let mut masked = 0;
+        for step in 0..3 {
+            let (cpu, on_gpu, borderline) = both(
+                &gpu,
+                &images,
+                (n, size, size, p),
+                None,
+                &config,
+                MaskRng::new(11, step),
+            );
+            let what = format!("shapes, {features}, step {step}");
+            assert_same_mask(&what, &cpu, &on_gpu, borderline);
+            masked += cpu.masked.iter().map(Vec::len).sum::<usize>();
+        }
+        eprintln!("{features}: {masked} patches covered in 3 batches of {n}");
     }
 }

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use crate::data::shapes;
 use crate::graph::{Backend, Graph};
-use crate::masking::{ClusterMaskConfig, MaskRng};
+use crate::masking::{MaskFlags, MaskRng, MaskStrategy, calibrate_on_images};
 use crate::model::{Clip, ClipConfig, ClipInputs, text, vision};
-use crate::train::mask_step::{MaskStrategy, compute_mask};
+use crate::train::mask_step::compute_mask;
 use crate::train::{AdamWConfig, Trainer};
 
 use super::{CliResult, GpuArgs};
@@ -36,11 +36,8 @@ pub struct StepArgs {
     pub preset: String,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
-    /// none, random or cluster.
-    #[arg(long, default_value = "cluster")]
-    pub mask: String,
-    #[arg(long, default_value_t = 0.5)]
-    pub mask_ratio: f64,
+    #[command(flatten)]
+    pub mask: MaskFlags,
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     /// After timing, run one more step with every kernel submitted and timed on its own and
@@ -213,6 +210,8 @@ pub struct MaskBenchArgs {
     pub preset: String,
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    #[command(flatten)]
+    pub mask: MaskFlags,
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
     #[arg(long)]
@@ -233,7 +232,7 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
         ..
     } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
     let v = &config.vision;
-    let strategy = MaskStrategy::Cluster(ClusterMaskConfig::default());
+    let strategy = bench_strategy(&args.mask, &images, &config)?;
     let mut ratio = 0.0;
     let mut mask_pass = |step: u32| -> Result<f64, Box<dyn std::error::Error>> {
         gpu.sync();
@@ -279,17 +278,18 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
         println!(
             "{}",
             serde_json::json!({
-                "preset": args.preset, "batch_size": args.batch_size,
+                "preset": args.preset, "batch_size": args.batch_size, "mask": strategy.name(),
                 "adapter": gpu.info.name, "backend": format!("{:?}", gpu.info.backend),
                 "mask_seconds": mask_s, "tower_seconds": tower_s, "mask_share": share, "mask_ratio": ratio,
             })
         );
     } else {
         println!(
-            "{} batch {} on {}: cluster mask {:.1} ms, image tower fwd+bwd {:.1} ms, mask = {:.2}% of the tower (mask ratio {:.3})",
+            "{} batch {} on {}: {} mask {:.1} ms, image tower fwd+bwd {:.1} ms, mask = {:.2}% of the tower (mask ratio {:.3})",
             args.preset,
             args.batch_size,
             gpu.describe(),
+            strategy.name(),
             mask_s * 1e3,
             tower_s * 1e3,
             share * 100.0,
@@ -299,21 +299,27 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
     Ok(())
 }
 
-pub fn parse_strategy(mask: &str, mask_ratio: f64) -> Result<MaskStrategy, String> {
-    match mask {
-        "none" => Ok(MaskStrategy::None),
-        "random" => Ok(MaskStrategy::Random { mask_ratio }),
-        "cluster" => Ok(MaskStrategy::Cluster(ClusterMaskConfig::default())),
-        "cluster-embed" => Ok(MaskStrategy::ClusterEmbed(ClusterMaskConfig::default())),
-        other => Err(format!(
-            "--mask: unknown strategy '{other}' (none, random, cluster, cluster-embed)"
-        )),
-    }
+/// The strategy the mask flags ask for; `--threshold auto` is calibrated on the benchmark's
+/// own batch (M3.6).
+fn bench_strategy(
+    flags: &MaskFlags,
+    images: &[f32],
+    config: &ClipConfig,
+) -> Result<MaskStrategy, Box<dyn std::error::Error>> {
+    let plan = flags.plan()?;
+    let (Some(target), Some(cluster)) = (plan.target_mask_ratio, plan.strategy.cluster()) else {
+        return Ok(plan.strategy);
+    };
+    let v = &config.vision;
+    let geometry = (v.image_size, v.image_size, v.patch_size);
+    let calibration = calibrate_on_images(&[images], geometry, cluster, target, 0)?;
+    Ok(plan.strategy.with_threshold(calibration.threshold))
 }
 
 pub fn run_step(args: StepArgs) -> CliResult {
-    let strategy = parse_strategy(&args.mask, args.mask_ratio)?;
+    args.mask.plan()?;
     let BenchSetup {
+        config,
         gpu,
         backend,
         clip,
@@ -321,6 +327,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
         tokens,
         ..
     } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
+    let strategy = bench_strategy(&args.mask, &images, &config)?;
     let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
     let mut ratios = Vec::new();
     let mut step = |i: u32| -> Result<f64, Box<dyn std::error::Error>> {
@@ -363,7 +370,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
         println!(
             "{}",
             serde_json::json!({
-                "preset": args.preset, "batch_size": args.batch_size, "mask": args.mask,
+                "preset": args.preset, "batch_size": args.batch_size, "mask": strategy.name(),
                 "adapter": gpu.info.name, "backend": format!("{:?}", gpu.info.backend),
                 "seconds_per_step": seconds, "images_per_s": per_s, "mask_ratio": ratio,
             })
@@ -373,7 +380,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
             "{} batch {} mask {} on {}: {:.3} s/step, {:.1} images/s, realised mask ratio {:.3}",
             args.preset,
             args.batch_size,
-            args.mask,
+            strategy.name(),
             gpu.describe(),
             seconds,
             per_s,

@@ -8,12 +8,12 @@ use crate::data::image_ops::{CLIP_MEAN, CLIP_STD, RgbView, eval_transform};
 use crate::data::records::decode_rgb;
 use crate::graph::Backend;
 use crate::masking::{
-    ClusterMaskConfig, MaskResult, MaskRng, PatchFeatures, calibrate_threshold, check_ratio,
-    cluster_mask, patch_features, random_mask,
+    ClusterMaskConfig, MaskFlags, MaskKind, MaskResult, MaskRng, MaskStrategy, PatchFeatures,
+    calibrate_on_images, cluster_mask, no_mask, patch_features_of, random_mask,
 };
 use crate::model::{Clip, ClipConfig};
 use crate::train::checkpoint::load_checkpoint;
-use crate::train::mask_step::{MaskStrategy, compute_mask};
+use crate::train::mask_step::compute_mask;
 
 /// Picture: dropped patches keep this fraction of their own colour, the rest is mid-grey.
 const DROPPED_VISIBILITY: f32 = 0.25;
@@ -21,41 +21,9 @@ const GREY: f32 = 128.0;
 const ANCHOR_OUTLINE: [u8; 3] = [230, 30, 30];
 /// Pixels between the original and the masked copy.
 const GAP: u32 = 8;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Strategy {
-    /// Cluster masking on pixel similarity (M3).
-    Cluster,
-    /// Cluster masking mixing in patch-embedding similarity (M3.7); needs --preset or --checkpoint.
-    ClusterEmbed,
-    /// FLIP random masking (M4).
-    Random,
-}
-
-/// `--threshold`: a similarity in [0, 1] or `auto` (calibrate, M3.6).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Threshold {
-    Fixed(f32),
-    Auto,
-}
-
-impl std::fmt::Display for Threshold {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Threshold::Fixed(r) => write!(f, "{r}"),
-            Threshold::Auto => f.write_str("auto"),
-        }
-    }
-}
-
-fn parse_threshold(text: &str) -> Result<Threshold, String> {
-    if text == "auto" {
-        return Ok(Threshold::Auto);
-    }
-    text.parse::<f32>()
-        .map(Threshold::Fixed)
-        .map_err(|_| format!("'{text}' is neither a number nor 'auto'"))
-}
+/// Each panel is scaled up (nearest neighbour, whole factors) to at least this side, so a 64 px
+/// input and its patch outlines stay readable.
+const MIN_PANEL_SIDE: u32 = 256;
 
 #[derive(clap::Args)]
 pub struct MaskArgs {
@@ -79,30 +47,8 @@ pub struct MaskArgs {
     /// Side of a patch, in pixels.
     #[arg(long, default_value_t = 16)]
     pub patch_size: usize,
-    #[arg(long, value_enum, default_value_t = Strategy::Cluster)]
-    pub strategy: Strategy,
-    /// Fraction of patches drawn as anchors (M3.2).
-    #[arg(long, default_value_t = ClusterMaskConfig::default().anchor_ratio)]
-    pub anchor_ratio: f64,
-    /// Similarity threshold r (M3.3), or `auto` with --target-mask-ratio (M3.6).
-    #[arg(
-        long,
-        default_value_t = Threshold::Fixed(ClusterMaskConfig::default().threshold),
-        value_parser = parse_threshold
-    )]
-    pub threshold: Threshold,
-    /// Cluster coverage that `--threshold auto` aims at.
-    #[arg(long)]
-    pub target_mask_ratio: Option<f64>,
-    /// Least fraction of patches dropped (M3.4).
-    #[arg(long, default_value_t = ClusterMaskConfig::default().min_mask_ratio)]
-    pub min_mask_ratio: f64,
-    /// Most fraction of patches dropped (M3.4).
-    #[arg(long, default_value_t = ClusterMaskConfig::default().max_mask_ratio)]
-    pub max_mask_ratio: f64,
-    /// Dropped fraction of `--strategy random` (M4).
-    #[arg(long, default_value_t = 0.5)]
-    pub mask_ratio: f64,
+    #[command(flatten)]
+    pub mask: MaskFlags,
     /// Seed of the mask generator (with --step, its key).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -158,15 +104,15 @@ fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> 
 }
 
 /// The model of `cluster-embed`, if any, from --checkpoint or --preset.
-fn load_model(args: &MaskArgs) -> Result<Option<Clip>, String> {
+fn load_model(args: &MaskArgs, kind: MaskKind) -> Result<Option<Clip>, String> {
     let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
     if let Some(path) = &args.checkpoint {
         return Ok(Some(
             load_checkpoint(path, preset.as_ref())?.model(&Backend::Cpu),
         ));
     }
-    match (args.strategy, preset) {
-        (Strategy::ClusterEmbed, Some(config)) => {
+    match (kind, preset) {
+        (MaskKind::ClusterEmbed, Some(config)) => {
             eprintln!(
                 "cluster-embed: untrained {} model initialised from --seed {}",
                 args.preset.as_deref().unwrap_or_default(),
@@ -174,15 +120,16 @@ fn load_model(args: &MaskArgs) -> Result<Option<Clip>, String> {
             );
             Ok(Some(Clip::new(config, &Backend::Cpu, args.seed)?))
         }
-        (Strategy::ClusterEmbed, None) => {
-            Err("--strategy cluster-embed needs --preset or --checkpoint (M3.7)".into())
+        (MaskKind::ClusterEmbed, None) => {
+            Err("--mask cluster-embed needs --preset or --checkpoint (M3.7)".into())
         }
         _ => Ok(None),
     }
 }
 
 pub fn run(args: MaskArgs) -> CliResult {
-    let model = load_model(&args)?;
+    let plan = args.mask.plan()?;
+    let model = load_model(&args, plan.strategy.kind())?;
     let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
     let vision = model
         .as_ref()
@@ -198,33 +145,8 @@ pub fn run(args: MaskArgs) -> CliResult {
         )
         .into());
     }
-    let config = ClusterMaskConfig {
-        anchor_ratio: args.anchor_ratio,
-        threshold: match args.threshold {
-            Threshold::Fixed(r) => r,
-            Threshold::Auto => ClusterMaskConfig::default().threshold,
-        },
-        min_mask_ratio: args.min_mask_ratio,
-        max_mask_ratio: args.max_mask_ratio,
-    };
-    match args.strategy {
-        Strategy::Random => check_ratio("mask-ratio", args.mask_ratio)?,
-        Strategy::Cluster => config.validate()?,
-        Strategy::ClusterEmbed => {
-            config.validate()?;
-            if args.threshold == Threshold::Auto {
-                return Err(
-                    "--threshold auto calibrates pixel similarity: use it with --strategy cluster"
-                        .into(),
-                );
-            }
-            if !(0.0..=1.0).contains(&args.progress) {
-                return Err(format!("--progress {} is outside [0, 1]", args.progress).into());
-            }
-        }
-    }
-    if args.threshold == Threshold::Auto && args.target_mask_ratio.is_none() {
-        return Err("--threshold auto needs --target-mask-ratio".into());
+    if !(0.0..=1.0).contains(&args.progress) {
+        return Err(format!("--progress {} is outside [0, 1]", args.progress).into());
     }
     let loaded = args
         .images
@@ -238,14 +160,25 @@ pub fn run(args: MaskArgs) -> CliResult {
         .flat_map(|l| l.normalised.iter().copied())
         .collect();
     let rng = MaskRng::new(args.seed, args.step);
-    let (mask, threshold) = match args.strategy {
-        Strategy::Random => (random_mask(n, patches, args.mask_ratio, rng)?, None),
-        Strategy::ClusterEmbed => {
+    let strategy = match (plan.target_mask_ratio, plan.strategy.cluster()) {
+        (Some(target), Some(config)) => {
+            let r = calibrated(&pixels, (size, patch), config, target, args.seed)?;
+            plan.strategy.with_threshold(r)
+        }
+        _ => plan.strategy,
+    };
+    let mask = match &strategy {
+        MaskStrategy::None => no_mask(n, patches),
+        MaskStrategy::Random { mask_ratio } => random_mask(n, patches, *mask_ratio, rng)?,
+        MaskStrategy::Cluster(config) => {
+            let features = patch_features_of(&pixels, n, size, size, patch, config.features);
+            cluster_mask(&PatchFeatures::new(&features, n, patches)?, config, rng)?
+        }
+        MaskStrategy::ClusterEmbed(_) => {
             let model = model
                 .as_ref()
                 .expect("load_model gives cluster-embed a model");
-            let strategy = MaskStrategy::ClusterEmbed(config);
-            let mask = compute_mask(
+            compute_mask(
                 model,
                 &Backend::Cpu,
                 &strategy,
@@ -254,30 +187,10 @@ pub fn run(args: MaskArgs) -> CliResult {
                 rng,
                 args.progress,
             )?
-            .expect("cluster-embed always masks");
-            (mask, Some(config.threshold))
-        }
-        Strategy::Cluster => {
-            let features = patch_features(&pixels, n, size, size, patch);
-            let input = PatchFeatures::new(&features, n, patches)?;
-            let mut config = config;
-            if let (Threshold::Auto, Some(target)) = (args.threshold, args.target_mask_ratio) {
-                let calibration = calibrate_threshold(&[(input, rng)], &config, target)?;
-                eprintln!(
-                    "threshold auto: r = {:.4}, cluster coverage {:.4} (target {target}{})",
-                    calibration.threshold,
-                    calibration.mask_ratio,
-                    if calibration.converged {
-                        ""
-                    } else {
-                        ", not reachable within 0.01"
-                    }
-                );
-                config.threshold = calibration.threshold;
-            }
-            (cluster_mask(&input, &config, rng)?, Some(config.threshold))
+            .expect("cluster-embed always masks")
         }
     };
+    let threshold = strategy.cluster().map(|c| c.threshold);
     if args.json {
         println!("{}", mask_json(&mask, threshold));
     } else {
@@ -293,6 +206,29 @@ pub fn run(args: MaskArgs) -> CliResult {
             .map_err(|e| format!("{}: cannot write the picture ({e})", out.display()))?;
     }
     Ok(())
+}
+
+/// r calibrated on the batch to the realised ratio `target` (M3.6); the result goes to stderr,
+/// saying when the target is not reachable.
+fn calibrated(
+    pixels: &[f32],
+    (size, patch): (usize, usize),
+    config: &ClusterMaskConfig,
+    target: f64,
+    seed: u64,
+) -> Result<f32, Box<dyn std::error::Error>> {
+    let calibration = calibrate_on_images(&[pixels], (size, size, patch), config, target, seed)?;
+    eprintln!(
+        "threshold auto: r = {:.4}, realised mask ratio {:.4} (target {target}{})",
+        calibration.threshold,
+        calibration.mask_ratio,
+        if calibration.converged {
+            ""
+        } else {
+            ", not reachable within 0.01"
+        }
+    );
+    Ok(calibration.threshold)
 }
 
 /// The JSON of issue 4: per image `patches`, `anchors`, `masked`, `kept`, `keep_count`,
@@ -325,17 +261,20 @@ fn mask_json(mask: &MaskResult, threshold: Option<f32>) -> String {
     }
 }
 
-/// One row per image: the crop, then the crop with dropped patches greyed and anchors outlined.
+/// One row per image: the crop, then the crop with dropped patches greyed and anchors outlined,
+/// each scaled up by a whole factor to at least `MIN_PANEL_SIDE` pixels.
 fn draw(loaded: &[Loaded], mask: &MaskResult, size: usize, patch: usize) -> image::RgbImage {
-    let s = size as u32;
+    let scale = MIN_PANEL_SIDE.div_ceil(size as u32).max(1);
+    let side = size as u32 * scale;
+    let patch_side = patch as u32 * scale;
     let mut picture = image::RgbImage::from_pixel(
-        2 * s + GAP,
-        loaded.len() as u32 * (s + GAP) - GAP,
+        2 * side + GAP,
+        loaded.len() as u32 * (side + GAP) - GAP,
         image::Rgb([255; 3]),
     );
     let cols = size / patch;
     for (i, image) in loaded.iter().enumerate() {
-        let top = i as u32 * (s + GAP);
+        let top = i as u32 * (side + GAP);
         let mut kept = vec![false; mask.patches];
         mask.kept_of(i)
             .iter()
@@ -344,21 +283,24 @@ fn draw(loaded: &[Loaded], mask: &MaskResult, size: usize, patch: usize) -> imag
         mask.anchors[i]
             .iter()
             .for_each(|&j| anchor[j as usize] = true);
-        for (x, y, pixel) in image.rgb.enumerate_pixels() {
-            picture.put_pixel(x, top + y, *pixel);
-            let j = (y as usize / patch) * cols + x as usize / patch;
-            let (px, py) = (x as usize % patch, y as usize % patch);
-            let on_edge = px == 0 || py == 0 || px == patch - 1 || py == patch - 1;
-            let shown = if anchor[j] && on_edge {
-                image::Rgb(ANCHOR_OUTLINE)
-            } else if kept[j] {
-                *pixel
-            } else {
-                image::Rgb(pixel.0.map(|v| {
-                    (DROPPED_VISIBILITY * v as f32 + (1.0 - DROPPED_VISIBILITY) * GREY) as u8
-                }))
-            };
-            picture.put_pixel(s + GAP + x, top + y, shown);
+        for y in 0..side {
+            for x in 0..side {
+                let pixel = *image.rgb.get_pixel(x / scale, y / scale);
+                picture.put_pixel(x, top + y, pixel);
+                let j = (y / patch_side) as usize * cols + (x / patch_side) as usize;
+                let (px, py) = (x % patch_side, y % patch_side);
+                let on_edge = px == 0 || py == 0 || px == patch_side - 1 || py == patch_side - 1;
+                let shown = if anchor[j] && on_edge {
+                    image::Rgb(ANCHOR_OUTLINE)
+                } else if kept[j] {
+                    pixel
+                } else {
+                    image::Rgb(pixel.0.map(|v| {
+                        (DROPPED_VISIBILITY * v as f32 + (1.0 - DROPPED_VISIBILITY) * GREY) as u8
+                    }))
+                };
+                picture.put_pixel(side + GAP + x, top + y, shown);
+            }
         }
     }
     picture

@@ -5,9 +5,8 @@
 use std::path::PathBuf;
 
 use crate::graph::Backend;
-use crate::masking::ClusterMaskConfig;
+use crate::masking::MaskFlags;
 use crate::model::ClipConfig;
-use crate::train::mask_step::MaskStrategy;
 use crate::train::run::{ResumeFrom, TrainConfig, default_eval_data, train};
 use crate::train::{AdamWConfig, LrScheduler};
 
@@ -90,24 +89,8 @@ pub struct TrainArgs {
     /// Use at most this many images (zero-shot) and samples (validation) per evaluation.
     #[arg(long)]
     pub eval_samples: Option<usize>,
-    /// none, random, cluster or cluster-embed.
-    #[arg(long, default_value = "cluster")]
-    pub mask: String,
-    /// Mask ratio of random masking (M4).
-    #[arg(long, default_value_t = 0.5)]
-    pub mask_ratio: f64,
-    /// Anchor share of cluster masking (M3.2).
-    #[arg(long, default_value_t = 0.03)]
-    pub anchor_ratio: f64,
-    /// Similarity threshold r in [0, 1] (M3.3), or `auto` with --target-mask-ratio (M3.6).
-    #[arg(long, default_value = "0.5")]
-    pub threshold: String,
-    #[arg(long)]
-    pub target_mask_ratio: Option<f64>,
-    #[arg(long, default_value_t = 0.3)]
-    pub min_mask_ratio: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub max_mask_ratio: f64,
+    #[command(flatten)]
+    pub mask: MaskFlags,
     /// Run on the CPU reference backend (slow; for checks).
     #[arg(long)]
     pub cpu: bool,
@@ -130,35 +113,7 @@ impl TrainArgs {
     /// The run's settings; the error is one line naming the flag.
     pub fn to_config(&self) -> Result<TrainConfig, String> {
         let model = ClipConfig::preset(&self.model).map_err(|e| format!("--model: {e}"))?;
-        let threshold = match self.threshold.as_str() {
-            "auto" => None,
-            text => Some(
-                text.parse::<f32>()
-                    .map_err(|_| format!("--threshold '{text}' is neither a number nor 'auto'"))?,
-            ),
-        };
-        if threshold.is_none() && self.target_mask_ratio.is_none() {
-            return Err("--threshold auto needs --target-mask-ratio".into());
-        }
-        let cluster = ClusterMaskConfig {
-            anchor_ratio: self.anchor_ratio,
-            threshold: threshold.unwrap_or(ClusterMaskConfig::default().threshold),
-            min_mask_ratio: self.min_mask_ratio,
-            max_mask_ratio: self.max_mask_ratio,
-        };
-        let mask = match self.mask.as_str() {
-            "none" => MaskStrategy::None,
-            "random" => MaskStrategy::Random {
-                mask_ratio: self.mask_ratio,
-            },
-            "cluster" => MaskStrategy::Cluster(cluster),
-            "cluster-embed" => MaskStrategy::ClusterEmbed(cluster),
-            other => {
-                return Err(format!(
-                    "--mask: unknown strategy '{other}' (none, random, cluster, cluster-embed)"
-                ));
-            }
-        };
+        let mask = self.mask.plan().map_err(|e| e.to_string())?;
         let resume = self.resume.as_deref().map(|r| {
             if r == "latest" {
                 ResumeFrom::Latest
@@ -197,12 +152,8 @@ impl TrainArgs {
             log_every_n_steps: self.log_every_n_steps,
             steps: self.steps,
             data: self.data.read_options()?,
-            mask,
-            target_mask_ratio: if threshold.is_none() {
-                self.target_mask_ratio
-            } else {
-                None
-            },
+            mask: mask.strategy,
+            target_mask_ratio: mask.target_mask_ratio,
             eval_limit: self.eval_samples,
         };
         config.validate()?;

@@ -2,7 +2,8 @@
 //! threshold calibration. The GPU kernels in `shaders/cluster_mask.wgsl` follow it step by step.
 
 use super::MaskResult;
-use super::config::{ClusterMaskConfig, MaskError};
+use super::config::{ClusterMaskConfig, KeepBounds, MaskError};
+use super::features::{patch_features_of, patch_grid};
 use super::rng::{MaskRng, Stream, UNIFORM_BITS, smallest_keys};
 
 /// Calibration stops once the batch-mean mask ratio is this close to its target (M3.6).
@@ -167,18 +168,30 @@ impl ClusterScores {
         flags
     }
 
-    /// Mean over images of the fraction of patches the clusters cover at threshold r: the
-    /// realised mask ratio that calibration aims at (M3.6).
+    /// Mean over images of the fraction of patches the clusters cover at threshold r.
     pub fn coverage(&self, threshold: f32) -> f64 {
         let covered: usize = (0..self.images())
-            .map(|image| {
-                self.masked_flags(image, threshold)
-                    .iter()
-                    .filter(|&&m| m)
-                    .count()
-            })
+            .map(|image| self.unmasked_count(image, threshold))
+            .map(|unmasked| self.patches - unmasked)
             .sum();
         covered as f64 / (self.images() * self.patches) as f64
+    }
+
+    /// The realised mask ratio 1 − k/L of this batch at threshold r (M3.4, M3.8): k follows the
+    /// image with the fewest unmasked patches, within the keep-count bounds.
+    pub fn realised_ratio(&self, threshold: f32, bounds: KeepBounds) -> f64 {
+        let fewest_unmasked = (0..self.images())
+            .map(|image| self.unmasked_count(image, threshold))
+            .min()
+            .unwrap_or(self.patches);
+        1.0 - bounds.keep_count(fewest_unmasked) as f64 / self.patches as f64
+    }
+
+    fn unmasked_count(&self, image: usize, threshold: f32) -> usize {
+        self.masked_flags(image, threshold)
+            .iter()
+            .filter(|&&m| !m)
+            .count()
     }
 }
 
@@ -239,22 +252,27 @@ pub fn mask_from_scores(
 pub struct Calibration {
     /// The threshold r settled on.
     pub threshold: f32,
-    /// Batch-mean cluster coverage at that threshold.
+    /// Realised mask ratio 1 − k/L at that threshold, averaged over the batches (M3.6).
     pub mask_ratio: f64,
     /// Whether `mask_ratio` is within `CALIBRATION_TOLERANCE` of the target; false when the
-    /// target lies outside what r ∈ [0, 1] can reach, or inside a jump of the coverage.
+    /// target lies inside a jump of the realised ratio. The realised ratio follows the most
+    /// covered image of each batch (M3.4), so it moves in steps of 1/L per batch and can jump
+    /// far where an image has many identical patches (their similarity is 1, so every r < 1
+    /// covers them all).
     pub converged: bool,
 }
 
-/// Bisects r in [0, 1] until the mean cluster coverage of `batches` is within 0.01 of
-/// `target_mask_ratio` (M3.6). Coverage falls as r rises. Returns the closest r seen otherwise.
+/// Bisects r in [0, 1] until the realised mask ratio 1 − k/L of step M3.4, averaged over
+/// `batches`, is within 0.01 of `target_mask_ratio` (M3.6). The ratio falls as r rises. The
+/// target must lie within [min_mask_ratio, max_mask_ratio] (`check_target`); inside a jump of
+/// the ratio the closest r seen is returned with `converged` false.
 pub fn calibrate_threshold(
     batches: &[(PatchFeatures, MaskRng)],
     config: &ClusterMaskConfig,
     target_mask_ratio: f64,
 ) -> Result<Calibration, MaskError> {
     config.validate()?;
-    super::config::check_ratio("target-mask-ratio", target_mask_ratio)?;
+    config.check_target(target_mask_ratio)?;
     if batches.is_empty() {
         return Err(MaskError::Shape(
             "calibration needs at least one batch".into(),
@@ -264,23 +282,22 @@ pub fn calibrate_threshold(
         .iter()
         .map(|(f, rng)| ClusterScores::compute(f, *rng, config.anchor_count(f.patches)))
         .collect();
-    let total: usize = scores.iter().map(|s| s.images() * s.patches).sum();
-    let coverage = |r: f32| -> f64 {
+    let realised = |r: f32| -> f64 {
         scores
             .iter()
-            .map(|s| s.coverage(r) * (s.images() * s.patches) as f64)
+            .map(|s| s.realised_ratio(r, config.keep_bounds(s.patches)))
             .sum::<f64>()
-            / total as f64
+            / scores.len() as f64
     };
     let (mut low, mut high) = (0.0f32, 1.0f32);
     let mut best = Calibration {
         threshold: 0.0,
-        mask_ratio: coverage(0.0),
+        mask_ratio: realised(0.0),
         converged: false,
     };
     for _ in 0..CALIBRATION_STEPS {
         let r = 0.5 * (low + high);
-        let ratio = coverage(r);
+        let ratio = realised(r);
         if (ratio - target_mask_ratio).abs() < (best.mask_ratio - target_mask_ratio).abs() {
             best = Calibration {
                 threshold: r,
@@ -299,4 +316,50 @@ pub fn calibrate_threshold(
     }
     best.converged = (best.mask_ratio - target_mask_ratio).abs() <= CALIBRATION_TOLERANCE;
     Ok(best)
+}
+
+/// Calibrates r (M3.6) on batches of CLIP-normalised images, each [n, 3, height, width] (n may
+/// differ between batches), compared in the pixel space of `config.features`; batch i draws its
+/// anchors as training step i of `seed` does.
+pub fn calibrate_on_images(
+    batches: &[&[f32]],
+    (height, width, patch): (usize, usize, usize),
+    config: &ClusterMaskConfig,
+    target_mask_ratio: f64,
+    seed: u64,
+) -> Result<Calibration, MaskError> {
+    let image_len = 3 * height * width;
+    let patches = patch_grid(height, width, patch).2;
+    if image_len == 0 || patch == 0 || patches == 0 {
+        return Err(MaskError::Shape(format!(
+            "patch size {patch} does not fit a {height}x{width} image"
+        )));
+    }
+    let features = batches
+        .iter()
+        .map(|images| {
+            if images.is_empty() || !images.len().is_multiple_of(image_len) {
+                return Err(MaskError::Shape(format!(
+                    "{} values are not a batch of 3x{height}x{width} images",
+                    images.len()
+                )));
+            }
+            let n = images.len() / image_len;
+            Ok((
+                n,
+                patch_features_of(images, n, height, width, patch, config.features),
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let inputs = features
+        .iter()
+        .enumerate()
+        .map(|(step, (n, pixels))| {
+            Ok((
+                PatchFeatures::new(pixels, *n, patches)?,
+                MaskRng::new(seed, step as u32),
+            ))
+        })
+        .collect::<Result<Vec<_>, MaskError>>()?;
+    calibrate_threshold(&inputs, config, target_mask_ratio)
 }

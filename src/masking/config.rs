@@ -15,6 +15,10 @@ pub enum MaskError {
     MinAboveMax { min: f64, max: f64 },
     /// A similarity threshold outside [0, 1] (M3.3, M3.6).
     ThresholdOutOfRange { value: f32 },
+    /// A `--threshold auto` target the keep-count bounds cannot realise (M3.4, M3.6).
+    TargetOutsideBounds { target: f64, min: f64, max: f64 },
+    /// A setting the flags cannot express together, named by its flags.
+    Settings(String),
     /// Buffers whose lengths do not agree with the stated shape.
     Shape(String),
 }
@@ -31,6 +35,12 @@ impl fmt::Display for MaskError {
             Self::ThresholdOutOfRange { value } => {
                 write!(f, "--threshold {value} is outside [0, 1]")
             }
+            Self::TargetOutsideBounds { target, min, max } => write!(
+                f,
+                "--target-mask-ratio {target} is outside [--min-mask-ratio {min}, \
+                 --max-mask-ratio {max}]: the keep count bounds the realised ratio (M3.4)"
+            ),
+            Self::Settings(what) => f.write_str(what),
             Self::Shape(what) => write!(f, "mask input shape: {what}"),
         }
     }
@@ -47,6 +57,43 @@ pub fn check_ratio(name: &'static str, value: f64) -> Result<(), MaskError> {
     }
 }
 
+/// Which pixels cluster masking compares (M3.1; the study, M7, decides the default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MaskFeatures {
+    /// Patches of the CLIP-normalised image, as the authors' code: uniform patches of any grey
+    /// correlate 0.8–1.0 with each other.
+    #[default]
+    Normalized,
+    /// Patches of the image in [0, 1] before CLIP normalisation: uniform patches are flat.
+    Rgb,
+}
+
+impl MaskFeatures {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Normalized => "normalized",
+            Self::Rgb => "rgb",
+        }
+    }
+}
+
+impl fmt::Display for MaskFeatures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for MaskFeatures {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "normalized" => Ok(Self::Normalized),
+            "rgb" => Ok(Self::Rgb),
+            other => Err(format!("'{other}' is not normalized or rgb")),
+        }
+    }
+}
+
 /// Settings of cluster masking (M3). Defaults are the paper's best RGB run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ClusterMaskConfig {
@@ -58,6 +105,8 @@ pub struct ClusterMaskConfig {
     pub min_mask_ratio: f64,
     /// Upper bound on the dropped fraction (our guard, M3.4).
     pub max_mask_ratio: f64,
+    /// Which pixels the similarity compares (M3.1).
+    pub features: MaskFeatures,
 }
 
 impl Default for ClusterMaskConfig {
@@ -67,6 +116,7 @@ impl Default for ClusterMaskConfig {
             threshold: 0.5,
             min_mask_ratio: 0.3,
             max_mask_ratio: 0.9,
+            features: MaskFeatures::Normalized,
         }
     }
 }
@@ -90,6 +140,21 @@ impl ClusterMaskConfig {
         Ok(())
     }
 
+    /// Refuses a calibration target the keep-count bounds cannot realise: the realised ratio
+    /// 1 − k/L never leaves [min_mask_ratio, max_mask_ratio] (up to rounding of k), so such a
+    /// target would end at a bound whatever the threshold (M3.6).
+    pub fn check_target(&self, target: f64) -> Result<(), MaskError> {
+        check_ratio("target-mask-ratio", target)?;
+        if target < self.min_mask_ratio || target > self.max_mask_ratio {
+            return Err(MaskError::TargetOutsideBounds {
+                target,
+                min: self.min_mask_ratio,
+                max: self.max_mask_ratio,
+            });
+        }
+        Ok(())
+    }
+
     /// K = L − floor(L · (1 − anchor_ratio)) (M3.2).
     pub fn anchor_count(&self, patches: usize) -> usize {
         patches - floor_count(patches, 1.0 - self.anchor_ratio)
@@ -97,7 +162,13 @@ impl ClusterMaskConfig {
 
     /// The bounds of the batch keep count (M3.4): (floor, cap) with
     /// cap = floor(L · (1 − min_mask_ratio)) and floor = ceil(L · (1 − max_mask_ratio)).
+    /// Pinned bounds (min = max = ρ) keep FLIP's k = round(L · (1 − ρ)), so cluster and random
+    /// masking at ρ keep the same k (equal compute, M7).
     pub fn keep_bounds(&self, patches: usize) -> KeepBounds {
+        if self.min_mask_ratio == self.max_mask_ratio {
+            let k = random_keep_count(patches, self.min_mask_ratio);
+            return KeepBounds { floor: k, cap: k };
+        }
         KeepBounds {
             floor: ceil_count(patches, 1.0 - self.max_mask_ratio),
             cap: floor_count(patches, 1.0 - self.min_mask_ratio),

@@ -37,6 +37,9 @@ struct Params {
     seed_lo: u32,
     seed_hi: u32,
     step: u32,
+    /// Per channel x · scale + shift before standardising (`pixel_transform`, M3.1).
+    pixel_scale: [f32; 3],
+    pixel_shift: [f32; 3],
 }
 
 impl Params {
@@ -53,7 +56,8 @@ impl Params {
     }
 }
 
-/// A batch of CLIP-normalised images on the GPU, [images, 3, height, width].
+/// A batch of CLIP-normalised images on the GPU, [images, 3, height, width]; the `rgb` features
+/// un-normalise inside the feature kernel, so the batch is uploaded once.
 #[derive(Clone, Copy)]
 pub struct GpuImages<'a> {
     pub pixels: &'a GpuBuf,
@@ -166,6 +170,9 @@ pub fn cluster_mask_gpu(
         threshold: config.threshold,
         ..Params::new(n, l, rng)
     };
+    let transform = super::features::pixel_transform(config.features);
+    params.pixel_scale = transform.map(|(scale, _)| scale);
+    params.pixel_shift = transform.map(|(_, shift)| shift);
     let (tokens, embed_features) = match embedding {
         Some(e) => {
             if e.dim == 0

@@ -11,18 +11,26 @@ mod features;
 mod gpu;
 mod random;
 mod rng;
+mod strategy;
 
 pub use cluster::{
     CALIBRATION_TOLERANCE, Calibration, ClusterScores, EmbeddingMix, PatchFeatures,
-    calibrate_threshold, cluster_mask, mask_from_scores, select_anchors, select_kept,
+    calibrate_on_images, calibrate_threshold, cluster_mask, mask_from_scores, select_anchors,
+    select_kept,
 };
-pub use config::{ClusterMaskConfig, KeepBounds, MaskError, check_ratio, random_keep_count};
-pub use features::{FLAT_VARIANCE, embedding_features, patch_features, patch_grid};
+pub use config::{
+    ClusterMaskConfig, KeepBounds, MaskError, MaskFeatures, check_ratio, random_keep_count,
+};
+pub use features::{
+    FLAT_VARIANCE, embedding_features, patch_features, patch_features_of, patch_grid,
+    pixel_transform,
+};
 pub use gpu::{
     GpuEmbedding, GpuImages, GpuMask, MAX_GPU_PATCHES, cluster_mask_gpu, random_mask_gpu,
 };
 pub use random::{no_mask, random_mask};
 pub use rng::{MaskRng, Stream, UNIFORM_BITS, hash_u32, smallest_keys};
+pub use strategy::{MaskFlags, MaskKind, MaskPlan, MaskStrategy, Threshold};
 
 /// One batch's mask.
 #[derive(Clone, Debug, PartialEq)]

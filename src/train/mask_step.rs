@@ -5,35 +5,12 @@
 //! its GPU kernel (tests/masking*.rs).
 
 use crate::graph::{Backend, Graph};
+pub use crate::masking::MaskStrategy;
 use crate::masking::{
-    ClusterMaskConfig, GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures,
-    cluster_mask, cluster_mask_gpu, embedding_features, patch_features, random_mask,
+    GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures, cluster_mask,
+    cluster_mask_gpu, embedding_features, patch_features_of, random_mask,
 };
 use crate::model::{Clip, vision};
-
-/// How patches are dropped before the image encoder.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MaskStrategy {
-    /// Plain CLIP (M4 baseline).
-    None,
-    /// FLIP: a fixed ratio of random patches (M4).
-    Random { mask_ratio: f64 },
-    /// Cluster masking on raw-pixel similarity (M3.1–M3.4).
-    Cluster(ClusterMaskConfig),
-    /// Cluster masking mixing in patch-embedding similarity by training progress (M3.7).
-    ClusterEmbed(ClusterMaskConfig),
-}
-
-impl MaskStrategy {
-    pub fn name(&self) -> &'static str {
-        match self {
-            MaskStrategy::None => "none",
-            MaskStrategy::Random { .. } => "random",
-            MaskStrategy::Cluster(_) => "cluster",
-            MaskStrategy::ClusterEmbed(_) => "cluster-embed",
-        }
-    }
-}
 
 /// The kept patches of one batch of normalised images [batch, 3, S, S]; `None` keeps all.
 /// `progress` in [0, 1] weighs the embedding similarity of `ClusterEmbed` (M3.7).
@@ -102,7 +79,7 @@ pub fn compute_mask(
             }))
         }
         Backend::Cpu => {
-            let pixels = patch_features(images, batch, size, size, patch);
+            let pixels = patch_features_of(images, batch, size, size, patch, config.features);
             let mut features = PatchFeatures::new(&pixels, batch, patches)?;
             let embedded;
             if let Some(tokens) = &tokens {

@@ -9,9 +9,7 @@ use std::time::Instant;
 use crate::data::loader::{LoaderConfig, ReadOptions};
 use crate::data::spec::{DatasetType, resolve_spec};
 use crate::graph::Backend;
-use crate::masking::{
-    ClusterMaskConfig, MaskRng, PatchFeatures, calibrate_threshold, check_ratio, patch_features,
-};
+use crate::masking::{ClusterMaskConfig, MaskRng, calibrate_on_images, check_ratio};
 use crate::model::{Clip, ClipConfig, ClipInputs};
 
 use super::checkpoint::{CheckpointError, LATEST, TrainState, load_checkpoint, save_checkpoint};
@@ -246,6 +244,7 @@ impl TrainConfig {
             "steps": self.steps, "workers": d.workers, "mask": self.mask.name(), "mask_ratio": mask_ratio,
             "anchor_ratio": cluster.map(|c| c.anchor_ratio), "threshold": cluster.map(|c| c.threshold),
             "min_mask_ratio": cluster.map(|c| c.min_mask_ratio), "max_mask_ratio": cluster.map(|c| c.max_mask_ratio),
+            "mask_features": cluster.map(|c| c.features.name()),
             "target_mask_ratio": self.target_mask_ratio,
             "resume": self.resume.as_ref().map(|r| match r { ResumeFrom::Latest => "latest".to_string(), ResumeFrom::Path(p) => p.display().to_string() }),
             "steps_per_epoch": self.steps_per_epoch(), "total_steps": self.total_steps(),
@@ -366,41 +365,18 @@ fn resolve_threshold(
             let mut stream =
                 TrainStream::open(&config.loader_config(), 0, 0).map_err(TrainError::Config)?;
             let batches: Vec<Vec<f32>> = (0..CALIBRATION_BATCHES)
-                .map(|_| {
-                    stream.next_batch().map(|b| {
-                        patch_features(
-                            &b.images,
-                            config.batch_size,
-                            v.image_size,
-                            v.image_size,
-                            v.patch_size,
-                        )
-                    })
-                })
+                .map(|_| stream.next_batch().map(|b| b.images))
                 .collect::<Result<_, _>>()
                 .map_err(TrainError::Config)?;
-            let features = batches
-                .iter()
-                .enumerate()
-                .map(|(i, pixels)| {
-                    Ok((
-                        PatchFeatures::new(pixels, config.batch_size, v.patches())?,
-                        MaskRng::new(config.seed, i as u32),
-                    ))
-                })
-                .collect::<Result<Vec<_>, crate::masking::MaskError>>()
-                .map_err(run_err)?;
-            calibrate_threshold(&features, c, target)
+            let batches: Vec<&[f32]> = batches.iter().map(Vec::as_slice).collect();
+            let geometry = (v.image_size, v.image_size, v.patch_size);
+            calibrate_on_images(&batches, geometry, c, target, config.seed)
                 .map_err(|e| TrainError::Config(e.to_string()))?
                 .threshold
         }
     };
     state.calibrated_threshold = Some(threshold);
-    let tuned = ClusterMaskConfig { threshold, ..*c };
-    Ok(match config.mask {
-        MaskStrategy::ClusterEmbed(_) => MaskStrategy::ClusterEmbed(tuned),
-        _ => MaskStrategy::Cluster(tuned),
-    })
+    Ok(config.mask.with_threshold(threshold))
 }
 
 /// Runs training as `config` says on `backend`.

@@ -129,16 +129,22 @@ fn random_probe_scores_as_brute_force() {
     assert!(acc1 > 0.0 && acc5 < 1.0, "a case that tests something");
 }
 
+/// Seeded uniform features [rows, dim] in [-1, 1) and labels unrelated to them.
+fn noise(rows: usize, dim: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    let mut rng = Rng::new(seed);
+    let features = rng.vec(rows * dim);
+    let labels = (0..rows)
+        .map(|_| rng.below(classes as u32) as usize)
+        .collect();
+    (features, labels)
+}
+
 /// The fit is the minimum of mean cross-entropy + λ/2 ‖W‖²: its gradient, recomputed here in
 /// f64, vanishes (to the solver's 1e-5 plus f32 rounding of the features' products).
 #[test]
 fn fit_reaches_the_penalised_optimum() {
     let (rows, dim, classes) = (90, 6, 4);
-    let mut rng = Rng::new(5);
-    let features = rng.vec(rows * dim);
-    let labels: Vec<usize> = (0..rows)
-        .map(|_| rng.below(classes as u32) as usize)
-        .collect();
+    let (features, labels) = noise(rows, dim, classes, 5);
     let data = LabelledFeatures {
         features: &features,
         labels: &labels,
@@ -215,11 +221,7 @@ fn features_linear_in_the_one_hot_label_give_full_accuracy() {
 #[test]
 fn weight_decay_search_is_seeded_and_deterministic() {
     let (rows, dim, classes) = (80, 8, 3);
-    let mut rng = Rng::new(9);
-    let features = rng.vec(rows * dim);
-    let labels: Vec<usize> = (0..rows)
-        .map(|_| rng.below(classes as u32) as usize)
-        .collect();
+    let (features, labels) = noise(rows, dim, classes, 9);
     let data = LabelledFeatures {
         features: &features,
         labels: &labels,

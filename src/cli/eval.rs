@@ -1,12 +1,15 @@
 //! `clusterclip eval --checkpoint FILE --data SPEC --task zeroshot|retrieval [--json]`: zero-shot
 //! top-1/top-5/mean per-class recall, or retrieval R@1/5/10 both ways, with CLIP_benchmark's
-//! JSON names (M6).
+//! JSON names (M6). `--task linear_probe --train-data SPEC --data SPEC`: a logistic-regression
+//! probe on frozen image features, fitted on --train-data, scored on --data (same metrics).
 
 use std::path::PathBuf;
 
+use crate::eval::encode_images;
+use crate::eval::linear_probe::{LabelledFeatures, ProbeOptions, linear_probe};
 use crate::eval::tasks::{
-    BUILTIN_ZEROSHOT, caption_set, retrieval_eval, retrieval_json, zeroshot_eval, zeroshot_json,
-    zeroshot_set,
+    BUILTIN_ZEROSHOT, LabelledSet, caption_set, retrieval_eval, retrieval_json, zeroshot_eval,
+    zeroshot_json, zeroshot_set,
 };
 use crate::graph::Backend;
 use crate::model::ClipConfig;
@@ -21,12 +24,18 @@ pub struct EvalArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// builtin:shapes-zeroshot (default) or imagefolder:DIR for zeroshot; builtin:shapes-test
-    /// (default), shards or a CSV for retrieval.
+    /// (default), shards or a CSV for retrieval; the labelled test set of linear_probe.
     #[arg(long)]
     pub data: Option<String>,
-    /// zeroshot or retrieval.
+    /// zeroshot, retrieval or linear_probe.
     #[arg(long, default_value = "zeroshot")]
     pub task: String,
+    /// linear_probe: the labelled set (imagefolder:DIR) the probe is fitted on.
+    #[arg(long)]
+    pub train_data: Option<String>,
+    /// linear_probe: seed of the split that chooses the weight decay.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// Model preset of a checkpoint that does not store its configuration.
     #[arg(long)]
     pub model: Option<String>,
@@ -47,13 +56,14 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> CliResult {
-    if args.task != "zeroshot" && args.task != "retrieval" {
+    if !["zeroshot", "retrieval", LINEAR_PROBE].contains(&args.task.as_str()) {
         return Err(format!(
-            "--task: unknown task '{}' (zeroshot or retrieval)",
+            "--task: unknown task '{}' (zeroshot, retrieval or {LINEAR_PROBE})",
             args.task
         )
         .into());
     }
+    let probe_sets = linear_probe_sets(&args)?;
     if args.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
@@ -87,7 +97,24 @@ pub fn run(args: EvalArgs) -> CliResult {
         }
         .to_string()
     });
-    let (metrics, summary) = if args.task == "zeroshot" {
+    let (metrics, summary) = if let Some((train_spec, test_spec)) = probe_sets {
+        let read_set = |spec: &str, flag: &str| {
+            zeroshot_set(spec, &clip, args.samples, &read).map_err(|e| format!("{flag}: {e}"))
+        };
+        let train = read_set(train_spec, "--train-data")?;
+        let test = read_set(test_spec, "--data")?;
+        let options = ProbeOptions {
+            seed: args.seed,
+            ..ProbeOptions::default()
+        };
+        linear_probe_task(
+            &clip,
+            (train_spec, &train),
+            (test_spec, &test),
+            batch_size,
+            &options,
+        )?
+    } else if args.task == "zeroshot" {
         let set =
             zeroshot_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
         let m = zeroshot_eval(&clip, &set, batch_size)?;
@@ -131,4 +158,85 @@ pub fn run(args: EvalArgs) -> CliResult {
         println!("{summary}");
     }
     Ok(())
+}
+
+const LINEAR_PROBE: &str = "linear_probe";
+
+/// (--train-data, --data) of a linear probe, None for the other tasks; refuses a missing or
+/// misplaced flag before anything is loaded.
+fn linear_probe_sets(args: &EvalArgs) -> Result<Option<(&str, &str)>, String> {
+    match (args.task == LINEAR_PROBE, &args.train_data, &args.data) {
+        (true, Some(train), Some(test)) => Ok(Some((train, test))),
+        (true, None, _) => Err(format!(
+            "--train-data: --task {LINEAR_PROBE} needs a labelled set to fit on (imagefolder:DIR)"
+        )),
+        (true, _, None) => Err(format!(
+            "--data: --task {LINEAR_PROBE} needs a labelled set to score on (imagefolder:DIR)"
+        )),
+        (false, Some(_), _) => Err(format!(
+            "--train-data is only read by --task {LINEAR_PROBE}"
+        )),
+        (false, None, _) => Ok(None),
+    }
+}
+
+/// The linear probe (M6) of `clip`'s normalised image features: JSON with eval's metric names
+/// plus the chosen weight decay, and the summary line.
+fn linear_probe_task(
+    clip: &crate::model::Clip,
+    (train_spec, train): (&str, &LabelledSet),
+    (test_spec, test): (&str, &LabelledSet),
+    batch_size: usize,
+    options: &ProbeOptions,
+) -> Result<(serde_json::Value, String), String> {
+    // The probe's classes are --train-data's; --data's labels are matched to them by name.
+    let test_labels = test
+        .labels
+        .iter()
+        .map(|&label| {
+            let name = &test.classes[label];
+            train.classes.iter().position(|c| c == name).ok_or_else(|| {
+                format!("--data: {test_spec}: class '{name}' is not among --train-data's classes")
+            })
+        })
+        .collect::<Result<Vec<usize>, String>>()?;
+    let dim = clip.config.embed_dim;
+    let encode = |set: &LabelledSet, flag: &str, spec: &str| {
+        encode_images(clip, &set.images, batch_size).map_err(|e| format!("{flag}: {spec}: {e}"))
+    };
+    // encode_images L2-normalises, as CLIP_benchmark's Featurizer does.
+    let train_features = encode(train, "--train-data", train_spec)?;
+    let test_features = encode(test, "--data", test_spec)?;
+    let classes = train.classes.len();
+    let train_set = LabelledFeatures {
+        features: &train_features,
+        labels: &train.labels,
+        dim,
+        classes,
+    };
+    let test_set = LabelledFeatures {
+        features: &test_features,
+        labels: &test_labels,
+        dim,
+        classes,
+    };
+    test_set
+        .validate()
+        .map_err(|e| format!("--data: {test_spec}: {e}"))?;
+    let result = linear_probe(&train_set, &test_set, options)
+        .map_err(|e| format!("--train-data: {train_spec}: {e}"))?;
+    let m = &result.metrics;
+    let line = format!(
+        "linear probe fitted on {train_spec} ({} images), scored on {test_spec} ({} images, {classes} classes, chance {:.1}%), weight decay {:.3e}: top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
+        train.labels.len(),
+        test.labels.len(),
+        100.0 / classes as f64,
+        result.weight_decay,
+        100.0 * m.acc1,
+        100.0 * m.acc5,
+        100.0 * m.mean_per_class_recall
+    );
+    let mut json = zeroshot_json(m);
+    json["weight_decay"] = result.weight_decay.into();
+    Ok((json, line))
 }

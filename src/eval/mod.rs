@@ -3,6 +3,7 @@
 //! (Recall@1/5/10 both ways, mean and median rank). No masking at evaluation (M2).
 
 pub mod features;
+pub mod linear_probe;
 #[cfg(feature = "cli")]
 pub mod tasks;
 

@@ -89,14 +89,14 @@ pub fn zeroshot_set(
     }
     if spec.starts_with("builtin:") {
         return Err(format!(
-            "{spec}: the zero-shot task on built-in data is {BUILTIN_ZEROSHOT}"
+            "{spec}: the labelled built-in set is {BUILTIN_ZEROSHOT}"
         ));
     }
     let mut loader = eval_loader(spec, clip, 64, options)?;
     let classes = loader
         .class_names()
         .map(<[String]>::to_vec)
-        .ok_or_else(|| format!("{spec}: no class labels (zero-shot needs imagefolder:DIR)"))?;
+        .ok_or_else(|| format!("{spec}: no class labels (labelled tasks need imagefolder:DIR)"))?;
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     while let Some(batch) = loader.next_batch().map_err(|e| e.to_string())? {
         let batch_labels = batch

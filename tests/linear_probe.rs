@@ -1,0 +1,400 @@
+//! The linear probe (M6): its metrics against brute force, its fit against the optimality
+//! condition of the penalised objective, a separable case, and `clusterclip eval --task
+//! linear_probe` end to end on a tiny model with its one-line errors.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use clusterclip::eval::linear_probe::{
+    LabelledFeatures, LinearProbe, ProbeOptions, choose_weight_decay, linear_probe,
+    weight_decay_grid,
+};
+use clusterclip::model::io::{TensorOut, write_atomic};
+use clusterclip::model::{Clip, ClipConfig, TextConfig, VisionConfig};
+use clusterclip::train::checkpoint::config_json;
+use clusterclip::{Backend, Graph};
+use common::Rng;
+use common::cli::{clusterclip, error_line, stderr, temp_dir};
+
+/// (acc1, acc5, mean per-class recall) by enumeration: sort the classes by logit, a tie placing
+/// the true class last, and look for it among the first k; recall averaged over the classes
+/// that occur.
+fn brute_force_metrics(logits: &[Vec<f64>], labels: &[usize]) -> (f64, f64, f64) {
+    let mut hits = [0usize; 2];
+    let mut per_class: HashMap<usize, (usize, usize)> = HashMap::new();
+    for (row, &label) in logits.iter().zip(labels) {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| {
+            row[b]
+                .total_cmp(&row[a])
+                .then((a == label).cmp(&(b == label)))
+        });
+        let top1 = order[0] == label;
+        hits[0] += usize::from(top1);
+        hits[1] += usize::from(order.iter().take(5).any(|&c| c == label));
+        let entry = per_class.entry(label).or_default();
+        entry.0 += usize::from(top1);
+        entry.1 += 1;
+    }
+    let n = labels.len() as f64;
+    let recall: f64 = per_class
+        .values()
+        .map(|&(hit, total)| hit as f64 / total as f64)
+        .sum::<f64>()
+        / per_class.len() as f64;
+    (hits[0] as f64 / n, hits[1] as f64 / n, recall)
+}
+
+fn probe_logits(probe: &LinearProbe, features: &[f32]) -> Vec<Vec<f64>> {
+    features
+        .chunks(probe.dim)
+        .map(|x| {
+            (0..probe.classes())
+                .map(|c| {
+                    probe.bias[c]
+                        + probe.weights[c * probe.dim..(c + 1) * probe.dim]
+                            .iter()
+                            .zip(x)
+                            .map(|(w, x)| w * *x as f64)
+                            .sum::<f64>()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Six rows scored by an identity probe, so each row is its own logits: hits at ranks 0, 5, 4,
+/// 0, 5 (a tie counts against the true class) and 0; class 3 never occurs.
+#[test]
+fn hand_made_case_scores_as_brute_force_and_by_hand() {
+    let rows: [([f32; 6], usize); 6] = [
+        ([5.0, 4.0, 3.0, 2.0, 1.0, 0.0], 0),
+        ([5.0, 4.0, 3.0, 2.0, 1.0, 0.0], 5),
+        ([5.0, 4.0, 3.0, 2.0, 1.0, 0.0], 4),
+        ([0.0, 9.0, 0.0, 0.0, 0.0, 0.0], 1),
+        ([9.0, 0.0, 0.0, 0.0, 0.0, 0.0], 1),
+        ([0.0, 0.0, 1.0, 0.0, 0.0, 0.0], 2),
+    ];
+    let features: Vec<f32> = rows.iter().flat_map(|(x, _)| *x).collect();
+    let labels: Vec<usize> = rows.iter().map(|(_, y)| *y).collect();
+    let probe = LinearProbe {
+        weights: (0..36).map(|i| f64::from(i % 7 == 0)).collect(),
+        bias: vec![0.0; 6],
+        dim: 6,
+        weight_decay: 0.0,
+    };
+    let data = LabelledFeatures {
+        features: &features,
+        labels: &labels,
+        dim: 6,
+        classes: 6,
+    };
+    let m = probe.evaluate(&data).unwrap();
+    // By hand: top-1 rows 0, 3, 5; top-5 also row 2; recalls 1, 1/2, 1, 0, 0 over 5 classes.
+    assert_eq!(
+        (m.acc1, m.acc5, m.mean_per_class_recall),
+        (0.5, 4.0 / 6.0, 0.5)
+    );
+    let brute = brute_force_metrics(&probe_logits(&probe, &features), &labels);
+    assert_eq!((m.acc1, m.acc5, m.mean_per_class_recall), brute);
+}
+
+/// A random probe with a bias on random features: the same three numbers as enumeration.
+#[test]
+fn random_probe_scores_as_brute_force() {
+    let (rows, dim, classes) = (53, 7, 9);
+    let mut rng = Rng::new(11);
+    let probe = LinearProbe {
+        weights: rng.vec(classes * dim).into_iter().map(f64::from).collect(),
+        bias: rng.vec(classes).into_iter().map(f64::from).collect(),
+        dim,
+        weight_decay: 0.0,
+    };
+    let features = rng.vec(rows * dim);
+    // Classes 0..7 only, so the per-class mean skips two absent classes.
+    let labels: Vec<usize> = (0..rows).map(|_| rng.below(7) as usize).collect();
+    let data = LabelledFeatures {
+        features: &features,
+        labels: &labels,
+        dim,
+        classes,
+    };
+    let m = probe.evaluate(&data).unwrap();
+    let (acc1, acc5, recall) = brute_force_metrics(&probe_logits(&probe, &features), &labels);
+    assert_eq!(m.acc1, acc1);
+    assert_eq!(m.acc5, acc5);
+    assert!((m.mean_per_class_recall - recall).abs() < 1e-12);
+    assert!(acc1 > 0.0 && acc5 < 1.0, "a case that tests something");
+}
+
+/// Seeded uniform features [rows, dim] in [-1, 1) and labels unrelated to them.
+fn noise(rows: usize, dim: usize, classes: usize, seed: u64) -> (Vec<f32>, Vec<usize>) {
+    let mut rng = Rng::new(seed);
+    let features = rng.vec(rows * dim);
+    let labels = (0..rows)
+        .map(|_| rng.below(classes as u32) as usize)
+        .collect();
+    (features, labels)
+}
+
+/// The fit is the minimum of mean cross-entropy + λ/2 ‖W‖²: its gradient, recomputed here in
+/// f64, vanishes (to the solver's 1e-5 plus f32 rounding of the features' products).
+#[test]
+fn fit_reaches_the_penalised_optimum() {
+    let (rows, dim, classes) = (90, 6, 4);
+    let (features, labels) = noise(rows, dim, classes, 5);
+    let data = LabelledFeatures {
+        features: &features,
+        labels: &labels,
+        dim,
+        classes,
+    };
+    for weight_decay in [1e-3, 1e-1] {
+        let probe = LinearProbe::fit(&data, weight_decay, &ProbeOptions::default()).unwrap();
+        let logits = probe_logits(&probe, &features);
+        let mut grad = vec![0f64; classes * (dim + 1)];
+        for ((z, x), &y) in logits.iter().zip(features.chunks(dim)).zip(&labels) {
+            let total: f64 = z.iter().map(|v| v.exp()).sum();
+            for c in 0..classes {
+                let residual = z[c].exp() / total - f64::from(c == y);
+                for k in 0..dim {
+                    grad[c * dim + k] += residual * x[k] as f64 / rows as f64;
+                }
+                grad[classes * dim + c] += residual / rows as f64;
+            }
+        }
+        for (g, w) in grad.iter_mut().zip(&probe.weights) {
+            *g += weight_decay * w;
+        }
+        let largest = grad.iter().fold(0f64, |m, g| m.max(g.abs()));
+        assert!(largest < 2e-5, "λ {weight_decay}: gradient {largest:e}");
+        // Not the trivial optimum: the data moved the weights.
+        assert!(probe.weights.iter().any(|w| w.abs() > 1e-2));
+    }
+}
+
+/// Features that are a fixed random linear map of the one-hot label (then L2-normalised, as
+/// eval's are) are separable: the whole probe, weight decay search included, scores 100%.
+#[test]
+fn features_linear_in_the_one_hot_label_give_full_accuracy() {
+    let (dim, classes) = (16, 10);
+    let mut rng = Rng::new(3);
+    let map = rng.vec(classes * dim);
+    let make = |rows: usize| {
+        let labels: Vec<usize> = (0..rows).map(|i| (i * 7) % classes).collect();
+        let mut features: Vec<f32> = labels
+            .iter()
+            .flat_map(|&y| map[y * dim..(y + 1) * dim].to_vec())
+            .collect();
+        clusterclip::eval::normalize_rows(&mut features, dim);
+        (features, labels)
+    };
+    let (train_x, train_y) = make(60);
+    let (test_x, test_y) = make(30);
+    let train = LabelledFeatures {
+        features: &train_x,
+        labels: &train_y,
+        dim,
+        classes,
+    };
+    let test = LabelledFeatures {
+        features: &test_x,
+        labels: &test_y,
+        ..train
+    };
+    let result = linear_probe(&train, &test, &ProbeOptions::default()).unwrap();
+    let m = &result.metrics;
+    assert_eq!((m.acc1, m.acc5, m.mean_per_class_recall), (1.0, 1.0, 1.0));
+    assert!(weight_decay_grid().contains(&result.weight_decay));
+    // 7 coarse fits, then at most 2 new ones at each of the spans 8, 4, 2, 1.
+    assert!(
+        (7..=15).contains(&result.search.len()),
+        "{:?}",
+        result.search
+    );
+}
+
+/// The search starts on CLIP_benchmark's 7 coarse points and repeats exactly for one seed;
+/// another seed holds out other rows.
+#[test]
+fn weight_decay_search_is_seeded_and_deterministic() {
+    let (rows, dim, classes) = (80, 8, 3);
+    let (features, labels) = noise(rows, dim, classes, 9);
+    let data = LabelledFeatures {
+        features: &features,
+        labels: &labels,
+        dim,
+        classes,
+    };
+    let options = |seed| ProbeOptions {
+        seed,
+        ..ProbeOptions::default()
+    };
+    let first = choose_weight_decay(&data, &options(1)).unwrap();
+    let again = choose_weight_decay(&data, &options(1)).unwrap();
+    let other = choose_weight_decay(&data, &options(2)).unwrap();
+    assert_eq!(first, again);
+    assert_ne!(first.1, other.1, "another seed holds out other rows");
+    let grid = weight_decay_grid();
+    let coarse: Vec<f64> = first.1.iter().take(7).map(|&(wd, _)| wd).collect();
+    let expected: Vec<f64> = (0..7).map(|i| grid[16 * i]).collect();
+    assert_eq!(coarse, expected, "CLIP_benchmark's coarse grid first");
+}
+
+/// A NaN feature is refused with the image it came from, not fitted.
+#[test]
+fn non_finite_features_are_refused() {
+    let mut features = vec![0.5f32; 4 * 3];
+    features[7] = f32::NAN;
+    let labels = [0, 1, 0, 1];
+    let data = LabelledFeatures {
+        features: &features,
+        labels: &labels,
+        dim: 3,
+        classes: 2,
+    };
+    let err = LinearProbe::fit(&data, 1e-2, &ProbeOptions::default()).unwrap_err();
+    assert_eq!(err.to_string(), "image 2: its features are not finite");
+}
+
+// ---- `clusterclip eval --task linear_probe` ----
+
+/// A one-layer model small enough for the CPU backend, saved as a checkpoint with its
+/// configuration.
+fn tiny_checkpoint(path: &Path) {
+    let config = ClipConfig {
+        embed_dim: 16,
+        vision: VisionConfig {
+            image_size: 16,
+            patch_size: 8,
+            width: 16,
+            layers: 1,
+            heads: 2,
+        },
+        text: TextConfig {
+            context_length: 8,
+            vocab_size: 1000,
+            width: 16,
+            layers: 1,
+            heads: 2,
+        },
+    };
+    let clip = Clip::new(config.clone(), &Backend::Cpu, 0).unwrap();
+    let params = clip.params.to_host(&Graph::new(Backend::Cpu));
+    let tensors = params
+        .iter()
+        .map(|(name, shape, values)| (name.clone(), shape.clone(), TensorOut::F32(values)))
+        .collect();
+    let metadata = HashMap::from([("model_config".to_string(), config_json(&config).to_string())]);
+    write_atomic(path, tensors, metadata).unwrap();
+}
+
+/// An image folder of `per_class` noisy 16×16 images per class, each class one colour.
+fn colour_folder(root: &Path, classes: &[(&str, [u8; 3])], per_class: usize, rng: &mut Rng) {
+    for (name, rgb) in classes {
+        std::fs::create_dir_all(root.join(name)).unwrap();
+        for i in 0..per_class {
+            let image = image::RgbImage::from_fn(16, 16, |_, _| {
+                image::Rgb(rgb.map(|c| c.saturating_add(rng.below(40) as u8)))
+            });
+            image
+                .save(root.join(name).join(format!("{i}.png")))
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn eval_linear_probe_separates_colours_and_refuses_unlabelled_sets() {
+    let dir = temp_dir("linear-probe");
+    let checkpoint = dir.join("tiny.safetensors");
+    tiny_checkpoint(&checkpoint);
+    let mut rng = Rng::new(1);
+    let colours = [
+        ("blue", [20, 40, 200]),
+        ("green", [30, 190, 40]),
+        ("red", [200, 30, 20]),
+    ];
+    colour_folder(&dir.join("train"), &colours, 8, &mut rng);
+    colour_folder(&dir.join("test"), &colours, 4, &mut rng);
+    let spec = |name: &str| format!("imagefolder:{}", dir.join(name).display());
+    let (ck, train, test) = (checkpoint.to_str().unwrap(), spec("train"), spec("test"));
+    let args = |train: &str, test: &str| {
+        [
+            "eval",
+            "--cpu",
+            "--checkpoint",
+            ck,
+            "--task",
+            "linear_probe",
+            "--json",
+            "--train-data",
+            train,
+            "--data",
+            test,
+        ]
+        .map(str::to_string)
+    };
+    let run = |args: &[String]| clusterclip(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let out = run(&args(&train, &test));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["acc1", "acc5", "mean_per_class_recall"] {
+        assert_eq!(json[key].as_f64(), Some(1.0), "{key} in {json}");
+    }
+    let wd = json["weight_decay"].as_f64().unwrap();
+    assert!(weight_decay_grid().contains(&wd), "{wd}");
+
+    // A captions CSV has no labels: one line naming the flag and the file.
+    let csv = dir.join("captions.csv");
+    std::fs::write(&csv, "filepath\ttitle\ntrain/red/0.png\ta red square\n").unwrap();
+    let csv = csv.to_str().unwrap().to_string();
+    let line = error_line(&run(&args(&train, &csv)));
+    assert!(
+        line.starts_with("error: --data: ")
+            && line.contains(&csv)
+            && line.contains("no class labels"),
+        "{line}"
+    );
+    let line = error_line(&run(&args(&csv, &test)));
+    assert!(
+        line.starts_with("error: --train-data: ") && line.contains(&csv),
+        "{line}"
+    );
+
+    // A test class the probe never saw.
+    colour_folder(
+        &dir.join("test"),
+        &[("violet", [150, 20, 200])],
+        1,
+        &mut rng,
+    );
+    let line = error_line(&run(&args(&train, &test)));
+    assert!(
+        line.starts_with("error: --data: ") && line.contains("class 'violet'"),
+        "{line}"
+    );
+
+    // Flags out of place fail before the checkpoint is read.
+    let line = error_line(&clusterclip(&[
+        "eval",
+        "--checkpoint",
+        ck,
+        "--task",
+        "linear_probe",
+        "--data",
+        &test,
+    ]));
+    assert!(line.starts_with("error: --train-data: "), "{line}");
+    let line = error_line(&clusterclip(&[
+        "eval",
+        "--checkpoint",
+        ck,
+        "--train-data",
+        &train,
+    ]));
+    assert!(line.starts_with("error: --train-data is only"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

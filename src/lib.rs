@@ -16,4 +16,6 @@ pub mod train;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod study;
 pub use graph::{Backend, Graph, Tensor};

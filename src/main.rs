@@ -30,6 +30,9 @@ enum Command {
     Mask(cli::mask::MaskArgs),
     /// Train a CLIP (OpenCLIP's flags): by default the tiny preset with cluster masking on builtin:shapes.
     Train(Box<cli::train::TrainArgs>),
+    /// A grid of training runs (strategies × mask ratios × seeds) under one budget, compared at
+    /// equal compute: study.md, study.json and plots.
+    Study(Box<cli::study::StudyArgs>),
     /// Zero-shot or retrieval metrics of a checkpoint.
     Eval(cli::eval::EvalArgs),
     /// A model preset's configuration and parameter counts.
@@ -47,6 +50,7 @@ fn main() {
         Command::Data(cmd) => cli::data::run(cmd),
         Command::Mask(args) => cli::mask::run(args),
         Command::Train(args) => cli::train::run(*args),
+        Command::Study(args) => cli::study::run(*args),
         Command::Eval(args) => cli::eval::run(args),
         Command::Model(args) => cli::model::run(args),
         Command::VerifyOpenclip(args) => cli::verify::run(args),

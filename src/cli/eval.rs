@@ -182,7 +182,7 @@ fn linear_probe_sets(args: &EvalArgs) -> Result<Option<(&str, &str)>, String> {
 
 /// The linear probe (M6) of `clip`'s normalised image features: JSON with eval's metric names
 /// plus the chosen weight decay, and the summary line.
-fn linear_probe_task(
+pub fn linear_probe_task(
     clip: &crate::model::Clip,
     (train_spec, train): (&str, &LabelledSet),
     (test_spec, test): (&str, &LabelledSet),

@@ -7,6 +7,7 @@ pub mod eval;
 pub mod info;
 pub mod mask;
 pub mod model;
+pub mod study;
 pub mod tokenize;
 pub mod train;
 pub mod verify;

@@ -50,6 +50,20 @@ impl TensorFile {
                         .map(|x| x as f32)
                         .collect(),
                 ),
+                // Half-precision exports (OpenCLIP's `--precision fp16/bf16` state_dicts) widen
+                // exactly: every f16 and bf16 value is an f32.
+                Dtype::F16 => TensorData::F32(
+                    bytemuck::pod_collect_to_vec::<u8, u16>(raw)
+                        .into_iter()
+                        .map(f16_to_f32)
+                        .collect(),
+                ),
+                Dtype::BF16 => TensorData::F32(
+                    bytemuck::pod_collect_to_vec::<u8, u16>(raw)
+                        .into_iter()
+                        .map(|bits| f32::from_bits(u32::from(bits) << 16))
+                        .collect(),
+                ),
                 Dtype::I64 => TensorData::Int(bytemuck::pod_collect_to_vec(raw)),
                 Dtype::I32 => TensorData::Int(
                     bytemuck::pod_collect_to_vec::<u8, i32>(raw)
@@ -129,6 +143,21 @@ impl TensorFile {
             )),
         }
     }
+}
+
+/// IEEE 754 binary16 to f32, exact (subnormals, infinities and NaN included).
+pub fn f16_to_f32(bits: u16) -> f32 {
+    let sign = u32::from(bits >> 15) << 31;
+    let exponent = u32::from((bits >> 10) & 0x1f);
+    let mantissa = u32::from(bits & 0x3ff);
+    let magnitude = match (exponent, mantissa) {
+        (0, 0) => 0,
+        // Subnormal: mantissa · 2^-24, exact in f32.
+        (0, m) => (m as f32 * f32::powi(2.0, -24)).to_bits(),
+        (0x1f, m) => 0x7f80_0000 | (m << 13),
+        (e, m) => ((e + 127 - 15) << 23) | (m << 13),
+    };
+    f32::from_bits(sign | magnitude)
 }
 
 /// One tensor to write.
@@ -214,4 +243,53 @@ pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file of one tensor, built by hand (our writer has no half types).
+    fn file_with(dtype: &str, shape: &[usize], data: &[u8]) -> Vec<u8> {
+        let header = format!(
+            r#"{{"w":{{"dtype":"{dtype}","shape":{shape:?},"data_offsets":[0,{}]}}}}"#,
+            data.len()
+        );
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn half_precision_tensors_widen_exactly() {
+        // (binary16 bits, value): one, minus two, the largest normal, the smallest normal and
+        // subnormal, zero, minus zero, infinity.
+        let cases: [(u16, f32); 8] = [
+            (0x3c00, 1.0),
+            (0xc000, -2.0),
+            (0x7bff, 65504.0),
+            (0x0400, 6.103_515_6e-5),
+            (0x0001, 5.960_464_5e-8),
+            (0x0000, 0.0),
+            (0x8000, -0.0),
+            (0x7c00, f32::INFINITY),
+        ];
+        let bits: Vec<u8> = cases.iter().flat_map(|(b, _)| b.to_le_bytes()).collect();
+        let file = TensorFile::parse(&file_with("F16", &[8], &bits), Path::new("h.st")).unwrap();
+        let (shape, values) = file.f32("w").unwrap();
+        assert_eq!(shape, [8]);
+        for ((_, want), got) in cases.iter().zip(&values) {
+            assert_eq!(got.to_bits(), want.to_bits(), "{want}");
+        }
+        assert!(f16_to_f32(0x7e00).is_nan());
+        // bfloat16 is the top half of an f32: 1.5, -0.15625 and 3.0e38 round trip bit for bit.
+        let wanted = [1.5f32, -0.15625, f32::from_bits(0x7f61_0000)];
+        let bits: Vec<u8> = wanted
+            .iter()
+            .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let file = TensorFile::parse(&file_with("BF16", &[3], &bits), Path::new("b.st")).unwrap();
+        assert_eq!(file.f32("w").unwrap().1, wanted);
+    }
 }

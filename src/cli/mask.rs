@@ -181,6 +181,13 @@ fn load_model(args: &MaskArgs) -> Result<Option<Clip>, String> {
     }
 }
 
+/// Largest `--image-size`: 18x CLIP's 224; an image of 20,000 took 15 GB and more than 10
+/// minutes (issue 10).
+pub const MAX_IMAGE_SIZE: usize = 4096;
+/// Most patches per image, (4096 / 16)^2: cluster masking compares every patch with every anchor
+/// (M3.2), so its time grows with the square of this.
+pub const MAX_PATCHES: usize = 65_536;
+
 pub fn run(args: MaskArgs) -> CliResult {
     let model = load_model(&args)?;
     let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
@@ -195,6 +202,21 @@ pub fn run(args: MaskArgs) -> CliResult {
     if patch == 0 || size < patch || !size.is_multiple_of(patch) {
         return Err(format!(
             "--image-size {size} is not a positive multiple of --patch-size {patch}"
+        )
+        .into());
+    }
+    if size > MAX_IMAGE_SIZE {
+        return Err(format!(
+            "--image-size {size} is outside {patch}..={MAX_IMAGE_SIZE} (a multiple of --patch-size {patch})"
+        )
+        .into());
+    }
+    let side = size / patch;
+    if side * side > MAX_PATCHES {
+        return Err(format!(
+            "--image-size {size} with --patch-size {patch} gives {} patches, over the limit of \
+             {MAX_PATCHES}: use a larger --patch-size",
+            side * side
         )
         .into());
     }

@@ -65,7 +65,7 @@ fn mask_image_size_has_a_range() {
     ]);
     assert!(
         line.starts_with(
-            "error: --image-size 2048 with --patch-size 4 gives 262144 patches, over the limit of 65536"
+            "error: --image-size 2048 with --patch-size 4 gives 262144 patches, over the limit of 16384"
         ),
         "{line}"
     );

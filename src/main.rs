@@ -42,6 +42,8 @@ enum Command {
 }
 
 fn main() {
+    // First, while the process has one thread (see its SAFETY note).
+    clusterclip::gpu::quiet_mesa_device_select();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Info(args) => cli::info::run(args),

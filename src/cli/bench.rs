@@ -179,10 +179,48 @@ fn sampled_error(a: &[f32], b: &[f32], c: &[f32], d: MatmulDims) -> f64 {
     worst
 }
 
+/// Every benchmark reports a median, so it needs at least one timed run.
+pub(super) fn check_repeats(repeats: usize) -> Result<(), String> {
+    if repeats == 0 {
+        return Err(
+            "--repeats must be at least 1 (the median of the timed runs is reported)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// Sizes wgpu would refuse with a panic, as one line naming the flags: each operand must fit one
+/// storage binding, and the batch one grid dimension (the matmul grid's z).
+fn check_matmul_fits(gpu: &Gpu, dims: &MatmulDims) -> Result<(), String> {
+    let max_batch = gpu.limits.max_compute_workgroups_per_dimension as usize;
+    if dims.batch > max_batch {
+        return Err(format!("--batch {} is outside 1..={max_batch}", dims.batch));
+    }
+    let limit = gpu.binding_limit_words();
+    let operands = [
+        ("A", "--batch x --m x --k", [dims.batch, dims.m, dims.k]),
+        ("B", "--batch x --k x --n", [dims.batch, dims.k, dims.n]),
+        ("C", "--batch x --m x --n", [dims.batch, dims.m, dims.n]),
+    ];
+    for (name, flags, sizes) in operands {
+        let words = sizes.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x));
+        if words.is_none_or(|w| w > limit) {
+            return Err(format!(
+                "bench matmul: {name} ({flags} = {}) holds more than the {limit} floats ({} MiB) \
+                 of this GPU's largest storage binding; use smaller sizes",
+                sizes.map(|x| x.to_string()).join(" x "),
+                (limit * 4) >> 20
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn run_matmul(args: &MatmulArgs) -> CliResult {
     if args.m == 0 || args.n == 0 || args.k == 0 || args.batch == 0 {
         return Err("bench matmul: --m, --n, --k and --batch must be at least 1".into());
     }
+    check_repeats(args.repeats)?;
     let gpu = Gpu::new(&args.gpu.options()?)?;
     let dims = MatmulDims {
         batch: args.batch,
@@ -193,7 +231,9 @@ fn run_matmul(args: &MatmulArgs) -> CliResult {
         trans_b: args.trans_b,
         shared_b: false,
     };
+    check_matmul_fits(&gpu, &dims)?;
     let t = time_matmul(&gpu, dims, args.repeats);
+    gpu.check_errors()?;
     // Inputs in [-0.5, 0.5): f32 sums of k products stay far below this.
     let tolerance = 1e-5 * (args.k as f64).sqrt().max(1.0) * 10.0;
     if args.json {

@@ -100,9 +100,24 @@ struct BenchSetup {
 }
 
 impl BenchSetup {
-    fn new(preset: &str, gpu: &GpuArgs, batch: usize) -> Result<Self, Box<dyn std::error::Error>> {
+    fn new(
+        preset: &str,
+        gpu: &GpuArgs,
+        batch: usize,
+        repeats: usize,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        super::bench::check_repeats(repeats)?;
         let config = ClipConfig::preset(preset)?;
         let gpu = crate::gpu::Gpu::new(&gpu.options()?)?;
+        // Before any wgpu call: a batch past the device's bindings is a validation error there.
+        let max_batch = config.largest_batch_within(gpu.binding_limit_words());
+        if !(1..=max_batch).contains(&batch) {
+            return Err(format!(
+                "--batch-size {batch} is outside 1..={max_batch} (the most that fits this GPU's \
+                 largest storage binding with preset {preset})"
+            )
+            .into());
+        }
         let backend = Backend::Gpu(gpu.clone());
         let clip = Clip::new(config.clone(), &backend, 0)?;
         let (images, tokens) = synthetic_batch(&config, batch, 0);
@@ -125,10 +140,18 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
         clip,
         images,
         tokens,
-    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats)?;
     let v = &config.vision;
     let patches = v.patches();
-    let keep = args.keep.unwrap_or(patches).min(patches);
+    if args.keep.is_some_and(|k| !(1..=patches).contains(&k)) {
+        return Err(format!(
+            "--keep {} is outside 1..={patches} (the patches of preset {})",
+            args.keep.unwrap_or_default(),
+            args.preset
+        )
+        .into());
+    }
+    let keep = args.keep.unwrap_or(patches);
     let kept: Vec<u32> = (0..args.batch_size).flat_map(|_| 0..keep as u32).collect();
     let image_pass = || -> Result<(), Box<dyn std::error::Error>> {
         let mut g = Graph::new(backend.clone());
@@ -162,6 +185,7 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
     };
     let image_s = time(&image_pass)?;
     let text_s = time(&text_pass)?;
+    gpu.check_errors()?;
     let image_flops = 3.0 * tower_forward_flops(args.batch_size, keep + 1, v.width, v.layers);
     let text_flops = 3.0
         * tower_forward_flops(
@@ -230,7 +254,7 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
         clip,
         images,
         ..
-    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats)?;
     let v = &config.vision;
     let strategy = bench_strategy(&args.mask, &images, &config)?;
     let mut ratio = 0.0;
@@ -273,6 +297,7 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
             .map(|_| tower_pass())
             .collect::<Result<_, _>>()?,
     );
+    gpu.check_errors()?;
     let share = mask_s / tower_s;
     if args.json {
         println!(
@@ -326,7 +351,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
         images,
         tokens,
         ..
-    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size)?;
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats)?;
     let strategy = bench_strategy(&args.mask, &images, &config)?;
     let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
     let mut ratios = Vec::new();
@@ -363,6 +388,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
         gpu.set_profiling(false);
         print_profile(&rows);
     }
+    gpu.check_errors()?;
     let seconds = median(runs);
     let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
     let per_s = args.batch_size as f64 / seconds;

@@ -67,6 +67,9 @@ pub fn run(args: EvalArgs) -> CliResult {
     if args.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
+    if args.samples == Some(0) {
+        return Err("--samples must be at least 1 (leave it out to use every sample)".into());
+    }
     let model = args
         .model
         .as_deref()
@@ -84,6 +87,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
     };
     let clip = checkpoint.model(&backend);
+    let broken = |e: String| format!("--checkpoint {}: {e}", args.checkpoint.display());
     // Batches as large as one storage binding allows (a ViT-B/16 at 64 exceeds 128 MiB).
     let batch_size = backend.gpu().map_or(args.batch_size, |gpu| {
         args.batch_size
@@ -117,7 +121,7 @@ pub fn run(args: EvalArgs) -> CliResult {
     } else if args.task == "zeroshot" {
         let set =
             zeroshot_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
-        let m = zeroshot_eval(&clip, &set, batch_size)?;
+        let m = zeroshot_eval(&clip, &set, batch_size).map_err(broken)?;
         let line = format!(
             "zero-shot on {} ({} images, {} classes, chance {:.1}%): top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
             data,
@@ -132,7 +136,7 @@ pub fn run(args: EvalArgs) -> CliResult {
     } else {
         let set =
             caption_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
-        let (m, loss) = retrieval_eval(&clip, &set, batch_size)?;
+        let (m, loss) = retrieval_eval(&clip, &set, batch_size).map_err(broken)?;
         let r = |v: [f64; 3]| {
             format!(
                 "{:.2}/{:.2}/{:.2}%",

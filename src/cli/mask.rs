@@ -127,6 +127,14 @@ fn load_model(args: &MaskArgs, kind: MaskKind) -> Result<Option<Clip>, String> {
     }
 }
 
+/// Largest `--image-size`: 18x CLIP's 224; an image of 20,000 took 15 GB and more than 10
+/// minutes (issue 10).
+pub const MAX_IMAGE_SIZE: usize = 4096;
+/// Most patches per image, (2048 / 16)^2: cluster masking compares every patch with every anchor
+/// (M3.2), so its time grows with the square of this (measured on 2 shared cores: 4,096 patches
+/// 0.8 s, 16,384 patches 12 s and 170 MB).
+pub const MAX_PATCHES: usize = 16_384;
+
 pub fn run(args: MaskArgs) -> CliResult {
     let plan = args.mask.plan()?;
     let model = load_model(&args, plan.strategy.kind())?;
@@ -147,6 +155,21 @@ pub fn run(args: MaskArgs) -> CliResult {
     }
     if !(0.0..=1.0).contains(&args.progress) {
         return Err(format!("--progress {} is outside [0, 1]", args.progress).into());
+    }
+    if size > MAX_IMAGE_SIZE {
+        return Err(format!(
+            "--image-size {size} is outside {patch}..={MAX_IMAGE_SIZE} (a multiple of --patch-size {patch})"
+        )
+        .into());
+    }
+    let side = size / patch;
+    if side * side > MAX_PATCHES {
+        return Err(format!(
+            "--image-size {size} with --patch-size {patch} gives {} patches, over the limit of \
+             {MAX_PATCHES}: use a larger --patch-size",
+            side * side
+        )
+        .into());
     }
     let loaded = args
         .images

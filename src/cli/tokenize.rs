@@ -19,7 +19,19 @@ pub struct TokenizeArgs {
     pub texts: Vec<String>,
 }
 
+/// Longest `--context-length`: CLIP uses 77, long-text variants a few hundred; beyond this
+/// the padded rows only cost memory (100,000,000,000 aborted on allocation, issue 10).
+pub const MAX_CONTEXT_LENGTH: usize = 8192;
+
 pub fn run(args: TokenizeArgs) -> CliResult {
+    // Two ids are the least: the start and end tokens.
+    if !(2..=MAX_CONTEXT_LENGTH).contains(&args.context_length) {
+        return Err(format!(
+            "--context-length {} is outside 2..={MAX_CONTEXT_LENGTH}",
+            args.context_length
+        )
+        .into());
+    }
     if args.vocab_size < MIN_VOCAB_SIZE {
         return Err(format!(
             "--vocab-size {} is below the minimum of {MIN_VOCAB_SIZE}",

@@ -2,6 +2,8 @@
 //! class embeddings; top-1, top-5, mean per-class recall) and image-text retrieval
 //! (Recall@1/5/10 both ways, mean and median rank). No masking at evaluation (M2).
 
+use std::cmp::Ordering;
+
 pub mod features;
 pub mod linear_probe;
 #[cfg(feature = "cli")]
@@ -76,13 +78,55 @@ pub fn class_embeddings(
     out
 }
 
-/// Rank (0-based) of `target` among `scores` sorted descending; ties count against the target.
-fn rank_of(scores: &[f64], target: usize) -> usize {
+/// Rank (0-based) of `target` among `scores` sorted descending. Pessimistic: every other
+/// candidate counts as ahead unless it scores strictly below the target, so ties count against
+/// the target (CLIP_benchmark's `topk` breaks ties by index instead) and a NaN target ranks
+/// last; a broken model can never score a hit by accident.
+pub fn rank_of(scores: &[f64], target: usize) -> usize {
+    let score = scores[target];
     scores
         .iter()
         .enumerate()
-        .filter(|&(i, s)| i != target && *s >= scores[target])
+        .filter(|&(i, s)| i != target && s.partial_cmp(&score) != Some(Ordering::Less))
         .count()
+}
+
+/// Rows of `features` (width `dim`) holding a NaN or an infinity.
+pub fn non_finite_rows(features: &[f32], dim: usize) -> usize {
+    features
+        .chunks(dim.max(1))
+        .filter(|row| row.iter().any(|x| !x.is_finite()))
+        .count()
+}
+
+/// An error naming which features hold NaN or Inf and how many, if any do: metrics of such
+/// features are meaningless (a NaN model used to score 100%, issue 10). `text_kind` says what
+/// the texts are (prompts, captions).
+pub fn check_features(
+    image: &[f32],
+    text: &[f32],
+    text_kind: &str,
+    dim: usize,
+) -> Result<(), String> {
+    let count = |features: &[f32], what: &str| {
+        let bad = non_finite_rows(features, dim);
+        (bad > 0).then(|| format!("{bad} of {} {what}", features.len() / dim.max(1)))
+    };
+    let broken: Vec<String> = [
+        count(image, "image features"),
+        count(text, &format!("{text_kind} features")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if broken.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{} hold NaN or Inf: the model's weights (or its inputs) are broken, so no metric is \
+         meaningful",
+        broken.join(" and ")
+    ))
 }
 
 /// Zero-shot metrics of normalised image features [n, dim] against class embeddings.
@@ -162,9 +206,9 @@ pub fn retrieval(
     }
     // text -> image
     let mut image_ranks = Vec::with_capacity(m);
-    for j in 0..m {
+    for (j, &image) in text_image.iter().enumerate() {
         let scores: Vec<f64> = (0..n).map(|i| sim(i, j)).collect();
-        image_ranks.push(rank_of(&scores, text_image[j]) as f64 + 1.0);
+        image_ranks.push(rank_of(&scores, image) as f64 + 1.0);
     }
     let recall = |ranks: &[f64], k: usize| {
         ranks.iter().filter(|&&r| r <= k as f64).count() as f64 / ranks.len().max(1) as f64

@@ -11,8 +11,8 @@ use crate::model::Clip;
 use crate::train::step::read_storage;
 
 use super::{
-    RECALL_AT, RetrievalMetrics, ZeroShotMetrics, class_embeddings, encode_images, encode_texts,
-    retrieval, zero_shot,
+    RECALL_AT, RetrievalMetrics, ZeroShotMetrics, check_features, class_embeddings, encode_images,
+    encode_texts, retrieval, zero_shot,
 };
 
 /// The built-in zero-shot task: `shapes::zeroshot_sample` images, `shapes::ZEROSHOT_TEMPLATES`.
@@ -67,7 +67,8 @@ pub fn zeroshot_set(
 ) -> Result<LabelledSet, String> {
     let size = clip.config.vision.image_size;
     if spec == BUILTIN_ZEROSHOT {
-        let n = limit.unwrap_or(BUILTIN_ZEROSHOT_IMAGES);
+        // `limit` is at most: a huge --samples must not allocate past the task's images.
+        let n = limit.map_or(BUILTIN_ZEROSHOT_IMAGES, |l| l.min(BUILTIN_ZEROSHOT_IMAGES));
         let plane = 3 * size * size;
         let mut images = vec![0f32; n * plane];
         let mut labels = Vec::with_capacity(n);
@@ -147,8 +148,9 @@ pub fn zeroshot_eval(
         .collect();
     let dim = clip.config.embed_dim;
     let text = encode_texts(clip, &tokens, batch_size).map_err(|e| e.to_string())?;
-    let classes = class_embeddings(&text, set.classes.len(), set.templates.len(), dim);
     let image = encode_images(clip, &set.images, batch_size).map_err(|e| e.to_string())?;
+    check_features(&image, &text, "prompt text", dim)?;
+    let classes = class_embeddings(&text, set.classes.len(), set.templates.len(), dim);
     Ok(zero_shot(&image, &set.labels, &classes, dim))
 }
 
@@ -239,6 +241,7 @@ pub fn retrieval_eval(
     let dim = clip.config.embed_dim;
     let image = encode_images(clip, &set.images, batch_size).map_err(|e| e.to_string())?;
     let text = encode_texts(clip, &set.tokens, batch_size).map_err(|e| e.to_string())?;
+    check_features(&image, &text, "caption text", dim)?;
     let pairs: Vec<usize> = (0..set.n).collect();
     let loss = contrastive_loss(&image, &text, dim, logit_scale(clip), batch_size);
     Ok((retrieval(&image, &text, &pairs, dim), loss))

@@ -109,7 +109,32 @@ pub struct AdapterSummary {
     pub driver_info: String,
 }
 
+/// Turns off Mesa's implicit Vulkan layer VK_LAYER_MESA_device_select with its own switch,
+/// `NODEVICE_SELECT=1`, before the first instance: on a machine without XDG_RUNTIME_DIR it
+/// prints `error: XDG_RUNTIME_DIR is invalid or not set` 2 to 4 times per command (issue 10).
+/// The layer only orders devices, and we rank adapters ourselves (`--adapter` picks one).
+/// Left alone when the user set `NODEVICE_SELECT` or asks the layer for a device
+/// (`MESA_VK_DEVICE_SELECT`). Runs once per process; the binary calls it first in `main`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn quiet_mesa_device_select() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("NODEVICE_SELECT").is_none()
+            && std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+        {
+            // SAFETY: set_var races only with environment reads that bypass std's lock, i.e. C
+            // code such as the Vulkan loader and Mesa. This crate reaches them only through
+            // `instance`, which waits on this `Once`, and the binary runs this before any thread
+            // exists. A library user's own threads calling C `getenv` at this moment remain the
+            // documented risk (tests: the harness's threads run Rust, which takes std's lock).
+            unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+        }
+    });
+}
+
 fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    #[cfg(not(target_arch = "wasm32"))]
+    quiet_mesa_device_select();
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
     wgpu::Instance::new(desc)

@@ -80,7 +80,10 @@ impl Drop for Pooled {
             let epoch = self
                 .last_bound_epoch
                 .load(std::sync::atomic::Ordering::Relaxed);
-            pool.lock().unwrap().give_back(self.class, buffer, epoch);
+            // Tolerate a poisoned pool: a panic while unwinding would abort the process.
+            pool.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .give_back(self.class, buffer, epoch);
         }
     }
 }

@@ -15,9 +15,9 @@ mod buffer;
 mod kernel;
 mod recorder;
 
-#[cfg(not(target_arch = "wasm32"))]
-pub use adapter::adapter_summaries;
 pub use adapter::{AdapterSummary, BackendChoice, GpuOptions};
+#[cfg(not(target_arch = "wasm32"))]
+pub use adapter::{adapter_summaries, quiet_mesa_device_select};
 pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf};
 pub use kernel::{Kernel, Shader, validate_wgsl};
 
@@ -53,6 +53,10 @@ pub struct Gpu {
     /// every dispatch is then submitted and waited for on its own, so totals are exact per
     /// kernel but the step as a whole runs slower than normal.
     profile: Mutex<Option<HashMap<String, KernelTime>>>,
+    /// The first error wgpu reported outside an error scope, as one line. wgpu's default handler
+    /// panics (with a backtrace, or an abort when a lock is held); a stored error reaches the
+    /// user as a `Result` at the next read instead.
+    device_error: Arc<Mutex<Option<String>>>,
 }
 
 /// One binding-sized piece of a buffer range (see [`Gpu::binding_chunks`]).
@@ -86,8 +90,14 @@ pub struct KernelTime {
 pub enum GpuError {
     NoAdapter(String),
     RequestDevice(String),
-    Shader { name: String, message: String },
+    Shader {
+        name: String,
+        message: String,
+    },
     Map(String),
+    /// A wgpu validation or out-of-memory error, reported at the next read (see
+    /// [`Gpu::check_errors`]).
+    Device(String),
 }
 
 impl std::fmt::Display for GpuError {
@@ -101,11 +111,27 @@ impl std::fmt::Display for GpuError {
             GpuError::RequestDevice(why) => write!(f, "could not open the GPU device: {why}"),
             GpuError::Shader { name, message } => write!(f, "shader {name}: {message}"),
             GpuError::Map(why) => write!(f, "reading a GPU buffer back failed: {why}"),
+            GpuError::Device(why) => write!(f, "the GPU refused the work: {why}"),
         }
     }
 }
 
 impl std::error::Error for GpuError {}
+
+/// wgpu's multi-line error report ("Validation Error", "Caused by:", indented causes) as one
+/// line of its causes.
+fn one_line(report: &str) -> String {
+    let parts: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "Caused by:" && *l != "Validation Error")
+        .collect();
+    if parts.is_empty() {
+        report.trim().to_string()
+    } else {
+        parts.join(": ")
+    }
+}
 
 /// Largest workgroup count per grid dimension in WebGPU's default limits.
 pub const MAX_GROUPS_PER_DIM: u32 = 65_535;
@@ -150,6 +176,14 @@ impl Gpu {
             })
             .await
             .map_err(|e| GpuError::RequestDevice(e.to_string()))?;
+        let device_error = Arc::new(Mutex::new(None));
+        let first_error = Arc::clone(&device_error);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            // Later errors are mostly echoes of the first (invalid objects used again).
+            if let Ok(mut slot) = first_error.lock() {
+                slot.get_or_insert_with(|| one_line(&error.to_string()));
+            }
+        }));
         let bounds_checks = options.bounds_checks.unwrap_or(cfg!(debug_assertions));
         let tiled_matmul = options
             .tiled_matmul
@@ -176,7 +210,20 @@ impl Gpu {
             profile: Mutex::new(
                 (std::env::var("CLUSTERCLIP_PROFILE").is_ok_and(|v| v == "1")).then(HashMap::new),
             ),
+            device_error,
         }))
+    }
+
+    /// The first error wgpu reported since the device opened, if any. It stays: every result
+    /// computed after it is suspect. Reads check it; call it after work that reads nothing.
+    pub fn check_errors(&self) -> Result<(), GpuError> {
+        match self.device_error.lock().map(|slot| slot.clone()) {
+            Ok(None) => Ok(()),
+            Ok(Some(message)) => Err(GpuError::Device(message)),
+            Err(_) => Err(GpuError::Device(
+                "an earlier GPU error poisoned its record".into(),
+            )),
+        }
     }
 
     /// A one-line description: adapter name, backend and driver.

@@ -399,20 +399,24 @@ impl Gpu {
             .map_async(wgpu::MapMode::Read, move |result| {
                 let _ = sender.send(result);
             });
+        // A failed map is usually the echo of an earlier device error: report the cause.
+        let failed = |e: String| self.check_errors().err().unwrap_or(GpuError::Map(e));
         self.device
             .poll(wgpu::PollType::Wait {
                 submission_index: index,
                 timeout: None,
             })
-            .map_err(|e| GpuError::Map(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?;
         receiver
             .recv()
-            .map_err(|e| GpuError::Map(e.to_string()))?
-            .map_err(|e| GpuError::Map(e.to_string()))?;
+            .map_err(|e| failed(e.to_string()))?
+            .map_err(|e| failed(e.to_string()))?;
+        // Checked after the wait: errors of the submitted work are reported by then.
+        self.check_errors()?;
         let bytes = staging
             .slice(..)
             .get_mapped_range()
-            .map_err(|e| GpuError::Map(e.to_string()))?
+            .map_err(|e| failed(e.to_string()))?
             .to_vec();
         staging.unmap();
         Ok(bytes)

@@ -108,9 +108,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
     let mut worst = (0.0f32, 0usize);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let ratio = (g - w).abs() / (atol + rtol * w.abs());
-        if !(ratio <= 1.0) {
+        if ratio.is_nan() || ratio > 1.0 {
             // NaN lands here too.
-            if !(ratio <= worst.0) {
+            if ratio.is_nan() || ratio > worst.0 {
                 worst = (ratio, i);
             }
         }

@@ -173,6 +173,8 @@ fn bad_flags_give_one_error_line_naming_the_flag() {
         (&["--threshold", "auto"], "--target-mask-ratio"),
         (&["--lr-scheduler", "linear"], "--lr-scheduler"),
         (&["--resume", "latest"], "--name"),
+        (&["--name", ""], "--name"),
+        (&["--name", "../escape"], "--name"),
         (
             &["--train-data", "/nonexistent/shards-{000..003}.tar"],
             "--train-data",
@@ -259,6 +261,9 @@ fn batches_over_one_binding_run_as_micro_batches() {
     };
     assert!(result(&split).is_some(), "{}", stderr(&split));
     assert_eq!(result(&split), result(&whole));
+    // A new name: a new run refuses the folder of the first (issue 10).
+    let mut args = args;
+    args[args.iter().position(|&a| a == "micro").unwrap()] = "micro-too-small";
     let out = clusterclip_with_env(&args, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "4096")]);
     let line = error_line(&out);
     assert!(

@@ -160,6 +160,57 @@ fn random_strategy_and_threshold_calibration() {
     let json: Value = serde_json::from_str(&stdout).unwrap();
     let threshold = json["threshold"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&threshold));
+    assert_realised_ratio_near(&json, 36, 0.5);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The realised mask ratio 1 − k/L of a `mask --json` result lands within 0.02 of `target`
+/// (M3.6 calibrates r so the encoder sees the targeted share of patches).
+fn assert_realised_ratio_near(json: &Value, patches: u64, target: f64) {
+    let first = json.as_array().map_or(json, |list| &list[0]);
+    let keep_count = first["keep_count"].as_u64().unwrap();
+    let realised = first["mask_ratio"].as_f64().unwrap();
+    assert!(
+        (realised - (1.0 - keep_count as f64 / patches as f64)).abs() < 1e-6,
+        "mask_ratio {realised} is not 1 - {keep_count}/{patches}"
+    );
+    assert!(
+        (realised - target).abs() <= 0.02,
+        "realised mask ratio {realised} (k = {keep_count} of {patches}), target {target}"
+    );
+}
+
+/// With several images one k serves the batch (M3.4), so calibrating the clusters' mean
+/// coverage misses the realised ratio: here coverage 0.50 gives k = 12 of 36, a ratio of 0.67.
+#[test]
+#[ignore = "fails until --threshold auto bisects on the realised ratio 1 - k/L (issue 10); \
+            un-ignore when that calibration is merged"]
+fn threshold_auto_lands_the_realised_ratio_of_a_batch_near_its_target() {
+    let dir = temp_dir("auto-batch");
+    let (a, b) = (dir.join("a.png"), dir.join("b.png"));
+    write_two_colour_png(&a, 48, 48, 5);
+    write_two_colour_png(&b, 40, 40, 2);
+    for target in ["0.4", "0.5"] {
+        let args = [
+            "--image",
+            a.to_str().unwrap(),
+            "--image",
+            b.to_str().unwrap(),
+            "--json",
+            "--threshold",
+            "auto",
+            "--target-mask-ratio",
+            target,
+            "--image-size",
+            "48",
+            "--patch-size",
+            "8",
+        ];
+        let (ok, stdout, stderr) = run(&args);
+        assert!(ok, "{stderr}");
+        let json: Value = serde_json::from_str(&stdout).unwrap();
+        assert_realised_ratio_near(&json, 36, target.parse().unwrap());
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

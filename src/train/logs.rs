@@ -128,9 +128,11 @@ impl Drop for RunLock {
 /// The writer's pid in `.NAME.tmpPID`, the temporary file of `model::io::write_bytes_atomic`.
 fn write_temp_pid(name: &str) -> Option<u32> {
     let (_, pid) = name.strip_prefix('.')?.rsplit_once(".tmp")?;
-    pid.bytes()
-        .all(|b| b.is_ascii_digit())
-        .then(|| pid.parse().ok())?
+    // Digits only: `parse` alone would take `+5`.
+    if !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
 }
 
 /// Removes the temporary files of interrupted writes (a kill, a full disk) from `dir` and its

@@ -86,10 +86,30 @@ fn train_writes_the_run_folder_resumes_and_evaluates() {
         r["metrics"].get("zeroshot").is_none(),
         "--zeroshot-data none"
     );
+    // Each step's logged ratio is a realised 1 − k/L of whole patches (tiny: L = 64), with k
+    // within the flags' bounds (M3.4: ceil(64 · 0.1) = 7 ≤ k ≤ floor(64 · 0.7) = 44), and the
+    // evaluation record holds their mean.
+    let keep_counts: Vec<f64> = logged_mask_ratios(&log)
+        .into_iter()
+        .map(|m| {
+            let k = ((1.0 - m) * 64.0).round();
+            assert!(
+                (1.0 - k / 64.0 - m).abs() <= 5e-4,
+                "mask {m} is not 1 - k/64"
+            );
+            assert!(
+                (7.0..=44.0).contains(&k),
+                "k = {k} outside the flags' bounds"
+            );
+            k
+        })
+        .collect();
+    assert_eq!(keep_counts.len(), 2, "{log}");
+    let mean = keep_counts.iter().map(|k| 1.0 - k / 64.0).sum::<f64>() / 2.0;
     let ratio = r["mean_mask_ratio"].as_f64().unwrap();
     assert!(
-        (0.3..=0.9).contains(&ratio),
-        "realised mask ratio {ratio} outside [min, max]"
+        (ratio - mean).abs() < 1e-6,
+        "mean_mask_ratio {ratio}, steps {keep_counts:?}"
     );
     let png = image::open(run.join("loss.png")).expect("loss.png decodes");
     assert!(png.width() > 0 && png.height() > 0);
@@ -155,6 +175,46 @@ fn train_writes_the_run_folder_resumes_and_evaluates() {
     let _ = std::fs::remove_dir_all(&logs);
 }
 
+/// The `mask X` values of the progress lines in `out.log`.
+fn logged_mask_ratios(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.starts_with("step "))
+        .filter_map(|l| l.split(" | mask ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Random masking keeps k = round(L · (1 − --mask-ratio)) whole patches (M4) and logs the
+/// realised 1 − k/L: tiny has L = 64, so --mask-ratio 0.3 keeps 45 and logs 0.297, not 0.300.
+#[test]
+fn random_masking_logs_the_realised_ratio_of_whole_patches() {
+    let logs = temp_dir("random");
+    let out = short_run(
+        &logs,
+        &[
+            "--mask",
+            "random",
+            "--mask-ratio",
+            "0.3",
+            "--steps",
+            "1",
+            "--val-frequency",
+            "0",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(logs.join("smoke").join("out.log")).unwrap();
+    let expected = 1.0 - 45.0 / 64.0;
+    let ratios = logged_mask_ratios(&log);
+    assert_eq!(ratios.len(), 1, "{log}");
+    assert!(
+        (ratios[0] - expected).abs() <= 5e-4,
+        "mask {} logged",
+        ratios[0]
+    );
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
 /// Each bad setting fails at once, with one line that names its flag.
 #[test]
 fn bad_flags_give_one_error_line_naming_the_flag() {
@@ -173,6 +233,8 @@ fn bad_flags_give_one_error_line_naming_the_flag() {
         (&["--threshold", "auto"], "--target-mask-ratio"),
         (&["--lr-scheduler", "linear"], "--lr-scheduler"),
         (&["--resume", "latest"], "--name"),
+        (&["--name", ""], "--name"),
+        (&["--name", "../escape"], "--name"),
         (
             &["--train-data", "/nonexistent/shards-{000..003}.tar"],
             "--train-data",
@@ -259,6 +321,9 @@ fn batches_over_one_binding_run_as_micro_batches() {
     };
     assert!(result(&split).is_some(), "{}", stderr(&split));
     assert_eq!(result(&split), result(&whole));
+    // A new name: a new run refuses the folder of the first (issue 10).
+    let mut args = args;
+    args[args.iter().position(|&a| a == "micro").unwrap()] = "micro-too-small";
     let out = clusterclip_with_env(&args, &[("CLUSTERCLIP_MAX_BINDING_BYTES", "4096")]);
     let line = error_line(&out);
     assert!(

@@ -216,6 +216,8 @@ fn max_bad_fraction_stops_the_run_naming_the_spec() {
             && line.contains("--max-bad-fraction 0.1"),
         "{line}"
     );
+    // A new run refuses the folder of the stopped one (issue 10): start afresh.
+    std::fs::remove_dir_all(&logs).unwrap();
     let out = train_on(&csv, &logs, &CSV_FLAGS, &["--max-bad-fraction", "0.8"]);
     assert!(
         out.status.success(),

@@ -184,6 +184,55 @@ fn random_strategy_and_threshold_calibration() {
         (reported - json["mask_ratio"].as_f64().unwrap()).abs() < 1e-4,
         "{stderr}"
     );
+    assert_realised_ratio_near(&json, 36, 0.5);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The realised mask ratio 1 − k/L of a `mask --json` result lands within 0.02 of `target`
+/// (M3.6 calibrates r so the encoder sees the targeted share of patches).
+fn assert_realised_ratio_near(json: &Value, patches: u64, target: f64) {
+    let first = json.as_array().map_or(json, |list| &list[0]);
+    let keep_count = first["keep_count"].as_u64().unwrap();
+    let realised = first["mask_ratio"].as_f64().unwrap();
+    assert!(
+        (realised - (1.0 - keep_count as f64 / patches as f64)).abs() < 1e-6,
+        "mask_ratio {realised} is not 1 - {keep_count}/{patches}"
+    );
+    assert!(
+        (realised - target).abs() <= 0.02,
+        "realised mask ratio {realised} (k = {keep_count} of {patches}), target {target}"
+    );
+}
+
+/// With several images one k serves the batch (M3.4), so calibrating the clusters' mean
+/// coverage would miss the realised ratio (coverage 0.50 gave k = 12 of 36, a ratio of 0.67).
+#[test]
+fn threshold_auto_lands_the_realised_ratio_of_a_batch_near_its_target() {
+    let dir = temp_dir("auto-batch");
+    let (a, b) = (dir.join("a.png"), dir.join("b.png"));
+    write_two_colour_png(&a, 48, 48, 5);
+    write_two_colour_png(&b, 40, 40, 2);
+    for target in ["0.4", "0.5"] {
+        let args = [
+            "--image",
+            a.to_str().unwrap(),
+            "--image",
+            b.to_str().unwrap(),
+            "--json",
+            "--threshold",
+            "auto",
+            "--target-mask-ratio",
+            target,
+            "--image-size",
+            "48",
+            "--patch-size",
+            "8",
+        ];
+        let (ok, stdout, stderr) = run(&args);
+        assert!(ok, "{stderr}");
+        let json: Value = serde_json::from_str(&stdout).unwrap();
+        assert_realised_ratio_near(&json, 36, target.parse().unwrap());
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

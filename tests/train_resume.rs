@@ -1,10 +1,12 @@
 //! The training run's promises (issue 5): N steps + resume + N steps equals 2N steps straight,
-//! bit for bit, on both backends; an interrupted checkpoint write leaves the previous checkpoint
-//! loadable; a NaN loss stops the run naming the step and keeps the last good checkpoint.
+//! bit for bit, on both backends; a checkpoint writer killed mid-write leaves the previous
+//! checkpoint loadable and its leftover is removed on the next start; a NaN loss stops the run
+//! naming the step and keeps the last good checkpoint; a run folder belongs to one run (issue 10).
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use clusterclip::graph::Backend;
 use clusterclip::masking::ClusterMaskConfig;
@@ -148,31 +150,204 @@ fn threshold_auto_is_stored_and_reused_on_resume() {
     });
 }
 
+/// The flags of a tiny-preset CLI run into `logs/killed`: 8 steps of batch 4 per epoch, no
+/// evaluation, so a `--steps` stop writes only `epoch_latest`.
+fn cli_run(logs: &Path, extra: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clusterclip"));
+    command
+        .args(["train", "--logs"])
+        .arg(logs)
+        .args([
+            "--name",
+            "killed",
+            "--batch-size",
+            "4",
+            "--train-num-samples",
+            "32",
+        ])
+        .args(["--epochs", "1", "--warmup", "1", "--workers", "1"])
+        .args(["--val-frequency", "0", "--zeroshot-frequency", "0"])
+        .args(extra);
+    command
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A real writer killed mid-write: the resumed CLI run's checkpoint temporary file is a FIFO, so
+/// the writer blocks inside `write_all` with part of the checkpoint sent; it is killed with
+/// SIGKILL there. The previous checkpoint still loads, and the next start removes the leftover
+/// and takes over the dead run's lock.
 #[test]
-fn interrupted_checkpoint_write_leaves_the_previous_checkpoint() {
-    let logs = temp_dir("atomic");
+fn checkpoint_writer_killed_mid_write_leaves_the_previous_checkpoint_and_no_leftover() {
+    let _ = common::gpu(); // says once which adapter the binary's choice lands on
+    let logs = temp_dir("killed");
+    let out = cli_run(&logs, &["--steps", "2"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let dir = logs.join("killed").join("checkpoints");
+    let latest_path = dir.join(LATEST);
+    let before = std::fs::read(&latest_path).unwrap();
+
+    let mut writer = cli_run(&logs, &["--resume", "latest", "--steps", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let writer_pid = writer.id().to_string();
+    let fifo = dir.join(format!(".{LATEST}.tmp{writer_pid}"));
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    // Opening a FIFO blocks until the writer opens it: read on a thread, watch the writer here.
+    let (sent, received) = std::sync::mpsc::channel();
+    let reader_path = fifo.clone();
+    std::thread::spawn(move || {
+        let mut pipe = std::fs::File::open(&reader_path).unwrap();
+        let mut head = vec![0u8; 1 << 20];
+        std::io::Read::read_exact(&mut pipe, &mut head).unwrap();
+        let _ = sent.send(head);
+        // Keep the pipe open (and unread) so the writer stays blocked until it is killed.
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    });
+    let head = loop {
+        match received.recv_timeout(std::time::Duration::from_millis(100)) {
+            Ok(head) => break head,
+            Err(_) => {
+                if let Some(status) = writer.try_wait().unwrap() {
+                    let mut err = String::new();
+                    let _ =
+                        std::io::Read::read_to_string(writer.stderr.as_mut().unwrap(), &mut err);
+                    panic!("the writer ended ({status}) before writing its checkpoint:\n{err}");
+                }
+            }
+        }
+    };
+    // A safetensors file begins with its header length: the writer was inside the checkpoint.
+    let header = u64::from_le_bytes(head[..8].try_into().unwrap());
+    assert!(header > 0 && (header as usize) < before.len(), "{header}");
+    writer.kill().unwrap();
+    let status = writer.wait().unwrap();
+    assert!(!status.success());
+
+    assert_eq!(std::fs::read(&latest_path).unwrap(), before);
+    assert_eq!(load_checkpoint(&latest_path, None).unwrap().state.step, 2);
+    assert!(fifo.exists(), "the killed write leaves its temporary file");
+    // The next start resumes from step 2, removes the leftover, and says so in one line each.
+    let out = cli_run(&logs, &["--resume", "latest", "--steps", "2"])
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("resumed at step 2"), "{err}");
+    assert!(
+        !fifo.exists(),
+        "stale {} not removed:\n{err}",
+        fifo.display()
+    );
+    let removed: Vec<&str> = err.lines().filter(|l| l.contains("stale")).collect();
+    assert_eq!(removed.len(), 1, "{err}");
+    assert!(
+        removed[0].contains(&format!(".{LATEST}.tmp{writer_pid}")),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.contains("lock") && l.contains(&writer_pid)),
+        "no line about the dead run's lock:\n{err}"
+    );
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// OpenCLIP refuses a run whose folder exists unless it resumes ("Experiment already exists"):
+/// the earlier run's checkpoint and settings stay as they were.
+#[test]
+fn reusing_a_name_without_resume_is_refused() {
+    let logs = temp_dir("reuse");
     let mut c = config(&logs, "run");
     c.steps = Some(2);
     train(&c, Backend::Cpu).unwrap();
-    let dir = logs.join("run").join("checkpoints");
-    let path = dir.join(LATEST);
-    let good = std::fs::read(&path).unwrap();
-    // What a crash mid-write leaves: a partial temporary file beside the checkpoint (the name
-    // `write_bytes_atomic` uses, another process id) and nothing renamed.
-    let partial = dir.join(format!(".{LATEST}.tmp{}", std::process::id() + 1));
-    std::fs::write(&partial, &good[..good.len() / 2]).unwrap();
-    let loaded = load_checkpoint(&path, None).unwrap();
-    assert_eq!(loaded.state.step, 2);
-    // The partial file itself is not a checkpoint: loading it fails with its name.
-    let err = load_checkpoint(&partial, None)
-        .err()
-        .expect("a truncated checkpoint must not load");
-    assert!(err.contains(".tmp"), "{err}");
-    // Resuming ignores the leftover and continues from step 2.
-    c.steps = Some(4);
+    let run = logs.join("run");
+    let checkpoint = std::fs::read(run.join("checkpoints").join(LATEST)).unwrap();
+    let params = std::fs::read(run.join("params.json")).unwrap();
+    c.seed = 8;
+    match train(&c, Backend::Cpu) {
+        Err(TrainError::Config(message)) => {
+            assert!(message.contains("already exists"), "{message}");
+            assert!(message.contains(&run.display().to_string()), "{message}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|s| s.steps)),
+    }
+    assert_eq!(
+        std::fs::read(run.join("checkpoints").join(LATEST)).unwrap(),
+        checkpoint
+    );
+    assert_eq!(std::fs::read(run.join("params.json")).unwrap(), params);
+    // With --resume the same folder continues.
+    c.seed = 7;
+    c.steps = Some(3);
     c.resume = Some(ResumeFrom::Latest);
-    assert_eq!(train(&c, Backend::Cpu).unwrap().steps, 4);
-    assert_eq!(latest(&logs, "run").state.step, 4);
+    assert_eq!(train(&c, Backend::Cpu).unwrap().steps, 3);
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// Two runs started at once under one name: exactly one trains, the other is refused.
+#[test]
+fn two_runs_at_once_under_one_name_one_is_refused() {
+    let logs = temp_dir("twice");
+    let runs: Vec<_> = [7, 8]
+        .map(|seed| {
+            let mut c = config(&logs, "run");
+            c.seed = seed;
+            c.steps = Some(2);
+            std::thread::spawn(move || train(&c, Backend::Cpu))
+        })
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let refused: Vec<String> = runs
+        .iter()
+        .filter_map(|r| match r {
+            Err(TrainError::Config(message)) => Some(message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        (runs.iter().filter(|r| r.is_ok()).count(), refused.len()),
+        (1, 1),
+        "{refused:?}"
+    );
+    let folder = logs.join("run").display().to_string();
+    assert!(refused[0].contains(&folder), "{}", refused[0]);
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// `epoch_N` is written before `epoch_latest`: a write that fails at `epoch_latest` (as a kill
+/// between the two would) keeps `epoch_N`, which `epoch_latest` would otherwise skip on resume.
+#[test]
+fn epoch_checkpoint_is_written_before_latest() {
+    let logs = temp_dir("order");
+    let mut c = config(&logs, "run");
+    c.train_num_samples = 8; // 2 steps per epoch
+    c.epochs = 2;
+    c.steps = Some(2);
+    train(&c, Backend::Cpu).unwrap();
+    let dir = logs.join("run").join("checkpoints");
+    assert_eq!(latest(&logs, "run").state.step, 2);
+    // A folder where epoch_latest goes makes its rename fail.
+    std::fs::remove_file(dir.join(LATEST)).unwrap();
+    std::fs::create_dir(dir.join(LATEST)).unwrap();
+    c.steps = None;
+    c.resume = Some(ResumeFrom::Path(dir.join("epoch_1.safetensors")));
+    match train(&c, Backend::Cpu) {
+        Err(TrainError::Run(message)) => assert!(message.contains(LATEST), "{message}"),
+        other => panic!(
+            "expected the epoch_latest write to fail, got {:?}",
+            other.map(|s| s.steps)
+        ),
+    }
+    let epoch_2 = load_checkpoint(&dir.join("epoch_2.safetensors"), None)
+        .expect("epoch_2 is written before epoch_latest");
+    assert_eq!((epoch_2.state.step, epoch_2.state.epoch), (4, 2));
     let _ = std::fs::remove_dir_all(&logs);
 }
 
@@ -242,6 +417,10 @@ fn inconsistent_settings_are_refused_before_anything_runs() {
             "--min-mask-ratio",
         ),
         (Box::new(|c| c.adamw.beta2 = 1.5), "--beta2"),
+        (Box::new(|c| c.name = Some(String::new())), "--name"),
+        (Box::new(|c| c.name = Some("../escape".into())), "--name"),
+        (Box::new(|c| c.name = Some("a/b".into())), "--name"),
+        (Box::new(|c| c.name = Some(".".into())), "--name"),
         (
             Box::new(|c| {
                 c.resume = Some(ResumeFrom::Path(PathBuf::from(
@@ -251,8 +430,10 @@ fn inconsistent_settings_are_refused_before_anything_runs() {
             "--resume",
         ),
     ];
+    // Logs one level down, so a name that escapes them stays inside this test's folder.
+    let inner = logs.join("logs");
     for (adjust, flag) in cases {
-        let mut c = config(&logs, "never");
+        let mut c = config(&inner, "never");
         adjust(&mut c);
         match train(&c, Backend::Cpu) {
             Err(TrainError::Config(message)) => {
@@ -264,6 +445,15 @@ fn inconsistent_settings_are_refused_before_anything_runs() {
             ),
         }
     }
-    assert!(!logs.join("never").join("checkpoints").join(LATEST).exists());
+    assert!(
+        !inner
+            .join("never")
+            .join("checkpoints")
+            .join(LATEST)
+            .exists()
+    );
+    // No refused name wrote anything: not into --logs itself, not beside it.
+    let written: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
+    assert!(written.is_empty(), "{written:?}");
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -65,7 +65,8 @@ pub struct TrainArgs {
     pub seed: u64,
     #[arg(long, default_value = "./logs")]
     pub logs: PathBuf,
-    /// Run folder under --logs (default: date, model, lr and batch size, as OpenCLIP).
+    /// Run folder under --logs (default: date, model, lr and batch size, as OpenCLIP). A new
+    /// run refuses an existing folder, as OpenCLIP does; --resume continues one.
     #[arg(long)]
     pub name: Option<String>,
     /// Keep epoch_N checkpoints every this many epochs (epoch_latest is always written).

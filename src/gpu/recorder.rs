@@ -220,6 +220,14 @@ impl Gpu {
             kernel.name
         );
         // Before any lock: a panic here leaves the device usable.
+        if let Some(binding) = aliased_write(kernel, buffers) {
+            // WebGPU refuses a buffer bound read_write beside another binding of one dispatch
+            // (a usage conflict, reported late and without the kernel's name).
+            panic!(
+                "{}: a written binding ({binding}) aliases another binding of the same dispatch",
+                kernel.name
+            );
+        }
         let binding_limit = self.binding_limit_words();
         for buf in buffers {
             assert!(
@@ -312,19 +320,6 @@ impl Gpu {
                 resource: buf.binding(),
             });
         }
-        debug_assert!(
-            kernel.storage_bindings().all(|b| !kernel.writes(b)
-                || kernel
-                    .storage_bindings()
-                    .filter(|&o| o != b)
-                    .all(|o| buffers[o as usize - 1]
-                        .inner
-                        .buffer
-                        .as_ref()
-                        .is_none_or(|x| x != buffers[b as usize - 1].buffer()))),
-            "{}: a written binding aliases another binding of the same dispatch",
-            kernel.name
-        );
         let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &kernel.layout,
@@ -489,4 +484,24 @@ fn web_time_now() -> f64 {
 #[cfg(target_arch = "wasm32")]
 fn web_time_now() -> f64 {
     0.0
+}
+
+/// The first binding `kernel` writes whose buffer is also passed at another of its bindings.
+/// A few bindings per dispatch: cheap enough to check on every dispatch, release builds included.
+fn aliased_write(kernel: &Kernel, buffers: &[&GpuBuf]) -> Option<u32> {
+    let buffer = |b: u32| {
+        buffers
+            .get(b as usize - 1)
+            .and_then(|buf| buf.inner.buffer.as_ref())
+    };
+    kernel
+        .storage_bindings()
+        .filter(|&b| kernel.writes(b))
+        .find(|&b| {
+            buffer(b).is_some_and(|written| {
+                kernel
+                    .storage_bindings()
+                    .any(|o| o != b && buffer(o) == Some(written))
+            })
+        })
 }

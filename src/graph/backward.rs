@@ -99,7 +99,7 @@ impl Graph {
         if !self.requires_grad(t) {
             return;
         }
-        debug_assert_eq!(grad.len(), self.numel(t), "gradient length of tensor {t:?}");
+        assert_eq!(grad.len(), self.numel(t), "gradient length of tensor {t:?}");
         self.grads[t.0] = Some(match self.grads[t.0].take() {
             None => grad,
             Some(existing) => ops::elementwise::add_storage(&self.backend, &existing, &grad),

@@ -208,7 +208,8 @@ impl Graph {
         dtype: DType,
         requires_grad: bool,
     ) -> Tensor {
-        debug_assert_eq!(
+        // One comparison per node: kept in release builds, where the tests run.
+        assert_eq!(
             value.len(),
             shape.iter().product::<usize>(),
             "storage length vs shape {shape:?}"
@@ -337,4 +338,26 @@ fn check_len(op: &'static str, len: usize, shape: &[usize]) -> Result<(), ShapeE
         ));
     }
     Ok(())
+}
+
+// `cargo test --release` runs these: the guards must not be debug-only.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "storage length vs shape")]
+    fn a_node_whose_storage_disagrees_with_its_shape_panics() {
+        let mut g = Graph::new(Backend::Cpu);
+        let value = Backend::Cpu.upload(&[0.0; 3]);
+        g.add_node(value, vec![2, 2], DType::F32, false);
+    }
+
+    #[test]
+    #[should_panic(expected = "gradient length")]
+    fn a_gradient_of_the_wrong_length_panics() {
+        let mut g = Graph::new(Backend::Cpu);
+        let t = g.variable(&[0.0; 4], &[4]).unwrap();
+        g.accumulate(t, Backend::Cpu.upload(&[0.0; 3]));
+    }
 }

@@ -57,7 +57,11 @@ impl MaskResult {
         anchors: Vec<Vec<u32>>,
         masked: Vec<Vec<u32>>,
     ) -> Self {
-        debug_assert_eq!(kept.len(), anchors.len() * keep_count);
+        assert_eq!(
+            kept.len(),
+            anchors.len() * keep_count,
+            "kept indices vs images × keep_count"
+        );
         let mask_ratio = 1.0 - keep_count as f32 / patches as f32;
         Self {
             patches,
@@ -76,5 +80,16 @@ impl MaskResult {
     /// The kept indices of one image.
     pub fn kept_of(&self, image: usize) -> &[u32] {
         &self.kept[image * self.keep_count..(image + 1) * self.keep_count]
+    }
+}
+
+// `cargo test --release` runs this: the guard must not be debug-only.
+#[cfg(test)]
+mod tests {
+    #[test]
+    #[should_panic(expected = "kept indices")]
+    fn a_mask_whose_kept_list_disagrees_with_its_keep_count_panics() {
+        let two = || vec![Vec::new(), Vec::new()];
+        super::MaskResult::new(4, 2, vec![0, 1, 2], two(), two());
     }
 }

@@ -2,7 +2,8 @@
 //! moments under PyTorch's state names (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`),
 //! and every counter that feeds a step (optimizer step, data position, mask seed), so a resumed
 //! run repeats the straight run bit for bit. Written atomically (temporary file, fsync, rename:
-//! `model::io::write_bytes_atomic`), so a crash mid-write leaves the previous checkpoint.
+//! `model::io::write_bytes_atomic`), so a crash mid-write leaves the previous checkpoint; the
+//! next start in the run folder removes the temporary file it left (`logs::RunLogs::open`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,14 @@
 //! The run folder as OpenCLIP lays it out (`--logs/--name`): `params.json` (every setting),
 //! `out.log` (the progress lines and messages), `results.jsonl` (one JSON line per evaluation),
-//! `checkpoints/`, and `loss.png`. Progress goes to stderr: redrawn in place on a terminal,
-//! plain lines otherwise.
+//! `checkpoints/`, and `loss.png`, plus `train.lock`, held by the one run writing there.
+//! Progress goes to stderr: redrawn in place on a terminal, plain lines otherwise.
 
-use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+/// The lock file of a run folder.
+pub const LOCK_FILE: &str = "train.lock";
 
 /// OpenCLIP's default run name: `2026_11_29-06_30_00-model_tiny-lr_0.0005-b_64-j_2-p_fp32`.
 pub fn default_run_name(model: &str, lr: f32, batch_size: usize, workers: usize) -> String {
@@ -52,6 +55,123 @@ pub fn format_duration(seconds: f64) -> String {
     }
 }
 
+/// OpenCLIP's guard ("Experiment already exists"): a new run never writes into the folder of
+/// an earlier one; only `--resume` continues a folder. An absent or empty folder is new.
+pub fn check_new_run_folder(dir: &Path) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    if entries.flatten().any(|e| e.file_name() != LOCK_FILE) {
+        let name = dir.file_name().unwrap_or_default().to_string_lossy();
+        return Err(format!(
+            "run folder {} already exists (Experiment already exists): use --name to start a \
+             new experiment, or --resume latest --name {name} to continue it",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+/// One `train` process's hold on its run folder: an OS lock on `train.lock` (`File::try_lock`),
+/// released by the OS when the process dies, so a killed run never blocks the next. The file
+/// holds the holder's pid and is emptied on a clean release, so a pid found there by the next
+/// holder names a run that died holding it.
+struct RunLock {
+    file: File,
+}
+
+impl RunLock {
+    /// The lock of `dir` (which must exist), and the pid of a holder that died holding it.
+    fn acquire(dir: &Path) -> Result<(RunLock, Option<u32>), String> {
+        let path = dir.join(LOCK_FILE);
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err)?;
+        let mut holder = String::new();
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let _ = file.read_to_string(&mut holder);
+                let pid = match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                };
+                return Err(format!(
+                    "run folder {} is in use by another clusterclip train{pid}; wait for it to \
+                     end or use another --name",
+                    dir.display()
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(err(e)),
+        }
+        file.read_to_string(&mut holder).map_err(err)?;
+        let dead_holder = holder.trim().parse().ok();
+        file.set_len(0).map_err(err)?;
+        file.seek(SeekFrom::Start(0)).map_err(err)?;
+        write!(file, "{}", std::process::id()).map_err(err)?;
+        Ok((RunLock { file }, dead_holder))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Empty: the next holder knows this run ended cleanly (closing the file unlocks it).
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// The writer's pid in `.NAME.tmpPID`, the temporary file of `model::io::write_bytes_atomic`.
+fn write_temp_pid(name: &str) -> Option<u32> {
+    let (_, pid) = name.strip_prefix('.')?.rsplit_once(".tmp")?;
+    // Digits only: `parse` alone would take `+5`.
+    if !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Removes the temporary files of interrupted writes (a kill, a full disk) from `dir` and its
+/// `checkpoints/`: under the run lock no other process writes there, so every one of another
+/// pid is stale (ours are this run's own, overwritten by its next write). Returns the one-line
+/// report, if any were found.
+fn remove_stale_temps(dir: &Path) -> Result<Option<String>, String> {
+    let (mut removed, mut bytes) = (Vec::new(), 0u64);
+    for folder in [dir.to_path_buf(), dir.join("checkpoints")] {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let pid = write_temp_pid(&entry.file_name().to_string_lossy());
+            if pid.is_none_or(|pid| pid == std::process::id()) {
+                continue;
+            }
+            let path = entry.path();
+            bytes += entry.metadata().map_or(0, |m| m.len());
+            std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+            removed.push(
+                path.strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string(),
+            );
+        }
+    }
+    Ok((!removed.is_empty()).then(|| {
+        format!(
+            "removed {} stale temporary file{} of interrupted writes ({:.1} MB): {}",
+            removed.len(),
+            if removed.len() == 1 { "" } else { "s" },
+            bytes as f64 / 1e6,
+            removed.join(", ")
+        )
+    }))
+}
+
 /// The files of one run.
 pub struct RunLogs {
     pub dir: PathBuf,
@@ -59,12 +179,21 @@ pub struct RunLogs {
     terminal: bool,
     /// A progress line is drawn on the terminal and must be cleared before other output.
     line_open: bool,
+    /// Held until the run ends (dropped with the logs).
+    _lock: RunLock,
 }
 
 impl RunLogs {
-    /// Creates `dir` (and `dir/checkpoints`); `out.log` is appended to, so a resumed run keeps
-    /// the earlier lines.
-    pub fn open(dir: &Path) -> Result<RunLogs, String> {
+    /// Takes `dir` for this run: creates it (and `dir/checkpoints`), locks it, refuses a new run
+    /// (`resuming` false) in a used folder, and removes the leftovers of interrupted writes.
+    /// `out.log` is appended to, so a resumed run keeps the earlier lines.
+    pub fn open(dir: &Path, resuming: bool) -> Result<RunLogs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (lock, dead_holder) = RunLock::acquire(dir)?;
+        // Again under the lock: a run that started at the same moment may have written since.
+        if !resuming {
+            check_new_run_folder(dir)?;
+        }
         std::fs::create_dir_all(dir.join("checkpoints"))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
         let path = dir.join("out.log");
@@ -73,12 +202,23 @@ impl RunLogs {
             .append(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(RunLogs {
+        let mut logs = RunLogs {
             dir: dir.to_path_buf(),
             out_log: Some(out_log),
             terminal: std::io::stderr().is_terminal(),
             line_open: false,
-        })
+            _lock: lock,
+        };
+        if let Some(pid) = dead_holder {
+            logs.message(&format!(
+                "took over the lock of {} from pid {pid}, which ended without releasing it",
+                dir.display()
+            ));
+        }
+        if let Some(report) = remove_stale_temps(dir)? {
+            logs.message(&report);
+        }
+        Ok(logs)
     }
 
     pub fn checkpoint_dir(&self) -> PathBuf {

@@ -13,7 +13,7 @@ use crate::masking::{ClusterMaskConfig, MaskRng, calibrate_on_images, check_rati
 use crate::model::{Clip, ClipConfig, ClipInputs};
 
 use super::checkpoint::{CheckpointError, LATEST, TrainState, load_checkpoint, save_checkpoint};
-use super::logs::{RunLogs, default_run_name, format_duration};
+use super::logs::{RunLogs, check_new_run_folder, default_run_name, format_duration};
 use super::mask_step::{MaskStrategy, compute_mask};
 use super::optimizer::AdamWConfig;
 use super::schedule::{LrScheduler, learning_rate};
@@ -188,6 +188,9 @@ impl TrainConfig {
         if let Some(target) = self.target_mask_ratio {
             check_ratio("target-mask-ratio", target).map_err(|e| e.to_string())?;
         }
+        if let Some(name) = &self.name {
+            check_run_name(name)?;
+        }
         if self.resume == Some(ResumeFrom::Latest) && self.name.is_none() {
             return Err(
                 "--resume latest needs --name (the run whose checkpoints to resume)".into(),
@@ -284,6 +287,20 @@ impl TrainConfig {
             ..self.data.clone()
         }
     }
+}
+
+/// `--name` is one folder under `--logs`: empty, it would write into `--logs` itself; a path
+/// would write elsewhere.
+fn check_run_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("--name is empty: the run would be written straight into --logs".into());
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\']) {
+        return Err(format!(
+            "--name '{name}' must be one folder name under --logs (no '/', '\\', '.' or '..')"
+        ));
+    }
+    Ok(())
 }
 
 /// Why a run stopped early.
@@ -383,6 +400,10 @@ fn resolve_threshold(
 pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, TrainError> {
     config.validate().map_err(TrainError::Config)?;
     let run_dir = config.logs.join(config.run_name());
+    // Refused at once here; `RunLogs::open` checks again under the folder's lock.
+    if config.resume.is_none() {
+        check_new_run_folder(&run_dir).map_err(TrainError::Config)?;
+    }
     let resume_path = match &config.resume {
         None => None,
         Some(ResumeFrom::Path(p)) => Some(p.clone()),
@@ -427,7 +448,6 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         }
         None => config.batch_size,
     };
-    let mut logs = RunLogs::open(&run_dir).map_err(TrainError::Config)?;
     let (clip, mut state) = match &checkpoint {
         Some(ck) => {
             if ck.config != config.model {
@@ -465,10 +485,6 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
             .map_err(TrainError::Config)?;
     }
     let strategy = resolve_threshold(config, &mut state)?;
-    let mut params = config.to_json();
-    params["calibrated_threshold"] = state.calibrated_threshold.into();
-    logs.write_params(&params).map_err(run_err)?;
-    let run_config = params.to_string();
 
     let sets = EvalSets {
         val: match &config.val_data {
@@ -497,6 +513,13 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
         state.pass_position,
     )
     .map_err(TrainError::Config)?;
+    // The folder is taken only once every input has opened, so a run refused for a bad flag
+    // or file leaves no folder that would refuse its corrected rerun.
+    let mut logs = RunLogs::open(&run_dir, config.resume.is_some()).map_err(TrainError::Config)?;
+    let mut params = config.to_json();
+    params["calibrated_threshold"] = state.calibrated_threshold.into();
+    logs.write_params(&params).map_err(run_err)?;
+    let run_config = params.to_string();
 
     let steps_per_epoch = config.steps_per_epoch();
     let total_steps = config.total_steps();
@@ -658,7 +681,10 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
             ));
             let completed = state.step / steps_per_epoch;
             state.epoch = completed;
-            let mut paths = vec![logs.checkpoint_dir().join(LATEST)];
+            // epoch_N before epoch_latest: a crash between the two must not leave a latest
+            // past an epoch_N that was never written (a resume would start after it).
+            let latest = logs.checkpoint_dir().join(LATEST);
+            let mut paths = Vec::with_capacity(2);
             if epoch_done
                 && config.save_frequency > 0
                 && completed.is_multiple_of(config.save_frequency)
@@ -668,6 +694,7 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
                         .join(format!("epoch_{completed}.safetensors")),
                 );
             }
+            paths.push(latest.clone());
             for path in &paths {
                 save_checkpoint(path, &trainer, &state, &run_config).map_err(|e| match e {
                     CheckpointError::NonFinite(what) => TrainError::NonFinite {
@@ -678,7 +705,7 @@ pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, Tra
                     CheckpointError::Write(e) => run_err(e),
                 })?;
             }
-            last_checkpoint = Some(paths[0].clone());
+            last_checkpoint = Some(latest);
             let due = |freq: u64| {
                 freq > 0 && (end_of_run || (epoch_done && completed.is_multiple_of(freq)))
             };

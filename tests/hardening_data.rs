@@ -586,6 +586,35 @@ fn gzipped_shards_read_like_plain_ones() {
 }
 
 #[test]
+fn a_small_gzip_shard_claiming_a_huge_member_stops_at_the_cap() {
+    let dir = temp_dir("gzip-bomb");
+    let mut writer = TarWriter::new(Vec::new());
+    for i in 0..2 {
+        writer.append(&format!("k{i}.png"), &png(i)).unwrap();
+        writer.append(&format!("k{i}.txt"), b"caption").unwrap();
+    }
+    let huge = MAX_IMAGE_FILE_BYTES as usize + (1 << 20);
+    writer.append("big.png", &vec![0u8; huge]).unwrap();
+    let compressed = gzip(&writer.finish().unwrap());
+    assert!(
+        compressed.len() < huge / 100,
+        "a bomb: {} bytes",
+        compressed.len()
+    );
+    let shard = dir.join("bomb.tar.gz");
+    std::fs::write(&shard, compressed).unwrap();
+    let (_, stats) = read_all(&config(shard.to_str().unwrap(), 1.0)).unwrap();
+    assert_eq!((stats.samples, stats.bad), (2, 1), "{}", stats.summary());
+    assert!(
+        stats.first_offenders[0].contains(&format!(
+            "tar member \"big.png\" holds {huge} bytes, over the 64 MiB cap"
+        )),
+        "{:?}",
+        stats.first_offenders
+    );
+}
+
+#[test]
 fn a_folder_of_shards_is_read_as_webdataset() {
     let dir = temp_dir("shard-folder");
     for i in [1, 0] {

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 /// Largest decoded image, in bytes of RGBA, before a file is taken for a decompression bomb.
 const MAX_DECODE_BYTES: u64 = 512 << 20;
-/// Largest image file read, so that `/dev/zero` or a stray disk image cannot fill the memory;
-/// real photos are a few MB, an 8000x8000 PNG under 200 MB decoded.
+/// Largest image file or shard member read, so that `/dev/zero`, a stray disk image or a small
+/// gzip shard claiming gigabytes cannot fill the memory; real photos are a few MB.
 pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
 
 /// Why a record was skipped.
@@ -442,7 +442,7 @@ fn open_shard(path: &Path) -> std::io::Result<TarReader<ShardBytes>> {
     } else {
         Box::new(file)
     };
-    Ok(TarReader::new(bytes))
+    Ok(TarReader::with_member_cap(bytes, MAX_IMAGE_FILE_BYTES))
 }
 
 /// The shard being read: its name, the samples sizes.json promises, records yielded so far.
@@ -576,6 +576,9 @@ impl Iterator for WebDatasetRecords {
                             TarError::Truncated { .. } => BadKind::TruncatedTar,
                             TarError::BadHeader { .. } => BadKind::BadTarHeader,
                             TarError::Io(io) => BadKind::UnreadableShard(io.to_string()),
+                            too_large @ TarError::TooLarge { .. } => {
+                                BadKind::UnreadableShard(too_large.to_string())
+                            }
                         };
                         // A complete sample read before the break still counts; an incomplete
                         // one is part of the break, which stands for the samples lost.

@@ -169,7 +169,20 @@ fn resampled_empty_shards_stop_instead_of_spinning() {
         // Read once, an empty shard is one bad record, not a hang or a silent pass.
         let (_, stats) = read_all(&config(&spec, 1.0)).unwrap();
         assert_eq!((stats.samples, stats.bad), (0, 1), "{name}");
+        assert_eq!(
+            stats.first_offenders,
+            [format!("{spec}: shard holds no sample")]
+        );
     }
+    // sizes.json decides: a shard listed with 0 samples is fine, one listed with 7 lost them.
+    std::fs::write(
+        dir.join("sizes.json"),
+        r#"{"zero-bytes.tar": 0, "end-blocks.tar": 7}"#,
+    )
+    .unwrap();
+    let spec = format!("{0}/zero-bytes.tar::{0}/end-blocks.tar", dir.display());
+    let (_, stats) = read_all(&config(&spec, 1.0)).unwrap();
+    assert_eq!((stats.samples, stats.bad), (0, 7), "{}", stats.summary());
 }
 
 /// `clusterclip ARGS`, killed after [`HANG_LIMIT`]: (exit code, stdout, stderr).

@@ -597,7 +597,14 @@ impl Iterator for WebDatasetRecords {
                         let (expected, yielded) = (shard.expected, shard.yielded);
                         self.current = None;
                         if group.is_none() && yielded == 0 && expected != Some(0) {
-                            return Some(shard_lost(name, BadKind::EmptyShard, expected, 0));
+                            // Nothing was read, so no "rest of the shard" to speak of.
+                            return Some(match expected {
+                                Some(_) => shard_lost(name, BadKind::EmptyShard, expected, 0),
+                                None => RawRecord {
+                                    origin: name,
+                                    payload: Err(BadKind::EmptyShard),
+                                },
+                            });
                         }
                         break;
                     }

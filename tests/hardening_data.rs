@@ -445,6 +445,30 @@ fn a_lost_shard_counts_the_samples_sizes_json_gives_it() {
 }
 
 #[test]
+fn a_lost_shard_read_first_does_not_decide_the_share_alone() {
+    let dir = temp_dir("lost-first");
+    std::fs::write(dir.join("shard-0.tar"), vec![0xA5u8; 4096]).unwrap();
+    let image = png(1);
+    let mut writer = TarWriter::new(Vec::new());
+    for i in 0..10_000 {
+        writer.append(&format!("k{i:05}.png"), &image).unwrap();
+        writer.append(&format!("k{i:05}.txt"), b"a photo").unwrap();
+    }
+    std::fs::write(dir.join("shard-1.tar"), writer.finish().unwrap()).unwrap();
+    std::fs::write(
+        dir.join("sizes.json"),
+        r#"{"shard-0.tar": 1000, "shard-1.tar": 10000}"#,
+    )
+    .unwrap();
+    // 1000 of the first 1000 records are lost, yet 1000 of 11 000 (9.1%) is under 10%.
+    let spec = format!("{}/shard-{{0..1}}.tar", dir.display());
+    let (_, stats) = read_all(&config(&spec, 0.1)).unwrap();
+    assert_eq!((stats.samples, stats.bad), (10_000, 1000));
+    let err = read_all(&config(&spec, 0.09)).unwrap_err().to_string();
+    assert!(err.contains("1000 of 11000 records are bad"), "{err}");
+}
+
+#[test]
 fn a_truncated_jpeg_is_a_bad_record() {
     let dir = temp_dir("truncated-jpeg");
     let whole = encoded(3, 64, 64, image::ImageFormat::Jpeg);

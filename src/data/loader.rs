@@ -21,6 +21,9 @@ use std::time::Instant;
 const OFFENDERS_KEPT: usize = 5;
 /// Records seen before the bad fraction can stop an unfinished pass (a pass's end always checks).
 const BAD_CHECK_MIN_RECORDS: u64 = 1000;
+/// Mid-pass, the records seen must span this many of the largest lost shard before the share
+/// decides: one lost shard of 10 000 read first is not 100% bad data.
+const LOST_SHARDS_BEFORE_JUDGING: u64 = 100;
 /// Bad records in a row that stop an endless stream: with `--max-bad-fraction 1` nothing else
 /// would end a resampled stream of bad records, and it would spin without filling a batch.
 pub const ENDLESS_BAD_STREAK: u64 = 10_000;
@@ -316,8 +319,10 @@ pub struct Loader {
     max_bad_fraction: f64,
     /// Resampled or generated without end: only [`ENDLESS_BAD_STREAK`] ends a run of bad records.
     endless: bool,
-    /// Bad records since the last good one.
+    /// Bad records read since the last good one (a lost shard is one read).
     bad_streak: u64,
+    /// Most records one bad record stood for so far (a lost shard's samples).
+    largest_loss: u64,
     num_samples: Option<u64>,
     class_names: Option<Vec<String>>,
 }
@@ -383,6 +388,7 @@ pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
         max_bad_fraction: cfg.max_bad_fraction,
         endless,
         bad_streak: 0,
+        largest_loss: 1,
         num_samples,
         class_names,
     })
@@ -523,7 +529,8 @@ impl Loader {
                     for stats in [&mut self.stats, &mut self.recent] {
                         stats.record_bad(&processed.origin, &kind);
                     }
-                    self.bad_streak += kind.records();
+                    self.bad_streak += 1;
+                    self.largest_loss = self.largest_loss.max(kind.records());
                     // Checked per record: a stream of bad records never fills a batch.
                     self.check_bad_fraction(false)?;
                 }
@@ -559,7 +566,8 @@ impl Loader {
         }
     }
 
-    /// Mid-pass the share decides only after [`BAD_CHECK_MIN_RECORDS`]; at `pass_end` always.
+    /// Mid-pass the share decides only after [`BAD_CHECK_MIN_RECORDS`] (and enough records beside
+    /// the largest lost shard); at `pass_end` always.
     fn check_bad_fraction(&self, pass_end: bool) -> Result<(), DataError> {
         if self.endless && self.bad_streak >= ENDLESS_BAD_STREAK {
             return Err(DataError::NoGoodRecords {
@@ -569,7 +577,9 @@ impl Loader {
             });
         }
         let seen = self.stats.samples + self.stats.bad;
-        if pass_end || seen >= BAD_CHECK_MIN_RECORDS {
+        let enough =
+            BAD_CHECK_MIN_RECORDS.max(LOST_SHARDS_BEFORE_JUDGING.saturating_mul(self.largest_loss));
+        if pass_end || seen >= enough {
             check_bad_share(&self.spec, &self.stats, self.max_bad_fraction)?;
         }
         Ok(())

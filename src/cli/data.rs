@@ -3,7 +3,8 @@
 
 use super::CliResult;
 use crate::data::loader::{
-    DEFAULT_MAX_BAD_FRACTION, DEFAULT_WORKERS, LoaderConfig, ReadOptions, open_loader,
+    DEFAULT_MAX_BAD_FRACTION, DEFAULT_WORKERS, LoaderConfig, ReadOptions, check_bad_share,
+    check_max_bad_fraction, open_loader,
 };
 use crate::data::records::RecordKeys;
 use crate::data::shards::{MakeShardsConfig, make_shards};
@@ -43,9 +44,10 @@ pub struct DataFlags {
     /// Decode threads (render threads for builtin:shapes).
     #[arg(long, default_value_t = DEFAULT_WORKERS)]
     pub workers: usize,
-    /// Stop when more than this share of records is bad.
-    #[arg(long, default_value_t = DEFAULT_MAX_BAD_FRACTION)]
-    pub max_bad_fraction: f64,
+    /// Stop when more than this share of records is bad [default: 0.01; `data stats` counts
+    /// the whole pass and then fails only when this is given].
+    #[arg(long)]
+    pub max_bad_fraction: Option<f64>,
     /// Sample shards (WebDataset) or records with replacement, endlessly.
     #[arg(long)]
     pub dataset_resampled: bool,
@@ -75,13 +77,20 @@ impl DataFlags {
         })
     }
 
+    /// `--max-bad-fraction`, or its default; checked to be a share.
+    pub fn max_bad_fraction(&self) -> Result<f64, String> {
+        let value = self.max_bad_fraction.unwrap_or(DEFAULT_MAX_BAD_FRACTION);
+        check_max_bad_fraction(value).map_err(|e| e.to_string())?;
+        Ok(value)
+    }
+
     /// The readers' settings these flags give; the error names the flag.
     pub fn read_options(&self) -> Result<ReadOptions, String> {
         Ok(ReadOptions {
             dataset_type: self.dataset_type,
             keys: self.record_keys()?,
             workers: self.workers,
-            max_bad_fraction: self.max_bad_fraction,
+            max_bad_fraction: self.max_bad_fraction()?,
             resampled: self.dataset_resampled,
         })
     }
@@ -147,7 +156,7 @@ fn run_make_shards(args: MakeShardsArgs) -> CliResult {
         out_dir: args.out,
         shard_size: args.shard_size,
         keys: args.data.record_keys()?,
-        max_bad_fraction: args.data.max_bad_fraction,
+        max_bad_fraction: args.data.max_bad_fraction()?,
     };
     let report = make_shards(&cfg)?;
     println!(
@@ -156,6 +165,12 @@ fn run_make_shards(args: MakeShardsArgs) -> CliResult {
         report.shards.len(),
         report.bad
     );
+    if report.reencoded > 0 {
+        println!(
+            "{} images stored as PNG (their format is not one --image-key reads by default)",
+            report.reencoded
+        );
+    }
     for offender in &report.first_offenders {
         println!("  skipped {offender}");
     }
@@ -181,6 +196,7 @@ fn run_stats(args: StatsArgs) -> CliResult {
         BATCH,
     )?;
     cfg.train = false;
+    // The whole pass is counted first; the user's limit, when given, judges it at the end.
     cfg.max_bad_fraction = 1.0;
     let started = Instant::now();
     let mut loader = open_loader(&cfg)?;
@@ -217,5 +233,8 @@ fn run_stats(args: StatsArgs) -> CliResult {
         cfg.workers,
         seconds
     );
+    if let Some(limit) = args.data.max_bad_fraction {
+        check_bad_share(&args.spec, stats, limit)?;
+    }
     Ok(())
 }

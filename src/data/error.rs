@@ -22,6 +22,12 @@ pub enum DataError {
         max_fraction: f64,
         first_offenders: Vec<String>,
     },
+    /// An endless stream (`--dataset-resampled`) whose last `streak` records were all bad.
+    NoGoodRecords {
+        spec: String,
+        streak: u64,
+        first_offenders: Vec<String>,
+    },
     /// A loader setting out of range.
     Config(String),
     /// A worker thread died (a bug, reported instead of hanging).
@@ -53,6 +59,15 @@ impl fmt::Display for DataError {
                 f,
                 "data spec {spec:?}: {bad} of {seen} records are bad ({:.2}%, over --max-bad-fraction {max_fraction}); first: {}",
                 100.0 * *bad as f64 / (*seen).max(1) as f64,
+                first_offenders.join("; ")
+            ),
+            DataError::NoGoodRecords {
+                spec,
+                streak,
+                first_offenders,
+            } => write!(
+                f,
+                "data spec {spec:?}: the last {streak} records of an endless stream were all bad, so no batch would ever fill; first: {}",
                 first_offenders.join("; ")
             ),
             DataError::Config(reason) => f.write_str(reason),

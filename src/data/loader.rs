@@ -21,10 +21,43 @@ use std::time::Instant;
 const OFFENDERS_KEPT: usize = 5;
 /// Records seen before the bad fraction can stop an unfinished pass (a pass's end always checks).
 const BAD_CHECK_MIN_RECORDS: u64 = 1000;
+/// Mid-pass, the records seen must span this many of the largest lost shard before the share
+/// decides: one lost shard of 10 000 read first is not 100% bad data.
+const LOST_SHARDS_BEFORE_JUDGING: u64 = 100;
+/// Bad records in a row that stop an endless stream: with `--max-bad-fraction 1` nothing else
+/// would end a resampled stream of bad records, and it would spin without filling a batch.
+pub const ENDLESS_BAD_STREAK: u64 = 10_000;
 /// Decode threads unless `--workers` says otherwise.
 pub const DEFAULT_WORKERS: usize = 2;
 /// Share of bad records tolerated unless `--max-bad-fraction` says otherwise.
 pub const DEFAULT_MAX_BAD_FRACTION: f64 = 0.01;
+
+/// `--max-bad-fraction` must be a share in [0, 1] (NaN too is refused); train, eval, data stats
+/// and make-shards all check it here.
+pub fn check_max_bad_fraction(value: f64) -> Result<(), DataError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(DataError::Config(format!(
+            "--max-bad-fraction {value} must be in [0, 1]"
+        )))
+    }
+}
+
+/// The error for `stats` of `spec` when its bad records are over `max_fraction` of those seen.
+pub fn check_bad_share(spec: &str, stats: &DataStats, max_fraction: f64) -> Result<(), DataError> {
+    let seen = stats.samples + stats.bad;
+    if stats.bad as f64 > max_fraction * seen as f64 {
+        return Err(DataError::TooManyBad {
+            spec: spec.to_string(),
+            bad: stats.bad,
+            seen,
+            max_fraction,
+            first_offenders: stats.first_offenders.clone(),
+        });
+    }
+    Ok(())
+}
 
 /// How records are read and when to give up, whatever the spec: the data flags that `train`,
 /// `eval` and `data` share.
@@ -155,12 +188,14 @@ pub struct DataStats {
 }
 
 impl DataStats {
+    /// Counts a bad record as the records it stands for (a lost shard's samples).
     fn record_bad(&mut self, origin: &str, kind: &BadKind) {
-        self.bad += 1;
+        let records = kind.records();
+        self.bad += records;
         let name = bad_kind_name(kind);
         match self.bad_by_kind.iter_mut().find(|(k, _)| *k == name) {
-            Some((_, count)) => *count += 1,
-            None => self.bad_by_kind.push((name, 1)),
+            Some((_, count)) => *count += records,
+            None => self.bad_by_kind.push((name, records)),
         }
         if self.first_offenders.len() < OFFENDERS_KEPT {
             self.first_offenders.push(format!("{origin}: {kind}"));
@@ -255,6 +290,8 @@ fn bad_kind_name(kind: &BadKind) -> String {
         BadKind::UnreadableShard(_) => "shard unreadable".to_string(),
         BadKind::UnreadableFile(_) => "image file unreadable".to_string(),
         BadKind::ColumnCount { .. } => "wrong field count".to_string(),
+        BadKind::FileTooLarge(_) => "image file too large".to_string(),
+        BadKind::ShardLost { cause, .. } => bad_kind_name(cause),
         other => other.to_string(),
     }
 }
@@ -280,6 +317,12 @@ pub struct Loader {
     image_size: usize,
     context_length: usize,
     max_bad_fraction: f64,
+    /// Resampled or generated without end: only [`ENDLESS_BAD_STREAK`] ends a run of bad records.
+    endless: bool,
+    /// Bad records read since the last good one (a lost shard is one read).
+    bad_streak: u64,
+    /// Most records one bad record stood for so far (a lost shard's samples).
+    largest_loss: u64,
     num_samples: Option<u64>,
     class_names: Option<Vec<String>>,
 }
@@ -292,12 +335,7 @@ pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
             cfg.batch_size, cfg.image_size
         )));
     }
-    if !(0.0..=1.0).contains(&cfg.max_bad_fraction) {
-        return Err(DataError::Config(format!(
-            "--max-bad-fraction {} must be in [0, 1]",
-            cfg.max_bad_fraction
-        )));
-    }
+    check_max_bad_fraction(cfg.max_bad_fraction)?;
     let source = resolve_spec(&cfg.spec, cfg.dataset_type)?;
     let order = match (cfg.resampled, cfg.train) {
         (true, _) => ReadOrder::Resampled { seed: cfg.seed },
@@ -310,6 +348,7 @@ pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
         _ => 0,
     };
     let (num_samples, class_names) = source_size_and_classes(&source)?;
+    let endless = cfg.resampled || matches!(source, DataSource::Builtin(BuiltinSplit::ShapesTrain));
     let shape = SampleShape {
         image_size: cfg.image_size,
         context_length: cfg.context_length,
@@ -347,6 +386,9 @@ pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
         image_size: cfg.image_size,
         context_length: cfg.context_length,
         max_bad_fraction: cfg.max_bad_fraction,
+        endless,
+        bad_streak: 0,
+        largest_loss: 1,
         num_samples,
         class_names,
     })
@@ -481,15 +523,20 @@ impl Loader {
                         stats.record_caption(sample.caption_tokens, self.context_length);
                     }
                     batch.n += 1;
+                    self.bad_streak = 0;
                 }
                 Err(kind) => {
                     for stats in [&mut self.stats, &mut self.recent] {
                         stats.record_bad(&processed.origin, &kind);
                     }
+                    self.bad_streak += 1;
+                    self.largest_loss = self.largest_loss.max(kind.records());
+                    // Checked per record: a stream of bad records never fills a batch.
+                    self.check_bad_fraction(false)?;
                 }
             }
         }
-        self.check_bad_fraction()?;
+        self.check_bad_fraction(self.finished && self.reorder.is_empty())?;
         batch.labels = all_labelled.then_some(labels);
         Ok(batch.n > 0)
     }
@@ -519,17 +566,21 @@ impl Loader {
         }
     }
 
-    fn check_bad_fraction(&self) -> Result<(), DataError> {
-        let seen = self.stats.samples + self.stats.bad;
-        let decided = self.finished || seen >= BAD_CHECK_MIN_RECORDS;
-        if decided && self.stats.bad as f64 > self.max_bad_fraction * seen as f64 {
-            return Err(DataError::TooManyBad {
+    /// Mid-pass the share decides only after [`BAD_CHECK_MIN_RECORDS`] (and enough records beside
+    /// the largest lost shard); at `pass_end` always.
+    fn check_bad_fraction(&self, pass_end: bool) -> Result<(), DataError> {
+        if self.endless && self.bad_streak >= ENDLESS_BAD_STREAK {
+            return Err(DataError::NoGoodRecords {
                 spec: self.spec.clone(),
-                bad: self.stats.bad,
-                seen,
-                max_fraction: self.max_bad_fraction,
+                streak: self.bad_streak,
                 first_offenders: self.stats.first_offenders.clone(),
             });
+        }
+        let seen = self.stats.samples + self.stats.bad;
+        let enough =
+            BAD_CHECK_MIN_RECORDS.max(LOST_SHARDS_BEFORE_JUDGING.saturating_mul(self.largest_loss));
+        if pass_end || seen >= enough {
+            check_bad_share(&self.spec, &self.stats, self.max_bad_fraction)?;
         }
         Ok(())
     }

@@ -5,16 +5,19 @@ use super::csv::parse_rows;
 use super::error::DataError;
 use super::image_ops::{RgbView, SampleRng, eval_transform, normalise_rgb, train_transform};
 use super::prompts::ZERO_SHOT_TEMPLATES;
-use super::spec::{BuiltinSplit, DataSource};
+use super::spec::{BuiltinSplit, DataSource, shard_sizes};
 use super::tar::{TarError, TarMember, TarReader};
 use super::tokenizer::{Tokenizer, frame_tokens};
 use std::fmt;
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 /// Largest decoded image, in bytes of RGBA, before a file is taken for a decompression bomb.
 const MAX_DECODE_BYTES: u64 = 512 << 20;
+/// Largest image file or shard member read, so that `/dev/zero`, a stray disk image or a small
+/// gzip shard claiming gigabytes cannot fill the memory; real photos are a few MB.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 64 << 20;
 
 /// Why a record was skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +38,26 @@ pub enum BadKind {
     },
     MissingFile,
     UnreadableFile(String),
+    /// An image file over [`MAX_IMAGE_FILE_BYTES`], named because a CSV origin names only a line.
+    FileTooLarge(PathBuf),
+    /// A shard that ends cleanly before its first sample.
+    EmptyShard,
+    /// A broken or empty shard, standing for the samples it lost: those sizes.json promised
+    /// beyond what was read, or one record when no sizes.json lists the shard.
+    ShardLost {
+        cause: Box<BadKind>,
+        lost: Option<u64>,
+    },
+}
+
+impl BadKind {
+    /// How many records this bad record stands for.
+    pub fn records(&self) -> u64 {
+        match self {
+            BadKind::ShardLost { lost: Some(n), .. } => (*n).max(1),
+            _ => 1,
+        }
+    }
 }
 
 impl fmt::Display for BadKind {
@@ -53,6 +76,21 @@ impl fmt::Display for BadKind {
             }
             BadKind::MissingFile => f.write_str("image file missing"),
             BadKind::UnreadableFile(reason) => write!(f, "image file unreadable ({reason})"),
+            BadKind::FileTooLarge(path) => write!(
+                f,
+                "image file {} is over the {} MiB cap per image",
+                path.display(),
+                MAX_IMAGE_FILE_BYTES >> 20
+            ),
+            BadKind::EmptyShard => f.write_str("shard holds no sample"),
+            BadKind::ShardLost {
+                cause,
+                lost: Some(n),
+            } => write!(f, "{cause}, {n} samples lost (count from sizes.json)"),
+            BadKind::ShardLost { cause, lost: None } => write!(
+                f,
+                "{cause}, the rest of the shard lost (no sizes.json lists it, so counted as 1)"
+            ),
         }
     }
 }
@@ -194,11 +232,33 @@ pub fn caption_text(bytes: &[u8]) -> Result<String, BadKind> {
     Ok(text.to_string())
 }
 
-fn read_image_file(path: &Path) -> Result<Vec<u8>, BadKind> {
-    std::fs::read(path).map_err(|err| match err.kind() {
+/// Reads an image file of at most [`MAX_IMAGE_FILE_BYTES`]; devices and special files too, since
+/// their reported length (0 for `/dev/zero`) says nothing.
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>, BadKind> {
+    let unreadable = |err: std::io::Error| match err.kind() {
         std::io::ErrorKind::NotFound => BadKind::MissingFile,
         _ => BadKind::UnreadableFile(err.to_string()),
-    })
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|file| file.take(MAX_IMAGE_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(unreadable)?;
+    if bytes.len() as u64 > MAX_IMAGE_FILE_BYTES {
+        return Err(BadKind::FileTooLarge(path.to_path_buf()));
+    }
+    Ok(bytes)
+}
+
+/// A JPEG is whole when an end-of-image marker (FF D9) follows its last start-of-scan (FF DA):
+/// the decoder fills a cut-off scan with grey instead of failing, as PIL would ("image file is
+/// truncated"). Entropy-coded data stuffs every FF with 00, so neither marker occurs inside it.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |marker: u8| bytes.windows(2).rposition(|w| w == [0xFF, marker]);
+    match (last(0xDA), last(0xD9)) {
+        (Some(scan), Some(end)) => end > scan,
+        (None, _) => true,
+        (Some(_), None) => false,
+    }
 }
 
 /// Decodes jpeg / png / webp (any format the `image` build reads) to RGB bytes, width, height.
@@ -210,6 +270,11 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<(Vec<u8>, usize, usize), BadKind> {
     let mut limits = image::Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits);
+    if reader.format() == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(BadKind::CorruptImage(
+            "JPEG cut off: no end-of-image marker after its last scan".to_string(),
+        ));
+    }
     let decoded = reader.decode().map_err(corrupt)?.into_rgb8();
     let (width, height) = (decoded.width() as usize, decoded.height() as usize);
     if width == 0 || height == 0 {
@@ -241,9 +306,10 @@ pub fn record_stream(
     match source {
         DataSource::WebDataset { shards, .. } => {
             let shard_order = index_order(shards.len(), order);
+            let expected = shard_sizes(shards);
             let shards = shards.clone();
             Ok(Box::new(WebDatasetRecords {
-                shards: Box::new(shard_order.map(move |i| shards[i].clone())),
+                shards: Box::new(shard_order.map(move |i| (shards[i].clone(), expected[i]))),
                 current: None,
                 pending: None,
                 broken: None,
@@ -363,16 +429,55 @@ pub fn read_csv_records(file: &Path, keys: &RecordKeys) -> Result<Vec<RawRecord>
 /// A sample's key and its (extension, bytes) members.
 type MemberGroup = (String, Vec<(String, Vec<u8>)>);
 
+/// A shard's bytes: plain tar, or gzip-compressed (`.tar.gz`, `.tgz`, as webdataset reads).
+type ShardBytes = Box<dyn Read + Send>;
+
+/// gzip's magic bytes, checked instead of the file name so a misnamed shard reads too.
+const GZIP_MAGIC: [u8; 2] = [0x1F, 0x8B];
+
+fn open_shard(path: &Path) -> std::io::Result<TarReader<ShardBytes>> {
+    let mut file = BufReader::new(File::open(path)?);
+    let bytes: ShardBytes = if file.fill_buf()?.starts_with(&GZIP_MAGIC) {
+        Box::new(flate2::read::MultiGzDecoder::new(file))
+    } else {
+        Box::new(file)
+    };
+    Ok(TarReader::with_member_cap(bytes, MAX_IMAGE_FILE_BYTES))
+}
+
+/// The shard being read: its name, the samples sizes.json promises, records yielded so far.
+struct OpenShard {
+    name: String,
+    expected: Option<u64>,
+    yielded: u64,
+    reader: TarReader<ShardBytes>,
+}
+
 /// WebDataset samples: consecutive tar members sharing a key (the name up to the first '.' of
 /// its last path part) form one sample; the part after that '.' is the member's extension.
 struct WebDatasetRecords {
-    shards: Box<dyn Iterator<Item = PathBuf> + Send>,
-    current: Option<(String, TarReader<BufReader<File>>)>,
+    /// Shards in reading order, with their sample counts from sizes.json where listed.
+    shards: Box<dyn Iterator<Item = (PathBuf, Option<u64>)> + Send>,
+    current: Option<OpenShard>,
     /// First member of the next sample, read while finding the end of the previous one.
     pending: Option<(String, String, Vec<u8>)>,
     /// The bad record of a broken archive, returned after the complete sample before the break.
     broken: Option<RawRecord>,
     keys: RecordKeys,
+}
+
+/// A bad record for a shard that lost samples: counted as what sizes.json promised beyond the
+/// `read` records, so a lost shard weighs what it held (a whole shard is not one record).
+fn shard_lost(origin: String, cause: BadKind, expected: Option<u64>, read: u64) -> RawRecord {
+    let lost = expected.map(|n| n.saturating_sub(read));
+    let payload = match lost {
+        Some(n) if n <= 1 => Err(cause),
+        _ => Err(BadKind::ShardLost {
+            cause: Box::new(cause),
+            lost,
+        }),
+    };
+    RawRecord { origin, payload }
 }
 
 /// Splits a member name into (key, lower-case extension); None for names without an extension.
@@ -419,29 +524,37 @@ impl Iterator for WebDatasetRecords {
             return Some(broken);
         }
         loop {
-            let Some((shard, reader)) = self.current.as_mut() else {
-                let path = self.shards.next()?;
+            let Some(shard) = self.current.as_mut() else {
+                let (path, expected) = self.shards.next()?;
                 let name = path.display().to_string();
-                match File::open(&path) {
-                    Ok(file) => self.current = Some((name, TarReader::new(BufReader::new(file)))),
+                match open_shard(&path) {
+                    Ok(reader) => {
+                        self.current = Some(OpenShard {
+                            name,
+                            expected,
+                            yielded: 0,
+                            reader,
+                        })
+                    }
                     Err(err) => {
-                        return Some(RawRecord {
-                            origin: name,
-                            payload: Err(BadKind::UnreadableShard(err.to_string())),
-                        });
+                        let cause = BadKind::UnreadableShard(err.to_string());
+                        return Some(shard_lost(name, cause, expected, 0));
                     }
                 }
                 continue;
             };
-            let shard = shard.clone();
+            let name = shard.name.clone();
             let mut group: Option<MemberGroup> = self
                 .pending
                 .take()
                 .map(|(key, ext, data)| (key, vec![(ext, data)]));
             loop {
-                match reader.next() {
-                    Some(Ok(TarMember { name, data })) => {
-                        let Some((key, ext)) = split_member_name(&name) else {
+                match shard.reader.next() {
+                    Some(Ok(TarMember {
+                        name: member_name,
+                        data,
+                    })) => {
+                        let Some((key, ext)) = split_member_name(&member_name) else {
                             continue;
                         };
                         match group.as_mut() {
@@ -456,42 +569,52 @@ impl Iterator for WebDatasetRecords {
                         }
                     }
                     Some(Err(err)) => {
+                        let (expected, yielded) = (shard.expected, shard.yielded);
                         self.current = None;
                         self.pending = None;
                         let kind = match err {
                             TarError::Truncated { .. } => BadKind::TruncatedTar,
                             TarError::BadHeader { .. } => BadKind::BadTarHeader,
                             TarError::Io(io) => BadKind::UnreadableShard(io.to_string()),
+                            too_large @ TarError::TooLarge { .. } => {
+                                BadKind::UnreadableShard(too_large.to_string())
+                            }
                         };
-                        // One bad record per broken archive: a complete sample read before the
-                        // break still counts, an incomplete one is part of the break.
+                        // A complete sample read before the break still counts; an incomplete
+                        // one is part of the break, which stands for the samples lost.
                         let Some((key, members)) = group else {
-                            return Some(RawRecord {
-                                origin: shard,
-                                payload: Err(kind),
-                            });
+                            return Some(shard_lost(name, kind, expected, yielded));
                         };
-                        let record = self.sample_record(&shard, &key, members);
+                        let record = self.sample_record(&name, &key, members);
                         if record.payload.is_err() {
-                            return Some(RawRecord {
-                                origin: record.origin,
-                                payload: Err(kind),
-                            });
+                            return Some(shard_lost(record.origin, kind, expected, yielded));
                         }
-                        self.broken = Some(RawRecord {
-                            origin: format!("{shard}: after {key}"),
-                            payload: Err(kind),
-                        });
+                        let origin = format!("{name}: after {key}");
+                        self.broken = Some(shard_lost(origin, kind, expected, yielded + 1));
                         return Some(record);
                     }
                     None => {
+                        let (expected, yielded) = (shard.expected, shard.yielded);
                         self.current = None;
+                        if group.is_none() && yielded == 0 && expected != Some(0) {
+                            // Nothing was read, so no "rest of the shard" to speak of.
+                            return Some(match expected {
+                                Some(_) => shard_lost(name, BadKind::EmptyShard, expected, 0),
+                                None => RawRecord {
+                                    origin: name,
+                                    payload: Err(BadKind::EmptyShard),
+                                },
+                            });
+                        }
                         break;
                     }
                 }
             }
             if let Some((key, members)) = group {
-                return Some(self.sample_record(&shard, &key, members));
+                if let Some(shard) = self.current.as_mut() {
+                    shard.yielded += 1;
+                }
+                return Some(self.sample_record(&name, &key, members));
             }
         }
     }

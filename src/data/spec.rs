@@ -8,6 +8,7 @@
 
 use super::error::DataError;
 use super::prompts::class_name_from_folder;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -128,6 +129,21 @@ pub fn resolve_spec(spec: &str, dataset_type: DatasetType) -> Result<DataSource,
         DatasetType::WebDataset => {
             let mut shards = Vec::new();
             for part in spec.split("::") {
+                if Path::new(part).is_dir() {
+                    let found =
+                        shards_in_folder(Path::new(part)).map_err(|source| DataError::Io {
+                            path: PathBuf::from(part),
+                            source,
+                        })?;
+                    if found.is_empty() {
+                        return Err(DataError::spec(
+                            spec,
+                            format!("folder {part:?} holds no .tar, .tar.gz or .tgz shard"),
+                        ));
+                    }
+                    shards.extend(found);
+                    continue;
+                }
                 shards.extend(
                     expand_braces(part)
                         .map_err(|reason| DataError::spec(spec, reason))?
@@ -157,10 +173,15 @@ fn detect_type(spec: &str) -> Result<DatasetType, DataError> {
         .all(|part| part.ends_with(".csv") || part.ends_with(".tsv"))
     {
         Ok(DatasetType::Csv)
-    } else if lower.contains(".tar") {
+    } else if lower.contains(".tar") || lower.contains(".tgz") {
         Ok(DatasetType::WebDataset)
     } else if Path::new(spec).is_dir() {
-        Ok(DatasetType::ImageFolder)
+        let holds_shards = shards_in_folder(Path::new(spec)).is_ok_and(|s| !s.is_empty());
+        Ok(if holds_shards {
+            DatasetType::WebDataset
+        } else {
+            DatasetType::ImageFolder
+        })
     } else {
         Err(DataError::spec(
             spec,
@@ -168,6 +189,27 @@ fn detect_type(spec: &str) -> Result<DatasetType, DataError> {
                 .to_string(),
         ))
     }
+}
+
+/// Shard files directly in `dir` (`.tar`, `.tar.gz`, `.tgz`), sorted: a folder of shards read
+/// whole, as the brace spec `dir/shard-{000000..N}.tar` would.
+fn shards_in_folder(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut shards = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let is_shard = [".tar", ".tar.gz", ".tgz"]
+            .iter()
+            .any(|e| name.ends_with(e));
+        if is_shard && path.is_file() {
+            shards.push(path);
+        }
+    }
+    shards.sort();
+    Ok(shards)
 }
 
 /// All of `files` must exist; a spec with none or some missing fails here, naming them.
@@ -241,19 +283,24 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
 /// Total samples of `shards` from `sizes.json` files beside them (`{"shard.tar": count, ...}`),
 /// or None when a shard is not listed.
 pub fn count_from_sizes_json(shards: &[PathBuf]) -> Option<u64> {
-    let mut total = 0;
-    let mut tables: Vec<(PathBuf, Vec<(String, u64)>)> = Vec::new();
-    for shard in shards {
-        let dir = shard.parent().map(Path::to_path_buf).unwrap_or_default();
-        if !tables.iter().any(|(d, _)| *d == dir) {
-            let text = std::fs::read_to_string(dir.join("sizes.json")).ok()?;
-            tables.push((dir.clone(), parse_sizes_json(&text)?));
-        }
-        let table = &tables.iter().find(|(d, _)| *d == dir)?.1;
-        let name = shard.file_name()?.to_str()?;
-        total += table.iter().find(|(key, _)| key == name)?.1;
-    }
-    Some(total)
+    shard_sizes(shards).into_iter().sum()
+}
+
+/// Each shard's sample count from the `sizes.json` beside it; None where none lists it.
+pub fn shard_sizes(shards: &[PathBuf]) -> Vec<Option<u64>> {
+    let mut tables: HashMap<PathBuf, Option<Vec<(String, u64)>>> = HashMap::new();
+    shards
+        .iter()
+        .map(|shard| {
+            let dir = shard.parent().map(Path::to_path_buf).unwrap_or_default();
+            let table = tables.entry(dir).or_insert_with_key(|dir| {
+                let text = std::fs::read_to_string(dir.join("sizes.json")).ok()?;
+                parse_sizes_json(&text)
+            });
+            let name = shard.file_name()?.to_str()?;
+            Some(table.as_ref()?.iter().find(|(key, _)| key == name)?.1)
+        })
+        .collect()
 }
 
 /// Parses a flat JSON object of string keys to non-negative integers.
@@ -278,7 +325,9 @@ pub fn parse_sizes_json(text: &str) -> Option<Vec<(String, u64)>> {
     Some(entries)
 }
 
-/// Lists an image folder: sub-folders (sorted) are classes, image files inside are samples.
+/// Lists an image folder: sub-folders (sorted) holding images are classes, image files inside
+/// are samples; a sub-folder without images is no class (torchvision refuses it; a class no
+/// image can show would still count in zero-shot chance and top-5).
 pub fn read_image_folder(root: &Path) -> Result<ImageFolder, DataError> {
     let io_error = |path: &Path, source| DataError::Io {
         path: path.to_path_buf(),
@@ -291,22 +340,32 @@ pub fn read_image_folder(root: &Path) -> Result<ImageFolder, DataError> {
         .filter(|path| path.is_dir())
         .collect();
     class_dirs.sort();
+    let mut visited = HashSet::from([root.canonicalize().map_err(|e| io_error(root, e))?]);
     let mut classes = Vec::new();
     let mut items = Vec::new();
     for dir in &class_dirs {
+        let mut files = Vec::new();
+        collect_images(dir, &mut visited, &mut files).map_err(|e| io_error(dir, e))?;
+        if files.is_empty() {
+            continue;
+        }
+        files.sort();
         let label = classes.len();
         classes.push(class_name_from_folder(
             &dir.file_name().unwrap_or_default().to_string_lossy(),
         ));
-        let mut files = Vec::new();
-        collect_images(dir, &mut files).map_err(|e| io_error(dir, e))?;
-        files.sort();
         items.extend(files.into_iter().map(|path| (path, label)));
     }
     if items.is_empty() {
+        let has_shards = shards_in_folder(root).is_ok_and(|s| !s.is_empty());
+        let hint = if has_shards {
+            " (it holds shards: pass it with --dataset-type webdataset, or as dir/shard-{000000..N}.tar)"
+        } else {
+            ""
+        };
         return Err(DataError::spec(
             &root.display().to_string(),
-            "image folder holds no class folder with images".to_string(),
+            format!("image folder holds no class folder with images{hint}"),
         ));
     }
     Ok(ImageFolder {
@@ -316,12 +375,20 @@ pub fn read_image_folder(root: &Path) -> Result<ImageFolder, DataError> {
     })
 }
 
-/// Image files under `dir`, in sub-folders too (as torchvision's `ImageFolder`).
-fn collect_images(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Image files under `dir`, in sub-folders too (as torchvision's `ImageFolder`). A folder whose
+/// canonical path is in `visited` is skipped, so a symlink loop (`a/up -> ..`) is walked once.
+fn collect_images(
+    dir: &Path,
+    visited: &mut HashSet<PathBuf>,
+    files: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    if !visited.insert(dir.canonicalize()?) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.is_dir() {
-            collect_images(&path, files)?;
+            collect_images(&path, visited, files)?;
         } else if path.is_file() && has_image_extension(&path) {
             files.push(path);
         }

@@ -28,6 +28,12 @@ pub enum TarError {
         offset: u64,
         reason: &'static str,
     },
+    /// A member larger than the reader's cap, stopped before its data is read into memory.
+    TooLarge {
+        member: String,
+        size: u64,
+        cap: u64,
+    },
     Io(io::Error),
 }
 
@@ -45,6 +51,11 @@ impl fmt::Display for TarError {
             TarError::BadHeader { offset, reason } => {
                 write!(f, "bad tar header at byte {offset}: {reason}")
             }
+            TarError::TooLarge { member, size, cap } => write!(
+                f,
+                "tar member {member:?} holds {size} bytes, over the {} MiB cap",
+                cap >> 20
+            ),
             TarError::Io(err) => write!(f, "read error: {err}"),
         }
     }
@@ -59,15 +70,24 @@ pub struct TarReader<R> {
     finished: bool,
     /// Name from a GNU 'L' or pax 'x' member, for the next file.
     next_name: Option<String>,
+    /// Largest member read into memory.
+    member_cap: u64,
 }
 
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
+        Self::with_member_cap(inner, MAX_MEMBER_BYTES)
+    }
+
+    /// A reader that ends with [`TarError::TooLarge`] at a member over `cap` bytes: a gzip
+    /// shard of a few KB can claim gigabytes of zeros.
+    pub fn with_member_cap(inner: R, cap: u64) -> Self {
         TarReader {
             inner,
             offset: 0,
             finished: false,
             next_name: None,
+            member_cap: cap,
         }
     }
 
@@ -140,6 +160,13 @@ impl<R: Read> TarReader<R> {
                 .next_name
                 .take()
                 .unwrap_or_else(|| header_name(&header));
+            if size > self.member_cap {
+                return Err(TarError::TooLarge {
+                    member: name,
+                    size,
+                    cap: self.member_cap,
+                });
+            }
             match header[156] {
                 b'0' | 0 | b'7' => {
                     let data = self.read_member_data(size, &name)?;

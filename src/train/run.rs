@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::data::loader::{LoaderConfig, ReadOptions};
+use crate::data::loader::{LoaderConfig, ReadOptions, check_max_bad_fraction};
 use crate::data::spec::{DatasetType, resolve_spec};
 use crate::graph::Backend;
 use crate::masking::{ClusterMaskConfig, MaskRng, calibrate_on_images, check_ratio};
@@ -179,12 +179,7 @@ impl TrainConfig {
                 c.validate().map_err(|e| e.to_string())?
             }
         }
-        if !(0.0..=1.0).contains(&self.data.max_bad_fraction) {
-            return Err(format!(
-                "--max-bad-fraction {} must be in [0, 1]",
-                self.data.max_bad_fraction
-            ));
-        }
+        check_max_bad_fraction(self.data.max_bad_fraction).map_err(|e| e.to_string())?;
         if let Some(target) = self.target_mask_ratio {
             check_ratio("target-mask-ratio", target).map_err(|e| e.to_string())?;
         }

@@ -9,6 +9,7 @@
 //! CLIP's own probe (Radford et al. 2021, A.3) and of scikit-learn, so the fit is deterministic
 //! and `weight_decay` λ equals scikit-learn's `C = 1 / (λ n)`.
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use super::{ZeroShotMetrics, zero_shot};
@@ -455,8 +456,7 @@ fn minimise_lbfgs(objective: &Objective, options: &ProbeOptions) -> Vec<f64> {
     let mut theta = vec![0f64; len];
     let mut grad = vec![0f64; len];
     let mut value = objective.value_and_gradient(&theta, &mut grad);
-    let mut history: std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)> =
-        std::collections::VecDeque::with_capacity(LBFGS_MEMORY);
+    let mut history: VecDeque<CurvaturePair> = VecDeque::with_capacity(LBFGS_MEMORY);
     let (mut trial, mut trial_grad) = (vec![0f64; len], vec![0f64; len]);
     for _ in 0..options.max_iterations {
         if grad.iter().all(|g| g.abs() <= options.gradient_tolerance) {
@@ -491,7 +491,11 @@ fn minimise_lbfgs(objective: &Objective, options: &ProbeOptions) -> Vec<f64> {
             if history.len() == LBFGS_MEMORY {
                 history.pop_front();
             }
-            history.push_back((s, y, 1.0 / curvature));
+            history.push_back(CurvaturePair {
+                s,
+                y,
+                rho: 1.0 / curvature,
+            });
         }
         std::mem::swap(&mut theta, &mut trial);
         std::mem::swap(&mut grad, &mut trial_grad);
@@ -500,23 +504,27 @@ fn minimise_lbfgs(objective: &Objective, options: &ProbeOptions) -> Vec<f64> {
     theta
 }
 
-/// −H·grad by the two-loop recursion over (s, y, 1 / sᵀy), oldest first.
-fn lbfgs_direction(
-    grad: &[f64],
-    history: &std::collections::VecDeque<(Vec<f64>, Vec<f64>, f64)>,
-) -> Vec<f64> {
+/// One step's move s = Δθ and gradient change y = Δgrad, with rho = 1 / sᵀy.
+struct CurvaturePair {
+    s: Vec<f64>,
+    y: Vec<f64>,
+    rho: f64,
+}
+
+/// −H·grad by the two-loop recursion over the pairs, oldest first.
+fn lbfgs_direction(grad: &[f64], history: &VecDeque<CurvaturePair>) -> Vec<f64> {
     let mut q: Vec<f64> = grad.iter().map(|g| -g).collect();
     let mut alphas = Vec::with_capacity(history.len());
-    for (s, y, rho) in history.iter().rev() {
+    for CurvaturePair { s, y, rho } in history.iter().rev() {
         let alpha = rho * dot64(s, &q);
         q.iter_mut().zip(y).for_each(|(q, y)| *q -= alpha * y);
         alphas.push(alpha);
     }
-    if let Some((s, y, _)) = history.back() {
+    if let Some(CurvaturePair { s, y, .. }) = history.back() {
         let gamma = dot64(s, y) / dot64(y, y);
         q.iter_mut().for_each(|q| *q *= gamma);
     }
-    for ((s, y, rho), alpha) in history.iter().zip(alphas.iter().rev()) {
+    for (CurvaturePair { s, y, rho }, alpha) in history.iter().zip(alphas.iter().rev()) {
         let beta = rho * dot64(y, &q);
         q.iter_mut()
             .zip(s)

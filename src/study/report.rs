@@ -233,17 +233,19 @@ pub fn json(outcomes: &[RunOutcome]) -> serde_json::Value {
     serde_json::json!({"rows": rows, "runs": runs})
 }
 
+/// A plotted value of one evaluation's metrics.
+type MetricOf = dyn Fn(&serde_json::Value) -> Option<f64>;
+
 /// Curves of the plotted metrics (zero-shot top-1 and mean R@5 of both directions), one series
 /// per row: seeds averaged at each evaluation step; x is the step or the training seconds.
 fn panels(outcomes: &[RunOutcome], by_time: bool) -> Vec<Panel> {
-    let plotted: [&dyn Fn(&serde_json::Value) -> Option<f64>; 2] =
-        [&|m| lookup(m, &["zeroshot", "acc1"]), &|m| {
-            Some(
-                (lookup(m, &["val", "text_retrieval_recall@5"])?
-                    + lookup(m, &["val", "image_retrieval_recall@5"])?)
-                    / 2.0,
-            )
-        }];
+    let plotted: [&MetricOf; 2] = [&|m| lookup(m, &["zeroshot", "acc1"]), &|m| {
+        Some(
+            (lookup(m, &["val", "text_retrieval_recall@5"])?
+                + lookup(m, &["val", "image_retrieval_recall@5"])?)
+                / 2.0,
+        )
+    }];
     plotted
         .iter()
         .map(|metric| Panel {

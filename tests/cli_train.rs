@@ -6,7 +6,48 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
+use clap::Parser;
+use clusterclip::cli::train::TrainArgs;
+use clusterclip::model::ClipConfig;
+use clusterclip::train::run::{TrainConfig, default_eval_data};
 use common::cli::{clusterclip, clusterclip_with_env, error_line, stderr, temp_dir};
+
+#[derive(Parser)]
+struct Train {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+/// `clusterclip train` with no flags and `TrainConfig::new` hold the same settings, every one
+/// (issue 14: one source per default), and they are the defaults the README measures with.
+#[test]
+fn train_flag_defaults_are_the_library_defaults() {
+    let cli = Train::try_parse_from(["train"])
+        .unwrap()
+        .args
+        .to_config()
+        .unwrap();
+    let model = ClipConfig::preset(TrainConfig::DEFAULT_MODEL).unwrap();
+    let mut library = TrainConfig::new(TrainConfig::DEFAULT_MODEL, model);
+    (library.val_data, library.zeroshot_data) = default_eval_data(&library.train_data);
+    assert_eq!(cli.to_json(), library.to_json());
+    // README: "tiny preset, cluster masking, builtin:shapes, batch 32, 4 × 50 steps", lr 1e-3
+    // and 20 warm-up steps.
+    assert_eq!(
+        (
+            cli.lr,
+            cli.warmup,
+            cli.batch_size,
+            cli.epochs,
+            cli.train_num_samples
+        ),
+        (1e-3, 20, 32, 4, 1600)
+    );
+    assert_eq!(
+        (cli.model_name.as_str(), cli.mask.name()),
+        ("tiny", "cluster")
+    );
+}
 
 /// A run of the tiny preset: batch 4, 2 steps per epoch, validation on 16 samples, on the
 /// adapter the binary chooses (`CLUSTERCLIP_BACKEND` overrides, as for every test).

@@ -16,10 +16,10 @@ use super::{CliResult, GpuArgs};
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
     /// Model preset: tiny, s16 or b16.
-    #[arg(long, default_value = "tiny")]
+    #[arg(long, default_value = TrainConfig::DEFAULT_MODEL)]
     pub model: String,
     /// Training data: builtin:shapes, WebDataset shards (dir/shard-{000..009}.tar), a CSV, imagefolder:DIR.
-    #[arg(long, default_value = "builtin:shapes")]
+    #[arg(long, default_value = TrainConfig::DEFAULT_TRAIN_DATA)]
     pub train_data: String,
     /// Validation data for retrieval and the validation loss; `none` to skip (default:
     /// builtin:shapes-val when training on builtin:shapes).
@@ -29,60 +29,61 @@ pub struct TrainArgs {
     /// builtin:shapes-zeroshot when training on builtin:shapes).
     #[arg(long)]
     pub zeroshot_data: Option<String>,
-    /// Defaults: 4 epochs × 50 steps of 32 on builtin:shapes, about 10 minutes on a 2-core CPU
-    /// with lavapipe (2.6 s/step measured with cluster masking, plus four evaluations).
-    #[arg(long, default_value_t = 32)]
+    /// Defaults (`TrainConfig::DEFAULT_*`): 4 epochs × 50 steps of 32 on builtin:shapes, about
+    /// 10 minutes on a 2-core CPU with lavapipe (2.6 s/step measured with cluster masking, plus
+    /// four evaluations).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_EPOCHS)]
     pub epochs: u64,
     /// Samples per epoch.
-    #[arg(long, default_value_t = 1600)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_TRAIN_NUM_SAMPLES)]
     pub train_num_samples: u64,
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_LR)]
     pub lr: f32,
-    /// Weight decay (M2: 0.2).
-    #[arg(long, default_value_t = 0.2)]
+    /// Weight decay (M2: 0.2; AdamW's defaults live in `AdamWConfig::default`).
+    #[arg(long, default_value_t = AdamWConfig::default().weight_decay)]
     pub wd: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = AdamWConfig::default().beta1)]
     pub beta1: f32,
-    #[arg(long, default_value_t = 0.98)]
+    #[arg(long, default_value_t = AdamWConfig::default().beta2)]
     pub beta2: f32,
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = AdamWConfig::default().eps)]
     pub eps: f32,
     /// Warm-up steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_WARMUP)]
     pub warmup: u64,
     /// cosine or const.
-    #[arg(long, default_value = "cosine")]
+    #[arg(long, default_value = TrainConfig::DEFAULT_LR_SCHEDULER.name())]
     pub lr_scheduler: String,
     #[arg(long)]
     pub grad_clip_norm: Option<f32>,
     /// Micro-batches of --batch-size per optimizer step, trained as one contrastive batch of
     /// batch-size × accum-freq with cached features (OpenCLIP's --accum-freq).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_ACCUM_FREQ)]
     pub accum_freq: usize,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_SEED)]
     pub seed: u64,
-    #[arg(long, default_value = "./logs")]
+    #[arg(long, default_value = TrainConfig::DEFAULT_LOGS)]
     pub logs: PathBuf,
     /// Run folder under --logs (default: date, model, lr and batch size, as OpenCLIP). A new
     /// run refuses an existing folder, as OpenCLIP does; --resume continues one.
     #[arg(long)]
     pub name: Option<String>,
     /// Keep epoch_N checkpoints every this many epochs (epoch_latest is always written).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_SAVE_FREQUENCY)]
     pub save_frequency: u64,
     /// `latest` (needs --name) or a checkpoint file.
     #[arg(long)]
     pub resume: Option<String>,
     /// Validate every this many epochs (0: never); always after the last.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_VAL_FREQUENCY)]
     pub val_frequency: u64,
     /// Zero-shot evaluation every this many epochs (0: never); always after the last.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_ZEROSHOT_FREQUENCY)]
     pub zeroshot_frequency: u64,
     /// Read the loss and print a progress line every this many steps.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = TrainConfig::DEFAULT_LOG_EVERY_N_STEPS)]
     pub log_every_n_steps: u64,
     /// Stop after N optimizer steps in all (the schedule still spans --epochs; resume later).
     #[arg(long)]

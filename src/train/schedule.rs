@@ -7,6 +7,14 @@ pub enum LrScheduler {
 }
 
 impl LrScheduler {
+    /// The `--lr-scheduler` value, as `parse` reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cosine => "cosine",
+            Self::Const => "const",
+        }
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         match text {
             "cosine" => Ok(Self::Cosine),

@@ -1,0 +1,386 @@
+//! The training run as a library object: `TrainRun::open` (settings in), `step` and `end_epoch`
+//! (the loop), `finish` (a summary out); `train` is the loop over them and the CLI only parses
+//! flags. Everything that feeds a step is restorable from a checkpoint (parameters, moments,
+//! optimizer step, data position; the mask RNG is keyed by (seed, step)), so N steps +
+//! `--resume latest` + N steps equals 2N steps straight, bit for bit.
+
+mod config;
+mod evals;
+mod open;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use crate::eval::tasks::logit_scale;
+use crate::graph::Backend;
+use crate::masking::MaskRng;
+use crate::model::ClipInputs;
+
+use super::checkpoint::{CheckpointError, LATEST, TrainState, save_checkpoint};
+use super::logs::{RunLogs, format_duration};
+use super::mask_step::{MaskStrategy, compute_mask};
+use super::schedule::learning_rate;
+use super::step::{Trainer, split_inputs};
+use super::stream::TrainStream;
+
+pub use config::{ResumeFrom, TrainConfig, default_eval_data};
+use evals::{EvalSets, write_plot};
+
+/// Why a run stopped early.
+#[derive(Debug)]
+pub enum TrainError {
+    /// A flag out of range, a missing checkpoint: nothing ran.
+    Config(String),
+    /// A NaN or infinite loss (or parameter) at `step`; the last good checkpoint stays.
+    NonFinite {
+        step: u64,
+        what: String,
+        last_checkpoint: Option<PathBuf>,
+    },
+    Run(String),
+}
+
+impl std::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrainError::Config(e) | TrainError::Run(e) => f.write_str(e),
+            TrainError::NonFinite {
+                step,
+                what,
+                last_checkpoint,
+            } => {
+                write!(f, "{what} at step {step}; training stopped, ")?;
+                match last_checkpoint {
+                    Some(path) => write!(f, "last good checkpoint: {}", path.display()),
+                    None => f.write_str("no checkpoint was saved"),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+fn run_err(e: impl std::fmt::Display) -> TrainError {
+    TrainError::Run(e.to_string())
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    pub epochs_completed: u64,
+    pub samples_seen: u64,
+    pub last_loss: Option<f32>,
+    /// Metrics of the last evaluation (CLIP_benchmark names), if any.
+    pub last_metrics: Option<serde_json::Value>,
+    pub mean_mask_ratio: f64,
+    pub wall_seconds: f64,
+    pub seconds_per_step: f64,
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Runs training as `config` says on `backend`.
+pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, TrainError> {
+    let mut run = TrainRun::open(config, backend)?;
+    while !run.is_done() {
+        run.step()?;
+        if run.at_epoch_end() {
+            run.end_epoch()?;
+        }
+    }
+    Ok(run.finish())
+}
+
+/// The steps since the last progress milestone: the throughput and mask ratio a line shows.
+struct Window {
+    start: Instant,
+    steps: u64,
+    ratio_sum: f64,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            start: Instant::now(),
+            steps: 0,
+            ratio_sum: 0.0,
+        }
+    }
+}
+
+/// One training run between `open` and `finish`: the model and optimizer, the data stream, the
+/// run folder, and the running statistics its log lines and summary report.
+// Ranks (MPI, later) would go here: `open` would take a rank and world size, shard the stream
+// by rank, all-reduce gradients inside `step`, and let only rank 0 write logs and checkpoints.
+pub struct TrainRun<'a> {
+    config: &'a TrainConfig,
+    run_dir: PathBuf,
+    /// `params.json` as one string, stored in every checkpoint.
+    run_config: String,
+    /// Largest micro-batch one storage binding holds (≤ batch size).
+    micro_batch: usize,
+    /// The step the run stops at (`--steps`, or the end of the schedule).
+    stop_at: u64,
+    /// The mask strategy with `--threshold auto` resolved.
+    strategy: MaskStrategy,
+    evals: EvalSets,
+    trainer: Trainer,
+    state: TrainState,
+    stream: TrainStream,
+    logs: RunLogs,
+    started: Instant,
+    /// The step this session started at (after a resume, not 0).
+    first_step: u64,
+    last_checkpoint: Option<PathBuf>,
+    last_metrics: Option<serde_json::Value>,
+    last_loss: Option<f32>,
+    last_scale: f32,
+    window: Window,
+    /// Mask ratio summed over the steps since the last evaluation, and their count.
+    eval_ratio: (f64, u64),
+    /// Mask ratio summed over this session's steps.
+    ratio_sum: f64,
+    /// Seconds spent evaluating, left out of the per-step timing.
+    eval_seconds: f64,
+}
+
+impl TrainRun<'_> {
+    /// Whether the run has reached its last step.
+    pub fn is_done(&self) -> bool {
+        self.state.step >= self.stop_at
+    }
+
+    /// Whether the last step ended an epoch or the run: `end_epoch` is due.
+    pub fn at_epoch_end(&self) -> bool {
+        self.state
+            .step
+            .is_multiple_of(self.config.steps_per_epoch())
+            || self.is_done()
+    }
+
+    /// One optimizer step: `accum_freq` batches read and masked, trained as one contrastive
+    /// batch, then a progress line; a non-finite loss stops the run.
+    pub fn step(&mut self) -> Result<(), TrainError> {
+        let config = self.config;
+        let steps_per_epoch = config.steps_per_epoch();
+        let step = self.state.step;
+        let stop_at = self.stop_at;
+        let epoch_done = (step + 1).is_multiple_of(steps_per_epoch);
+        let read_loss = (step + 1).is_multiple_of(config.log_every_n_steps)
+            || step + 1 == stop_at
+            || epoch_done;
+        let progress = (step / steps_per_epoch) as f32 / config.epochs as f32;
+        let mut batches = Vec::with_capacity(config.accum_freq);
+        for micro in 0..config.accum_freq as u64 {
+            let batch = self.stream.next_batch().map_err(run_err)?;
+            let rng = MaskRng::new(
+                self.state.seed,
+                (step * config.accum_freq as u64 + micro) as u32,
+            );
+            let mask = compute_mask(
+                &self.trainer.clip,
+                &self.trainer.backend,
+                &self.strategy,
+                &batch.images,
+                config.batch_size,
+                rng,
+                progress,
+            )
+            .map_err(run_err)?;
+            batches.push((batch, mask));
+        }
+        let ratio = batches
+            .iter()
+            .map(|(_, m)| m.as_ref().map_or(0.0, |m| m.mask_ratio as f64))
+            .sum::<f64>()
+            / batches.len() as f64;
+        let inputs: Vec<ClipInputs> = batches
+            .iter()
+            .flat_map(|(b, m)| {
+                let whole = ClipInputs {
+                    images: &b.images,
+                    tokens: &b.tokens,
+                    batch: config.batch_size,
+                    kept: m.as_ref().map(|m| m.kept.as_slice()),
+                };
+                split_inputs(whole, self.micro_batch)
+            })
+            .collect();
+        let lr = learning_rate(
+            config.lr_scheduler,
+            config.lr,
+            config.warmup,
+            config.total_steps(),
+            step,
+        );
+        let report = self.trainer.step(&inputs, lr, read_loss).map_err(run_err)?;
+
+        let state = &mut self.state;
+        state.step += 1;
+        state.samples_seen += config.step_samples();
+        state.pass_position = self.stream.position;
+        state.data_pass = self.stream.pass;
+        self.window.steps += 1;
+        self.window.ratio_sum += ratio;
+        self.ratio_sum += ratio;
+        self.eval_ratio.0 += ratio;
+        self.eval_ratio.1 += 1;
+        if let Some(loss) = report.loss {
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: state.step,
+                    what: format!("loss is {loss}"),
+                    last_checkpoint: self.last_checkpoint.clone(),
+                });
+            }
+            state.loss_history.push((state.step, loss));
+            self.last_loss = Some(loss);
+        }
+        if read_loss {
+            self.last_scale = logit_scale(&self.trainer.clip);
+        }
+        let milestone = report.loss.is_some()
+            && (state.step.is_multiple_of(config.log_every_n_steps) || state.step == stop_at);
+        self.log_progress(lr, milestone);
+        Ok(())
+    }
+
+    /// The progress line after a step; a milestone stays in `out.log` and restarts the window.
+    fn log_progress(&mut self, lr: f32, milestone: bool) {
+        let (config, state, window) = (self.config, &self.state, &self.window);
+        let steps_per_epoch = config.steps_per_epoch();
+        let elapsed = self.started.elapsed().as_secs_f64() - self.eval_seconds;
+        let per_step = elapsed / (state.step - self.first_step) as f64;
+        let window_seconds = window.start.elapsed().as_secs_f64().max(1e-9);
+        let line = format!(
+            "step {}/{} epoch {}/{} | loss {} | {:.1} img/s | mask {:.3} | lr {:.3e} | scale {:.2} | eta {} | data wait {:.0}%",
+            state.step,
+            self.stop_at,
+            state.step.div_ceil(steps_per_epoch).min(config.epochs),
+            config.epochs,
+            self.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
+            (window.steps * config.step_samples()) as f64 / window_seconds,
+            window.ratio_sum / window.steps as f64,
+            lr,
+            self.last_scale,
+            format_duration(per_step * (self.stop_at - state.step) as f64),
+            100.0 * self.stream.wait_seconds / elapsed.max(1e-9),
+        );
+        self.logs.progress(&line, milestone);
+        if milestone {
+            self.window = Window::new();
+        }
+    }
+
+    /// At the end of an epoch (or of the run, mid-epoch): the data line, `epoch_N` when due and
+    /// `epoch_latest`, then the evaluations due.
+    pub fn end_epoch(&mut self) -> Result<(), TrainError> {
+        let config = self.config;
+        let steps_per_epoch = config.steps_per_epoch();
+        let epoch_done = self.state.step.is_multiple_of(steps_per_epoch);
+        let end_of_run = self.is_done();
+        let span = if epoch_done {
+            String::new()
+        } else {
+            format!(" (to step {})", self.state.step)
+        };
+        self.logs.message(&format!(
+            "data: epoch {}{span}: {}",
+            self.state.step.div_ceil(steps_per_epoch),
+            self.stream.take_data_stats().bad_records_line()
+        ));
+        let completed = self.state.step / steps_per_epoch;
+        self.state.epoch = completed;
+        self.save_checkpoints(
+            epoch_done
+                && config.save_frequency > 0
+                && completed.is_multiple_of(config.save_frequency),
+        )?;
+        let (do_val, do_zeroshot) = self.evals.due(config, completed, epoch_done, end_of_run);
+        if !(do_val || do_zeroshot) {
+            return Ok(());
+        }
+        let eval_started = Instant::now();
+        let metrics = self
+            .evals
+            .evaluate(&self.trainer.clip, do_val, do_zeroshot)?;
+        self.eval_seconds += eval_started.elapsed().as_secs_f64();
+        let (ratio_sum, ratio_steps) = self.eval_ratio;
+        let result = serde_json::json!({
+            "step": self.state.step, "epoch": completed, "samples_seen": self.state.samples_seen,
+            "wall_seconds": self.started.elapsed().as_secs_f64(), "metrics": metrics,
+            "mean_mask_ratio": ratio_sum / ratio_steps.max(1) as f64,
+        });
+        self.logs.append_result(&result).map_err(run_err)?;
+        self.logs.message(&format!(
+            "eval at step {} (epoch {completed}): {metrics}",
+            self.state.step
+        ));
+        self.eval_ratio = (0.0, 0);
+        self.last_metrics = Some(metrics);
+        write_plot(&self.logs, &self.state);
+        Ok(())
+    }
+
+    /// `epoch_N` (when `keep_epoch`) then `epoch_latest`; a non-finite parameter stops the run.
+    fn save_checkpoints(&mut self, keep_epoch: bool) -> Result<(), TrainError> {
+        // epoch_N before epoch_latest: a crash between the two must not leave a latest past an
+        // epoch_N that was never written (a resume would start after it).
+        let latest = self.logs.checkpoint_dir().join(LATEST);
+        let mut paths = Vec::with_capacity(2);
+        if keep_epoch {
+            let epoch = self.state.epoch;
+            paths.push(
+                self.logs
+                    .checkpoint_dir()
+                    .join(format!("epoch_{epoch}.safetensors")),
+            );
+        }
+        paths.push(latest.clone());
+        for path in &paths {
+            save_checkpoint(path, &self.trainer, &self.state, &self.run_config).map_err(
+                |e| match e {
+                    CheckpointError::NonFinite(what) => TrainError::NonFinite {
+                        step: self.state.step,
+                        what,
+                        last_checkpoint: self.last_checkpoint.clone(),
+                    },
+                    CheckpointError::Write(e) => run_err(e),
+                },
+            )?;
+        }
+        self.last_checkpoint = Some(latest);
+        Ok(())
+    }
+
+    /// The closing log line and the run's summary.
+    pub fn finish(mut self) -> TrainSummary {
+        let wall = self.started.elapsed().as_secs_f64();
+        let done = (self.state.step - self.first_step).max(1) as f64;
+        let seconds_per_step = (wall - self.eval_seconds) / done;
+        self.logs.message(&format!(
+            "done: step {} of {}, {} samples, {} ({seconds_per_step:.3} s/step), checkpoint {}",
+            self.state.step,
+            self.config.total_steps(),
+            self.state.samples_seen,
+            format_duration(wall),
+            self.last_checkpoint
+                .as_ref()
+                .map_or("none".into(), |p| p.display().to_string())
+        ));
+        TrainSummary {
+            run_dir: self.run_dir,
+            steps: self.state.step,
+            epochs_completed: self.state.epoch,
+            samples_seen: self.state.samples_seen,
+            last_loss: self.last_loss,
+            last_metrics: self.last_metrics,
+            mean_mask_ratio: self.ratio_sum / done,
+            wall_seconds: wall,
+            seconds_per_step,
+            last_checkpoint: self.last_checkpoint,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Opening a run: settings checked, the model built or restored from a checkpoint, the mask
+//! threshold calibrated, the data and evaluation sets opened, and only then the run folder taken.
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::eval::tasks::{backend_name, logit_scale};
+use crate::graph::Backend;
+use crate::masking::calibrate_on_images;
+use crate::model::Clip;
+use crate::train::checkpoint::{Checkpoint, LATEST, TrainState, load_checkpoint};
+use crate::train::logs::{RunLogs, check_new_run_folder};
+use crate::train::mask_step::MaskStrategy;
+use crate::train::step::Trainer;
+use crate::train::stream::TrainStream;
+
+use super::evals::EvalSets;
+use super::{ResumeFrom, TrainConfig, TrainError, TrainRun, Window, run_err};
+
+/// Batches `--threshold auto` bisects over (M3.6: "on the first batches").
+const CALIBRATION_BATCHES: usize = 2;
+
+impl<'a> TrainRun<'a> {
+    /// Checks `config`, builds (or restores, with `--resume`) everything a step needs, and takes
+    /// the run folder; every refusal is a `TrainError::Config` naming its flag.
+    pub fn open(config: &'a TrainConfig, backend: Backend) -> Result<TrainRun<'a>, TrainError> {
+        config.validate().map_err(TrainError::Config)?;
+        let run_dir = config.logs.join(config.run_name());
+        // Refused at once here; `RunLogs::open` checks again under the folder's lock.
+        if config.resume.is_none() {
+            check_new_run_folder(&run_dir).map_err(TrainError::Config)?;
+        }
+        let resume_path = match &config.resume {
+            None => None,
+            Some(ResumeFrom::Path(p)) => Some(p.clone()),
+            Some(ResumeFrom::Latest) => Some(run_dir.join("checkpoints").join(LATEST)),
+        };
+        let checkpoint = resume_path.as_deref().map(load_resume).transpose()?;
+        let micro_batch = micro_batch(config, &backend)?;
+        let (clip, mut state) = match &checkpoint {
+            Some(ck) => {
+                if ck.config != config.model {
+                    return Err(TrainError::Config(format!(
+                        "--resume: {} holds a different model than --model {}",
+                        ck.path.display(),
+                        config.model_name
+                    )));
+                }
+                if ck.moments.is_none() {
+                    return Err(TrainError::Config(format!(
+                        "--resume: {} holds weights only, no optimizer state",
+                        ck.path.display()
+                    )));
+                }
+                (ck.model(&backend), ck.state.clone())
+            }
+            None => (
+                Clip::new(config.model.clone(), &backend, config.seed)
+                    .map_err(TrainError::Config)?,
+                TrainState {
+                    seed: config.seed,
+                    ..TrainState::default()
+                },
+            ),
+        };
+        if state.seed != config.seed {
+            return Err(TrainError::Config(format!(
+                "--seed {} differs from the checkpoint's seed {}",
+                config.seed, state.seed
+            )));
+        }
+        let mut trainer = Trainer::new(clip, backend.clone(), config.adamw.clone());
+        if let Some(ck) = &checkpoint {
+            ck.restore_optimizer(&mut trainer.optimizer, &backend)
+                .map_err(TrainError::Config)?;
+        }
+        let strategy = resolve_threshold(config, &mut state)?;
+        let evals = EvalSets::load(config, &trainer.clip, &backend)?;
+        let stream = TrainStream::open(
+            &config.loader_config(),
+            state.data_pass,
+            state.pass_position,
+        )
+        .map_err(TrainError::Config)?;
+        // The folder is taken only once every input has opened, so a run refused for a bad flag
+        // or file leaves no folder that would refuse its corrected rerun.
+        let mut logs =
+            RunLogs::open(&run_dir, config.resume.is_some()).map_err(TrainError::Config)?;
+        let mut params = config.to_json();
+        params["calibrated_threshold"] = state.calibrated_threshold.into();
+        logs.write_params(&params).map_err(run_err)?;
+
+        let total_steps = config.total_steps();
+        let stop_at = config.steps.map_or(total_steps, |s| s.min(total_steps));
+        logs.message(&format!(
+            "clusterclip train: {} ({} parameters) on {}, mask {}, batch {}×{}, {} steps ({} per epoch × {} epochs){}; logs in {}",
+            config.model_name,
+            trainer.clip.params.numel(),
+            backend_name(&backend),
+            strategy.name(),
+            config.batch_size,
+            config.accum_freq,
+            total_steps,
+            config.steps_per_epoch(),
+            config.epochs,
+            match &resume_path { Some(p) => format!(", resumed at step {} from {}", state.step, p.display()), None => String::new() },
+            run_dir.display()
+        ));
+        if micro_batch < config.batch_size {
+            logs.message(&format!(
+                "batch {} runs as micro-batches of at most {micro_batch} (activations over one \
+                 storage binding); the loss stays one contrastive batch",
+                config.batch_size
+            ));
+        }
+        if let Some(r) = state
+            .calibrated_threshold
+            .filter(|_| config.target_mask_ratio.is_some())
+        {
+            logs.message(&format!(
+                "threshold auto: r = {r:.4} (target mask ratio {})",
+                config.target_mask_ratio.unwrap_or_default()
+            ));
+        }
+
+        Ok(TrainRun {
+            config,
+            run_dir,
+            run_config: params.to_string(),
+            micro_batch,
+            stop_at,
+            strategy,
+            evals,
+            stream,
+            logs,
+            started: Instant::now(),
+            first_step: state.step,
+            last_scale: logit_scale(&trainer.clip),
+            trainer,
+            state,
+            last_checkpoint: resume_path,
+            last_metrics: None,
+            last_loss: None,
+            window: Window::new(),
+            eval_ratio: (0.0, 0),
+            ratio_sum: 0.0,
+            eval_seconds: 0.0,
+        })
+    }
+}
+
+/// The checkpoint `--resume` names, refused if absent or unreadable.
+fn load_resume(path: &Path) -> Result<Checkpoint, TrainError> {
+    if !path.exists() {
+        return Err(TrainError::Config(format!(
+            "--resume: no checkpoint at {}",
+            path.display()
+        )));
+    }
+    load_checkpoint(path, None).map_err(|e| TrainError::Config(format!("--resume: {e}")))
+}
+
+/// The largest micro-batch one storage binding holds. Batches whose activations exceed one
+/// binding (WebGPU's 128 MiB; a ViT-B/16 at batch 56+) run as micro-batches of one contrastive
+/// batch (Trainer::step), not refused; a model whose single image does not fit is.
+fn micro_batch(config: &TrainConfig, backend: &Backend) -> Result<usize, TrainError> {
+    let Some(gpu) = backend.gpu() else {
+        return Ok(config.batch_size);
+    };
+    let limit = gpu.binding_limit_words();
+    let largest_param = crate::model::init::param_specs(&config.model)
+        .iter()
+        .map(|p| p.numel())
+        .max()
+        .unwrap_or(0);
+    let one_image = config.model.largest_activation_words(1).max(largest_param);
+    if one_image > limit {
+        return Err(TrainError::Config(format!(
+            "--model {}: one image needs {:.0} KiB tensors, over this GPU's {:.0} KiB per \
+             storage binding",
+            config.model_name,
+            (one_image * 4) as f64 / 1024.0,
+            (limit * 4) as f64 / 1024.0,
+        )));
+    }
+    Ok(config
+        .batch_size
+        .min(config.model.largest_batch_within(limit)))
+}
+
+/// The mask strategy with `--threshold auto` resolved: the stored threshold on resume, else a
+/// bisection over the stream's first batches (M3.6).
+fn resolve_threshold(
+    config: &TrainConfig,
+    state: &mut TrainState,
+) -> Result<MaskStrategy, TrainError> {
+    let (Some(target), MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c)) =
+        (config.target_mask_ratio, &config.mask)
+    else {
+        return Ok(config.mask.clone());
+    };
+    let threshold = match state.calibrated_threshold {
+        Some(r) => r,
+        None => {
+            let v = &config.model.vision;
+            let mut stream =
+                TrainStream::open(&config.loader_config(), 0, 0).map_err(TrainError::Config)?;
+            let batches: Vec<Vec<f32>> = (0..CALIBRATION_BATCHES)
+                .map(|_| stream.next_batch().map(|b| b.images))
+                .collect::<Result<_, _>>()
+                .map_err(TrainError::Config)?;
+            let batches: Vec<&[f32]> = batches.iter().map(Vec::as_slice).collect();
+            let geometry = (v.image_size, v.image_size, v.patch_size);
+            calibrate_on_images(&batches, geometry, c, target, config.seed)
+                .map_err(|e| TrainError::Config(e.to_string()))?
+                .threshold
+        }
+    };
+    state.calibrated_threshold = Some(threshold);
+    Ok(config.mask.with_threshold(threshold))
+}

@@ -4,6 +4,9 @@
 
 mod common;
 
+use std::future::Future;
+use std::task::{Context, Poll, Waker};
+
 use common::*;
 
 fn numel(shape: &[usize]) -> usize {
@@ -372,4 +375,37 @@ fn scatter_add_is_bit_reproducible() {
     }
     let want = clusterclip::ops::gather::cpu::scatter_add_rows(&src, &idx, rows, cols);
     assert_close("scatter-add", &first, &want, 1e-4, 1e-5);
+}
+
+/// Polls a future once: native reads must need no executor.
+fn first_poll<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(out) => out,
+        Poll::Pending => panic!("a native GPU read was still pending after its first poll"),
+    }
+}
+
+/// On native the device wait runs inside the read, so its future is ready at the first poll and
+/// holds the work recorded before it (a browser's stays pending until the map callback; see the
+/// unit tests in src/gpu/readback.rs).
+#[test]
+fn async_reads_are_ready_at_the_first_poll_on_native() {
+    let mut rng = Rng::new(12);
+    let x = rng.vec(1000);
+    let mut g = gpu_graph();
+    let t = g.constant(&x, &[1000]).unwrap();
+    let y = g.scale(t, -0.5).unwrap();
+    // Exact: halving and negating an f32 loses nothing.
+    let want: Vec<f32> = x.iter().map(|v| v * -0.5).collect();
+    assert_eq!(first_poll(g.to_vec_async(y)), want);
+
+    let gpu = gpu();
+    let words: Vec<u32> = (0..77u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+    let (all, head) = (gpu.upload_u32(&words), gpu.upload_u32(&words[..5]));
+    let read = first_poll(gpu.read_many_u32_async(&[&all, &head])).unwrap();
+    assert_eq!(read, vec![words.clone(), words[..5].to_vec()]);
 }

@@ -4,7 +4,7 @@ use crate::graph::{Graph, ShapeError};
 use crate::model::{Clip, text, vision};
 
 /// Normalised image features [n, embed_dim] of normalised images [n, 3, S, S].
-pub fn encode_images(
+pub async fn encode_images_async(
     clip: &Clip,
     images: &[f32],
     batch_size: usize,
@@ -20,13 +20,13 @@ pub fn encode_images(
         let tokens = vision::embed(&mut g, &params, v, x)?;
         let features = vision::encode(&mut g, &params, v, tokens, None)?;
         let features = g.l2_normalize(features)?;
-        out.extend(g.to_vec(features));
+        out.extend(g.to_vec_async(features).await);
     }
     Ok(out)
 }
 
 /// Normalised text features [n, embed_dim] of token ids [n, context].
-pub fn encode_texts(
+pub async fn encode_texts_async(
     clip: &Clip,
     tokens: &[u32],
     batch_size: usize,
@@ -38,7 +38,27 @@ pub fn encode_texts(
         let params = clip.params.bind_frozen(&mut g);
         let features = text::encode(&mut g, &params, &clip.config.text, chunk)?;
         let features = g.l2_normalize(features)?;
-        out.extend(g.to_vec(features));
+        out.extend(g.to_vec_async(features).await);
     }
     Ok(out)
+}
+
+/// Blocking [`encode_images_async`] (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn encode_images(
+    clip: &Clip,
+    images: &[f32],
+    batch_size: usize,
+) -> Result<Vec<f32>, ShapeError> {
+    crate::gpu::block_on(encode_images_async(clip, images, batch_size))
+}
+
+/// Blocking [`encode_texts_async`] (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn encode_texts(
+    clip: &Clip,
+    tokens: &[u32],
+    batch_size: usize,
+) -> Result<Vec<f32>, ShapeError> {
+    crate::gpu::block_on(encode_texts_async(clip, tokens, batch_size))
 }

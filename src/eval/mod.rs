@@ -9,7 +9,9 @@ pub mod linear_probe;
 #[cfg(feature = "cli")]
 pub mod tasks;
 
+#[cfg(not(target_arch = "wasm32"))]
 pub use features::{encode_images, encode_texts};
+pub use features::{encode_images_async, encode_texts_async};
 
 /// Zero-shot classification metrics, named as CLIP_benchmark.
 #[derive(Clone, Debug, Default, PartialEq)]

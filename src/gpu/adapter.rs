@@ -198,7 +198,7 @@ pub(super) async fn choose(options: &GpuOptions) -> Result<wgpu::Adapter, GpuErr
 pub fn adapter_summaries(backend: BackendChoice) -> Vec<AdapterSummary> {
     let instance = instance(backend.backends());
     let mut infos: Vec<wgpu::AdapterInfo> =
-        pollster::block_on(instance.enumerate_adapters(backend.backends()))
+        super::block_on(instance.enumerate_adapters(backend.backends()))
             .iter()
             .map(|a| a.get_info())
             .collect();

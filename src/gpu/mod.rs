@@ -13,6 +13,7 @@
 mod adapter;
 mod buffer;
 mod kernel;
+mod readback;
 mod recorder;
 
 pub use adapter::{AdapterSummary, BackendChoice, GpuOptions};
@@ -20,6 +21,8 @@ pub use adapter::{AdapterSummary, BackendChoice, GpuOptions};
 pub use adapter::{adapter_summaries, quiet_mesa_device_select};
 pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf};
 pub use kernel::{Kernel, Shader, validate_wgsl};
+#[cfg(not(target_arch = "wasm32"))]
+pub use readback::block_on;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -150,11 +153,13 @@ pub fn linear_grid(threads: usize, workgroup: u32) -> [u32; 3] {
 }
 
 impl Gpu {
-    /// Opens the adapter chosen by `options` (see [`GpuOptions`]).
+    /// Blocking [`Gpu::new_async`] (native only: a browser tab awaits the async form).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(options: &GpuOptions) -> Result<Arc<Gpu>, GpuError> {
-        pollster::block_on(Self::new_async(options))
+        block_on(Self::new_async(options))
     }
 
+    /// Opens the adapter chosen by `options` (see [`GpuOptions`]).
     pub async fn new_async(options: &GpuOptions) -> Result<Arc<Gpu>, GpuError> {
         let adapter = adapter::choose(options).await?;
         let info = adapter.get_info();

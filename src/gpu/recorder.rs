@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Gpu, GpuBuf, GpuError, Kernel, linear_grid};
+use super::{Gpu, GpuBuf, Kernel, linear_grid};
 
 /// Uniform-buffer offsets must be multiples of 256 bytes (WebGPU default).
 const PARAM_SLOT: u64 = 256;
@@ -34,7 +34,7 @@ impl Recorder {
         }
     }
 
-    fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
+    pub(super) fn encoder(&mut self, device: &wgpu::Device) -> &mut wgpu::CommandEncoder {
         self.pass = None;
         self.encoder.get_or_insert_with(|| {
             device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -58,7 +58,7 @@ impl Recorder {
     }
 
     /// Finishes and submits the open encoder, if any.
-    fn submit(&mut self, queue: &wgpu::Queue) -> Option<wgpu::SubmissionIndex> {
+    pub(super) fn submit(&mut self, queue: &wgpu::Queue) -> Option<wgpu::SubmissionIndex> {
         self.pass = None;
         let encoder = self.encoder.take()?;
         let index = queue.submit([encoder.finish()]);
@@ -356,112 +356,14 @@ impl Gpu {
         self.recorder.lock().unwrap().submit(&self.queue);
     }
 
-    /// Submits and waits until the device is idle.
+    /// Submits and waits until the device is idle. The browser has no blocking wait: there it
+    /// only submits (profiling times are then meaningless, see `web_time_now`).
     pub fn sync(&self) {
         let index = self.recorder.lock().unwrap().submit(&self.queue);
         let _ = self.device.poll(wgpu::PollType::Wait {
             submission_index: index,
             timeout: None,
         });
-    }
-
-    /// Reads `buf` back (submits the open encoder and waits for it).
-    pub fn read_bytes(&self, buf: &GpuBuf) -> Result<Vec<u8>, GpuError> {
-        let size = (buf.len() * 4) as u64;
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
-            mapped_at_creation: false,
-        });
-        let index = {
-            let mut rec = self.recorder.lock().unwrap();
-            rec.encoder(&self.device).copy_buffer_to_buffer(
-                buf.buffer(),
-                buf.byte_offset(),
-                &staging,
-                0,
-                size,
-            );
-            rec.submit(&self.queue)
-        };
-        let (sender, receiver) = std::sync::mpsc::channel();
-        staging
-            .slice(..)
-            .map_async(wgpu::MapMode::Read, move |result| {
-                let _ = sender.send(result);
-            });
-        // A failed map is usually the echo of an earlier device error: report the cause.
-        let failed = |e: String| self.check_errors().err().unwrap_or(GpuError::Map(e));
-        self.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: index,
-                timeout: None,
-            })
-            .map_err(|e| failed(e.to_string()))?;
-        receiver
-            .recv()
-            .map_err(|e| failed(e.to_string()))?
-            .map_err(|e| failed(e.to_string()))?;
-        // Checked after the wait: errors of the submitted work are reported by then.
-        self.check_errors()?;
-        let bytes = staging
-            .slice(..)
-            .get_mapped_range()
-            .map_err(|e| failed(e.to_string()))?
-            .to_vec();
-        staging.unmap();
-        Ok(bytes)
-    }
-
-    /// Reads several buffers with one submit and one wait.
-    pub fn read_many_u32(&self, bufs: &[&GpuBuf]) -> Result<Vec<Vec<u32>>, GpuError> {
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if total == 0 {
-            return Ok(bufs.iter().map(|_| Vec::new()).collect());
-        }
-        let joined = self.alloc(total);
-        let mut at = 0;
-        {
-            let mut rec = self.recorder.lock().unwrap();
-            let epoch = rec.epoch;
-            let encoder = rec.encoder(&self.device);
-            for b in bufs {
-                if !b.is_empty() {
-                    encoder.copy_buffer_to_buffer(
-                        b.buffer(),
-                        b.byte_offset(),
-                        joined.buffer(),
-                        (at * 4) as u64,
-                        (b.len() * 4) as u64,
-                    );
-                }
-                at += b.len();
-            }
-            joined
-                .inner
-                .last_bound_epoch
-                .store(epoch, Ordering::Relaxed);
-        }
-        let words = self.read_u32(&joined)?;
-        let mut out = Vec::with_capacity(bufs.len());
-        let mut at = 0;
-        for b in bufs {
-            out.push(words[at..at + b.len()].to_vec());
-            at += b.len();
-        }
-        Ok(out)
-    }
-
-    pub fn read_f32(&self, buf: &GpuBuf) -> Result<Vec<f32>, GpuError> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(buf)?))
-    }
-
-    pub fn read_u32(&self, buf: &GpuBuf) -> Result<Vec<u32>, GpuError> {
-        Ok(bytemuck::pod_collect_to_vec(&self.read_bytes(buf)?))
     }
 
     /// Frees idle pooled buffers.

@@ -282,22 +282,37 @@ impl Graph {
         self.tape.len()
     }
 
-    /// Reads any storage of this graph's backend to the host.
-    pub fn read(&self, value: &Storage) -> Vec<f32> {
+    /// Reads any storage of this graph's backend to the host (see `gpu::readback`).
+    pub async fn read_async(&self, value: &Storage) -> Vec<f32> {
         match value {
             Storage::Cpu(v) => v.to_vec(),
             Storage::Gpu(b) => {
                 let gpu = self.backend.gpu().expect("GPU storage on a GPU graph");
-                gpu.read_f32(b).unwrap_or_else(|e| panic!("{e}"))
+                gpu.read_f32_async(b)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
             }
         }
     }
 
     /// The tensor's values on the host.
+    pub async fn to_vec_async(&self, t: Tensor) -> Vec<f32> {
+        self.read_async(self.storage(t)).await
+    }
+
+    /// Blocking [`Graph::read_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read(&self, value: &Storage) -> Vec<f32> {
+        crate::gpu::block_on(self.read_async(value))
+    }
+
+    /// Blocking [`Graph::to_vec_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec(&self, t: Tensor) -> Vec<f32> {
         self.read(self.storage(t))
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec_u32(&self, t: Tensor) -> Vec<u32> {
         bytemuck::cast_slice(&self.to_vec(t)).to_vec()
     }
@@ -307,6 +322,7 @@ impl Graph {
         self.grads[t.0].as_ref()
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn grad_vec(&self, t: Tensor) -> Option<Vec<f32>> {
         self.grad(t).map(|g| self.read(g))
     }

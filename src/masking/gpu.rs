@@ -249,11 +249,18 @@ pub fn cluster_mask_gpu(
 }
 
 impl GpuMask {
-    /// Reads the mask back (submits the step's encoder once).
+    /// Blocking [`GpuMask::read_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn read(&self, gpu: &Gpu) -> Result<MaskResult, GpuError> {
+        crate::gpu::block_on(self.read_async(gpu))
+    }
+
+    /// Reads the mask back (submits the step's encoder once).
+    pub async fn read_async(&self, gpu: &Gpu) -> Result<MaskResult, GpuError> {
         let (n, l) = (self.images, self.patches);
         let [keep_count, kept, anchors, flags]: [Vec<u32>; 4] = gpu
-            .read_many_u32(&[&self.keep_count, &self.kept, &self.anchors, &self.masked])?
+            .read_many_u32_async(&[&self.keep_count, &self.kept, &self.anchors, &self.masked])
+            .await?
             .try_into()
             .expect("one vector per buffer read");
         let keep_count = keep_count[0] as usize;

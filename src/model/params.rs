@@ -160,13 +160,19 @@ impl ParamStore {
     }
 
     /// Copies the values to the host, in layout order (padding included).
-    pub fn flat_host(&self, g: &Graph) -> Vec<f32> {
-        g.read(&self.values)
+    pub async fn flat_host_async(&self, g: &Graph) -> Vec<f32> {
+        g.read_async(&self.values).await
     }
 
-    /// (name, shape, values) of every parameter, read to the host.
-    pub fn to_host(&self, g: &Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        let flat = self.flat_host(g);
+    /// Blocking [`ParamStore::flat_host_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn flat_host(&self, g: &Graph) -> Vec<f32> {
+        crate::gpu::block_on(self.flat_host_async(g))
+    }
+
+    /// (name, shape, values) of every parameter, read to the host (what a checkpoint holds).
+    pub async fn to_host_async(&self, g: &Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        let flat = self.flat_host_async(g).await;
         self.specs
             .iter()
             .zip(&self.offsets)
@@ -178,6 +184,12 @@ impl ParamStore {
                 )
             })
             .collect()
+    }
+
+    /// Blocking [`ParamStore::to_host_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn to_host(&self, g: &Graph) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        crate::gpu::block_on(self.to_host_async(g))
     }
 }
 

@@ -12,9 +12,25 @@ use crate::masking::{
 };
 use crate::model::{Clip, vision};
 
+/// Blocking [`compute_mask_async`] (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn compute_mask(
+    clip: &Clip,
+    backend: &Backend,
+    strategy: &MaskStrategy,
+    images: &[f32],
+    batch: usize,
+    rng: MaskRng,
+    progress: f32,
+) -> Result<Option<MaskResult>, MaskError> {
+    crate::gpu::block_on(compute_mask_async(
+        clip, backend, strategy, images, batch, rng, progress,
+    ))
+}
+
 /// The kept patches of one batch of normalised images [batch, 3, S, S]; `None` keeps all.
 /// `progress` in [0, 1] weighs the embedding similarity of `ClusterEmbed` (M3.7).
-pub fn compute_mask(
+pub async fn compute_mask_async(
     clip: &Clip,
     backend: &Backend,
     strategy: &MaskStrategy,
@@ -65,7 +81,8 @@ pub fn compute_mask(
             });
             let mask = cluster_mask_gpu(gpu, &gpu_images, embedding.as_ref(), config, rng)?;
             let read = gpu
-                .read_many_u32(&[&mask.keep_count, &mask.kept])
+                .read_many_u32_async(&[&mask.keep_count, &mask.kept])
+                .await
                 .map_err(|e| MaskError::Shape(e.to_string()))?;
             let keep_count = read[0][0] as usize;
             let kept = read[1][..batch * keep_count].to_vec();

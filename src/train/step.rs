@@ -43,6 +43,17 @@ impl Trainer {
         Ok(g.storage(out.loss).clone())
     }
 
+    /// Blocking [`Trainer::step_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step(
+        &mut self,
+        micro_batches: &[ClipInputs],
+        lr: f32,
+        read_loss: bool,
+    ) -> Result<StepReport, ShapeError> {
+        crate::gpu::block_on(self.step_async(micro_batches, lr, read_loss))
+    }
+
     /// One optimizer step at learning rate `lr` on the batch made of `micro_batches`.
     ///
     /// Several micro-batches are one contrastive batch, as OpenCLIP's `--accum-freq`: a first
@@ -51,9 +62,9 @@ impl Trainer {
     /// micro-batch back-propagates its slice of those gradients. The update equals one step on
     /// the whole batch (every image still meets every caption as a negative) at the cost of a
     /// second forward, while only one micro-batch's activations exist at a time.
-    pub fn step(
+    pub async fn step_async(
         &mut self,
-        micro_batches: &[ClipInputs],
+        micro_batches: &[ClipInputs<'_>],
         lr: f32,
         read_loss: bool,
     ) -> Result<StepReport, ShapeError> {
@@ -66,7 +77,7 @@ impl Trainer {
             .step(&mut self.clip.params, &self.backend, lr);
         // The read submits the whole step at once; otherwise submit without waiting.
         let loss = if read_loss {
-            Some(read_storage(&self.backend, &loss)[0])
+            Some(read_storage_async(&self.backend, &loss).await[0])
         } else {
             if let Backend::Gpu(gpu) = &self.backend {
                 gpu.flush();
@@ -174,11 +185,20 @@ pub fn split_inputs(inputs: ClipInputs<'_>, size: usize) -> Vec<ClipInputs<'_>> 
         .collect()
 }
 
-/// Reads storage of `backend` to the host.
-pub fn read_storage(backend: &Backend, value: &Storage) -> Vec<f32> {
+/// Reads storage of `backend` to the host (the loss, parameters and moments of a checkpoint).
+pub async fn read_storage_async(backend: &Backend, value: &Storage) -> Vec<f32> {
     match (backend, value) {
         (_, Storage::Cpu(v)) => v.to_vec(),
-        (Backend::Gpu(gpu), Storage::Gpu(b)) => gpu.read_f32(b).unwrap_or_else(|e| panic!("{e}")),
+        (Backend::Gpu(gpu), Storage::Gpu(b)) => gpu
+            .read_f32_async(b)
+            .await
+            .unwrap_or_else(|e| panic!("{e}")),
         (Backend::Cpu, Storage::Gpu(_)) => panic!("GPU storage on the CPU backend"),
     }
+}
+
+/// Blocking [`read_storage_async`] (native only).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn read_storage(backend: &Backend, value: &Storage) -> Vec<f32> {
+    crate::gpu::block_on(read_storage_async(backend, value))
 }

@@ -252,7 +252,12 @@ fn bad_input_gives_one_clear_error_line() {
     let cases: Vec<(Vec<String>, String)> = vec![
         (
             vec!["--image".into(), path(&missing)],
-            format!("{}: cannot read", missing.display()),
+            format!("{}: image file missing", missing.display()),
+        ),
+        // A device is read only up to the data readers' cap, never whole (issue 10).
+        (
+            vec!["--image".into(), "/dev/zero".into()],
+            "/dev/zero: image file /dev/zero is over the 64 MiB cap per image".into(),
         ),
         (
             vec!["--image".into(), path(&text)],

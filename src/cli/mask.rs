@@ -72,7 +72,8 @@ struct Loaded {
 /// OpenCLIP's evaluation transform (shorter side resized, centre crop, CLIP normalisation).
 fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> {
     let name = path.display();
-    let bytes = std::fs::read(path).map_err(|e| format!("{name}: cannot read ({e})"))?;
+    // Capped as the data readers cap image files: `/dev/zero` must not be read whole (issue 10).
+    let bytes = crate::data::records::read_image_file(path).map_err(|e| format!("{name}: {e}"))?;
     let (rgb, width, height) = decode_rgb(&bytes).map_err(|e| format!("{name}: {e}"))?;
     if width < patch || height < patch {
         return Err(format!(

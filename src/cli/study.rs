@@ -127,11 +127,10 @@ pub fn run(args: StudyArgs) -> CliResult {
         (None, None) => None,
         _ => return Err("--probe-train-data and --probe-data go together".into()),
     };
-    let read = base.data.clone();
+    let read = &base.data;
     let final_eval = probe.as_ref().map(|(train, test)| {
-        let read = read.clone();
         move |checkpoint: &std::path::Path, backend: &Backend| {
-            probe_eval(train, test, args.probe_samples, &read, checkpoint, backend)
+            probe_eval(train, test, args.probe_samples, read, checkpoint, backend)
         }
     });
     let backend = if args.train.cpu {

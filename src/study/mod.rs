@@ -301,18 +301,15 @@ pub fn run_grid(
 /// The evaluations of results.jsonl (the last of each step wins), with the training time at
 /// each taken as step × seconds per step, so evaluation time does not favour any strategy.
 fn read_curve(folder: &Path, seconds_per_step: f64) -> Vec<(u64, f64, serde_json::Value)> {
-    let text = std::fs::read_to_string(folder.join("results.jsonl")).unwrap_or_default();
-    let mut by_step = std::collections::BTreeMap::new();
-    for line in text.lines() {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(line)
-            && let Some(step) = value["step"].as_u64()
-        {
-            by_step.insert(step, value["metrics"].clone());
-        }
-    }
-    by_step
+    crate::train::logs::results_by_step(folder)
         .into_iter()
-        .map(|(step, metrics)| (step, step as f64 * seconds_per_step, metrics))
+        .map(|(step, result)| {
+            (
+                step,
+                step as f64 * seconds_per_step,
+                result["metrics"].clone(),
+            )
+        })
         .collect()
 }
 

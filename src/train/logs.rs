@@ -276,14 +276,23 @@ impl RunLogs {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         writeln!(file, "{result}").map_err(|e| format!("{}: {e}", path.display()))
     }
+}
 
-    /// Every line of `results.jsonl` that parses, in order.
-    pub fn read_results(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.dir.join("results.jsonl")).unwrap_or_default();
-        text.lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
-    }
+/// Every line of a run folder's `results.jsonl` that parses, in order.
+pub fn read_results(run_dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run_dir.join("results.jsonl")).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// A run folder's results by step: the last result of each step wins, so a resumed run's
+/// repeated evaluations replace the old ones.
+pub fn results_by_step(run_dir: &Path) -> std::collections::BTreeMap<u64, serde_json::Value> {
+    read_results(run_dir)
+        .into_iter()
+        .filter_map(|result| Some((result["step"].as_u64()?, result)))
+        .collect()
 }
 
 impl Drop for RunLogs {

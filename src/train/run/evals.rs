@@ -109,12 +109,8 @@ impl EvalSets {
 /// `loss.png` from the loss history and `results.jsonl` (the last result of each step wins,
 /// so a resumed run's repeated evaluations replace the old ones); a failure is only reported.
 pub(super) fn write_plot(logs: &RunLogs, state: &TrainState) {
-    let mut by_step = std::collections::BTreeMap::new();
-    for result in logs.read_results() {
-        if let Some(step) = result["step"].as_u64().filter(|&s| s <= state.step) {
-            by_step.insert(step, result);
-        }
-    }
+    let mut by_step = crate::train::logs::results_by_step(&logs.dir);
+    by_step.retain(|&step, _| step <= state.step);
     let series = |path: &[&str]| -> Vec<(u64, f64)> {
         by_step
             .iter()

@@ -3,7 +3,9 @@
 //! and the s16 preset at batch 8.
 //!
 //! `cargo bench --bench step [-- FILTER]` (FILTER matches "tiny", "s16" or a mask name); the
-//! adapter follows `CLUSTERCLIP_BACKEND` / `CLUSTERCLIP_ADAPTER`. On lavapipe the s16 runs take
+//! Last, "tiny equal": cluster masking pinned to k = L/2 (both mask-ratio bounds 0.5, both feature
+//! modes) against random 50%, interleaved in one run, with the mask's share of the step (M7).
+//! The adapter follows `CLUSTERCLIP_BACKEND` / `CLUSTERCLIP_ADAPTER`. On lavapipe the s16 runs take
 //! a few minutes. `benches/pytorch_step.py` runs the same step in PyTorch for a ratio.
 
 use clusterclip::cli::GpuArgs;
@@ -29,6 +31,7 @@ fn main() {
                     ..MaskFlags::default()
                 },
                 repeats,
+                versus: None,
                 profile: false,
                 json: false,
                 gpu: GpuArgs {
@@ -40,6 +43,35 @@ fn main() {
                 eprintln!("{name}: {e}");
                 std::process::exit(1);
             }
+        }
+    }
+    for features in ["normalized", "rgb"] {
+        let name = format!("tiny equal {features}");
+        if !filter.iter().all(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let args = StepArgs {
+            preset: "tiny".into(),
+            batch_size: 64,
+            mask: MaskFlags {
+                mask: MaskKind::Cluster.to_string(),
+                min_mask_ratio: 0.5,
+                max_mask_ratio: 0.5,
+                mask_features: features.into(),
+                ..MaskFlags::default()
+            },
+            repeats: 5,
+            versus: Some(MaskKind::Random.to_string()),
+            profile: false,
+            json: false,
+            gpu: GpuArgs {
+                backend: None,
+                adapter: None,
+            },
+        };
+        if let Err(e) = run_step(args) {
+            eprintln!("{name}: {e}");
+            std::process::exit(1);
         }
     }
 }

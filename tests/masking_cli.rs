@@ -412,3 +412,56 @@ fn preset_sizes_and_cluster_embed_with_an_initialised_model() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `bench step --versus`: cluster masking pinned to both bounds ρ keeps exactly random masking's
+/// k (M7), both strategies time in one run, and the ratio printed is the ratio of the medians.
+#[test]
+fn bench_step_compares_two_strategies_at_equal_compute() {
+    let out = common::cli::clusterclip(&[
+        "bench",
+        "step",
+        "--preset",
+        "micro",
+        "--batch-size",
+        "2",
+        "--repeats",
+        "1",
+        "--mask",
+        "cluster",
+        "--min-mask-ratio",
+        "0.5",
+        "--max-mask-ratio",
+        "0.5",
+        "--versus",
+        "random",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["mask"], "cluster");
+    assert_eq!(report["versus"]["mask"], "random");
+    for side in [&report, &report["versus"]] {
+        assert_eq!(side["mask_ratio"].as_f64(), Some(0.5), "{report}");
+        let (step, mask) = (
+            side["seconds_per_step"].as_f64().unwrap(),
+            side["mask_seconds"].as_f64().unwrap(),
+        );
+        assert!(mask > 0.0 && mask < step, "{report}");
+    }
+    let ratio = report["ratio"].as_f64().unwrap();
+    let expected = report["seconds_per_step"].as_f64().unwrap()
+        / report["versus"]["seconds_per_step"].as_f64().unwrap();
+    assert!((ratio - expected).abs() < 1e-12, "{report}");
+
+    let bad = common::cli::clusterclip(&["bench", "step", "--versus", "blocks"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.trim().starts_with("error: --versus: --mask:") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}

@@ -40,6 +40,12 @@ pub struct StepArgs {
     pub mask: MaskFlags,
     #[arg(long, default_value_t = 5)]
     pub repeats: usize,
+    /// A second strategy timed in the same run, its steps interleaved with --mask's (A B A B …)
+    /// so that a noisy machine slows both alike; the same mask flags apply. Prints both and
+    /// the ratio of their medians: `--mask cluster --min-mask-ratio 0.5 --max-mask-ratio 0.5
+    /// --versus random` compares the two at equal compute (M7).
+    #[arg(long, value_name = "STRATEGY")]
+    pub versus: Option<String>,
     /// After timing, run one more step with every kernel submitted and timed on its own and
     /// print where the step's time goes (slowest kernels first).
     #[arg(long)]
@@ -341,8 +347,47 @@ fn bench_strategy(
     Ok(plan.strategy.with_threshold(calibration.threshold))
 }
 
+/// Medians of one strategy's timed steps.
+struct StepTimes {
+    name: &'static str,
+    /// Whole step: mask, forward, loss, backward, AdamW, waited for.
+    seconds: f64,
+    /// The mask alone, up to its kept indices on the host (what the step waits for).
+    mask_seconds: f64,
+    mask_ratio: f64,
+}
+
+impl StepTimes {
+    fn json(&self, batch: usize) -> serde_json::Value {
+        serde_json::json!({
+            "mask": self.name, "seconds_per_step": self.seconds,
+            "images_per_s": batch as f64 / self.seconds, "mask_seconds": self.mask_seconds,
+            "mask_share": self.mask_seconds / self.seconds, "mask_ratio": self.mask_ratio,
+        })
+    }
+
+    fn line(&self, batch: usize) -> String {
+        format!(
+            "mask {}: {:.3} s/step, {:.1} images/s, mask {:.1} ms = {:.2}% of the step, realised mask ratio {:.3}",
+            self.name,
+            self.seconds,
+            batch as f64 / self.seconds,
+            self.mask_seconds * 1e3,
+            100.0 * self.mask_seconds / self.seconds,
+            self.mask_ratio
+        )
+    }
+}
+
 pub fn run_step(args: StepArgs) -> CliResult {
     args.mask.plan()?;
+    let versus_flags = args.versus.as_ref().map(|name| MaskFlags {
+        mask: name.clone(),
+        ..args.mask.clone()
+    });
+    if let Some(flags) = &versus_flags {
+        flags.plan().map_err(|e| format!("--versus: {e}"))?;
+    }
     let BenchSetup {
         config,
         gpu,
@@ -352,21 +397,24 @@ pub fn run_step(args: StepArgs) -> CliResult {
         tokens,
         ..
     } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats)?;
-    let strategy = bench_strategy(&args.mask, &images, &config)?;
+    let mut strategies = vec![bench_strategy(&args.mask, &images, &config)?];
+    if let Some(flags) = &versus_flags {
+        strategies.push(bench_strategy(flags, &images, &config)?);
+    }
     let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
-    let mut ratios = Vec::new();
-    let mut step = |i: u32| -> Result<f64, Box<dyn std::error::Error>> {
+    // (step seconds, mask seconds, mask ratio) of one step of strategy `which`.
+    let mut step = |which: usize, i: u32| -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
         let start = Instant::now();
         let mask = compute_mask(
             &trainer.clip,
             &backend,
-            &strategy,
+            &strategies[which],
             &images,
             args.batch_size,
             MaskRng::new(0, i),
             0.5,
         )?;
-        ratios.push(mask.as_ref().map_or(0.0, |m| m.mask_ratio as f64));
+        let mask_seconds = start.elapsed().as_secs_f64();
         let inputs = ClipInputs {
             images: &images,
             tokens: &tokens,
@@ -375,43 +423,68 @@ pub fn run_step(args: StepArgs) -> CliResult {
         };
         trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?;
         gpu.sync();
-        Ok(start.elapsed().as_secs_f64())
+        let ratio = mask.as_ref().map_or(0.0, |m| m.mask_ratio as f64);
+        Ok((start.elapsed().as_secs_f64(), mask_seconds, ratio))
     };
-    step(0)?;
-    let runs: Vec<f64> = (1..=args.repeats.max(1) as u32)
-        .map(&mut step)
-        .collect::<Result<_, _>>()?;
+    let count = strategies.len();
+    for which in 0..count {
+        step(which, 0)?; // warm-up: kernels compiled, pool filled
+    }
+    let mut runs = vec![Vec::new(); count];
+    for i in 1..=args.repeats.max(1) as u32 {
+        for (which, times) in runs.iter_mut().enumerate() {
+            times.push(step(which, i)?);
+        }
+    }
     if args.profile {
         gpu.set_profiling(true);
-        step(args.repeats as u32 + 1)?;
+        step(0, args.repeats as u32 + 1)?;
         let rows = gpu.profile();
         gpu.set_profiling(false);
         print_profile(&rows);
     }
     gpu.check_errors()?;
-    let seconds = median(runs);
-    let ratio = ratios.iter().sum::<f64>() / ratios.len() as f64;
-    let per_s = args.batch_size as f64 / seconds;
+    let times: Vec<StepTimes> = runs
+        .iter()
+        .zip(&strategies)
+        .map(|(steps, strategy)| StepTimes {
+            name: strategy.name(),
+            seconds: median(steps.iter().map(|s| s.0).collect()),
+            mask_seconds: median(steps.iter().map(|s| s.1).collect()),
+            mask_ratio: steps.iter().map(|s| s.2).sum::<f64>() / steps.len() as f64,
+        })
+        .collect();
+    let batch = args.batch_size;
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "preset": args.preset, "batch_size": args.batch_size, "mask": strategy.name(),
-                "adapter": gpu.info.name, "backend": format!("{:?}", gpu.info.backend),
-                "seconds_per_step": seconds, "images_per_s": per_s, "mask_ratio": ratio,
-            })
-        );
+        let mut out = times[0].json(batch);
+        out["preset"] = args.preset.clone().into();
+        out["batch_size"] = batch.into();
+        out["adapter"] = gpu.info.name.clone().into();
+        out["backend"] = format!("{:?}", gpu.info.backend).into();
+        if let Some(versus) = times.get(1) {
+            out["versus"] = versus.json(batch);
+            out["ratio"] = (times[0].seconds / versus.seconds).into();
+        }
+        println!("{out}");
     } else {
         println!(
-            "{} batch {} mask {} on {}: {:.3} s/step, {:.1} images/s, realised mask ratio {:.3}",
+            "{} batch {} on {}, medians of {} steps:",
             args.preset,
-            args.batch_size,
-            strategy.name(),
+            batch,
             gpu.describe(),
-            seconds,
-            per_s,
-            ratio
+            args.repeats
         );
+        for t in &times {
+            println!("  {}", t.line(batch));
+        }
+        if let [a, b] = &times[..] {
+            println!(
+                "  {} / {} step time: {:.3} (interleaved in one run)",
+                a.name,
+                b.name,
+                a.seconds / b.seconds
+            );
+        }
     }
     Ok(())
 }

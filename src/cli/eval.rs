@@ -13,7 +13,7 @@ use crate::eval::tasks::{
 };
 use crate::graph::Backend;
 use crate::model::ClipConfig;
-use crate::train::checkpoint::load_checkpoint;
+use crate::train::checkpoint::load_model;
 
 use super::data::DataFlags;
 use super::{CliResult, GpuArgs};
@@ -80,7 +80,7 @@ pub fn run(args: EvalArgs) -> CliResult {
         return Err(format!("--checkpoint: {} does not exist", args.checkpoint.display()).into());
     }
     let read = args.reader.read_options()?;
-    let checkpoint = load_checkpoint(&args.checkpoint, model.as_ref())?;
+    let checkpoint = load_model(&args.checkpoint, model.as_ref())?;
     let backend = if args.cpu {
         Backend::Cpu
     } else {

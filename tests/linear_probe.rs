@@ -280,6 +280,7 @@ fn tiny_checkpoint(path: &Path) {
             layers: 1,
             heads: 2,
         },
+        activation: clusterclip::model::config::Activation::Gelu,
     };
     let clip = Clip::new(config.clone(), &Backend::Cpu, 0).unwrap();
     let params = clip.params.to_host(&Graph::new(Backend::Cpu));

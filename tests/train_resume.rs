@@ -33,6 +33,7 @@ fn small_model() -> ClipConfig {
             layers: 1,
             heads: 2,
         },
+        activation: clusterclip::model::config::Activation::Gelu,
     }
 }
 
@@ -570,5 +571,40 @@ fn a_model_beside_another_checkpoints_state_is_refused_on_resume() {
         other => panic!("expected a refusal, got {:?}", other.map(|s| s.steps)),
     }
     assert!(load_model(&dir.join(LATEST), None).is_ok());
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// `--lock-image` (OpenCLIP's): after steps, every image-tower parameter is bit-identical to its
+/// start while the text tower and logit_scale moved.
+#[test]
+fn lock_image_keeps_the_image_tower_bit_identical() {
+    let logs = temp_dir("lock");
+    let mut c = config(&logs, "run");
+    c.steps = Some(3);
+    c.lock_image = true;
+    c.adamw.grad_clip_norm = Some(1.0);
+    train(&c, Backend::Cpu).unwrap();
+    let after = latest(&logs, "run");
+    let start = clusterclip::model::Clip::new(small_model(), &Backend::Cpu, c.seed).unwrap();
+    let before = clusterclip::train::checkpoint::flat_values(&Backend::Cpu, &start.params.values);
+    let (mut image, mut text) = (0, 0);
+    for (spec, &offset) in start.params.specs.iter().zip(&start.params.offsets) {
+        let range = offset..offset + spec.numel();
+        let same = after.params[range.clone()]
+            .iter()
+            .zip(&before[range])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        if spec.name.starts_with("visual.") {
+            assert!(same, "{} changed under --lock-image", spec.name);
+            image += 1;
+        } else {
+            assert!(!same, "{} did not train", spec.name);
+            text += 1;
+        }
+    }
+    assert_eq!((image, text), (20, 18));
+    let moments = after.moments.as_ref().unwrap();
+    let visual = &start.params.offsets[start.params.position("visual.proj").unwrap()];
+    assert_eq!(moments.0[*visual], 0.0, "no moment for a frozen parameter");
     let _ = std::fs::remove_dir_all(&logs);
 }

@@ -12,7 +12,7 @@ use crate::eval::tasks::{
     zeroshot_json, zeroshot_set,
 };
 use crate::graph::Backend;
-use crate::model::ClipConfig;
+use crate::model::openclip::{load_pretrained, model_config};
 use crate::train::checkpoint::load_model;
 
 use super::data::DataFlags;
@@ -20,9 +20,17 @@ use super::{CliResult, GpuArgs};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// A training checkpoint or a safetensors file of OpenCLIP weights (then give --model).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// A checkpoint's model file (epoch_N.safetensors) or a state_dict (then give --model).
+    #[arg(
+        long,
+        required_unless_present = "pretrained",
+        conflicts_with = "pretrained"
+    )]
+    pub checkpoint: Option<PathBuf>,
+    /// OpenCLIP weights for --model: a state_dict .safetensors (f32, f16 or bf16) or an
+    /// exported folder (QuickGELU weights need a -quickgelu model name).
+    #[arg(long, requires = "model")]
+    pub pretrained: Option<PathBuf>,
     /// builtin:shapes-zeroshot (default) or imagefolder:DIR for zeroshot; builtin:shapes-test
     /// (default), shards or a CSV for retrieval; the labelled test set of linear_probe.
     #[arg(long)]
@@ -36,7 +44,8 @@ pub struct EvalArgs {
     /// linear_probe: seed of the split that chooses the weight decay.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Model preset of a checkpoint that does not store its configuration.
+    /// Model of --pretrained, or of a checkpoint that does not store its configuration: a
+    /// preset, an OpenCLIP model name (ViT-B-16, ViT-B-16-quickgelu, ...) or a model config .json.
     #[arg(long)]
     pub model: Option<String>,
     #[arg(long, default_value_t = 64)]
@@ -73,21 +82,35 @@ pub fn run(args: EvalArgs) -> CliResult {
     let model = args
         .model
         .as_deref()
-        .map(ClipConfig::preset)
+        .map(model_config)
         .transpose()
         .map_err(|e| format!("--model: {e}"))?;
-    if !args.checkpoint.exists() {
-        return Err(format!("--checkpoint: {} does not exist", args.checkpoint.display()).into());
-    }
     let read = args.reader.read_options()?;
-    let checkpoint = load_model(&args.checkpoint, model.as_ref())?;
+    let (checkpoint, weights_path) = match (&args.pretrained, &args.checkpoint, &model) {
+        (Some(path), _, Some(config)) => (
+            load_pretrained(path, args.model.as_deref().unwrap_or_default(), config)?,
+            path,
+        ),
+        (_, Some(path), _) => {
+            if !path.exists() {
+                return Err(format!("--checkpoint: {} does not exist", path.display()).into());
+            }
+            (load_model(path, model.as_ref())?, path)
+        }
+        _ => return Err("give --checkpoint, or --pretrained with --model".into()),
+    };
     let backend = if args.cpu {
         Backend::Cpu
     } else {
         Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
     };
     let clip = checkpoint.model(&backend);
-    let broken = |e: String| format!("--checkpoint {}: {e}", args.checkpoint.display());
+    let flag = if args.pretrained.is_some() {
+        "--pretrained"
+    } else {
+        "--checkpoint"
+    };
+    let broken = |e: String| format!("{flag} {}: {e}", weights_path.display());
     // Batches as large as one storage binding allows (a ViT-B/16 at 64 exceeds 128 MiB).
     let batch_size = backend.gpu().map_or(args.batch_size, |gpu| {
         args.batch_size

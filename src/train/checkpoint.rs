@@ -15,6 +15,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
 use crate::graph::{Backend, Storage};
+use crate::model::config::Activation;
 use crate::model::init::param_specs;
 use crate::model::io::{TensorFile, write_bytes_atomic};
 use crate::model::params::{ParamSpec, ParamStore, layout};
@@ -74,10 +75,12 @@ pub fn config_json(config: &ClipConfig) -> serde_json::Value {
         "embed_dim": config.embed_dim,
         "vision": {"image_size": v.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.layers, "heads": v.heads},
         "text": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "layers": t.layers, "heads": t.heads},
+        "quick_gelu": config.activation == Activation::QuickGelu,
     })
 }
 
-/// The inverse of [`config_json`]; the error names the missing field.
+/// The inverse of [`config_json`]; the error names the missing field. `quick_gelu` may be
+/// absent (files written before QuickGELU existed: GELU).
 pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> {
     let field = |path: &[&str]| -> Result<usize, String> {
         let mut cur = json;
@@ -105,6 +108,15 @@ pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> 
             width: field(&["text", "width"])?,
             layers: field(&["text", "layers"])?,
             heads: field(&["text", "heads"])?,
+        },
+        activation: match json.get("quick_gelu") {
+            None | Some(serde_json::Value::Bool(false)) => Activation::Gelu,
+            Some(serde_json::Value::Bool(true)) => Activation::QuickGelu,
+            Some(other) => {
+                return Err(format!(
+                    "model config field quick_gelu is {other}, not a bool"
+                ));
+            }
         },
     };
     config.validate()?;

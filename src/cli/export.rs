@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::model::ClipConfig;
-use crate::model::openclip::{CONFIG_FILE, WEIGHTS_FILE, export_open_clip};
+use crate::model::openclip::{CONFIG_FILE, WEIGHTS_FILE, export_open_clip, model_config};
 use crate::train::checkpoint::load_model;
 
 use super::CliResult;
@@ -17,7 +16,8 @@ pub struct ExportArgs {
     /// Folder to write open_clip_model.safetensors and open_clip_config.json into.
     #[arg(long)]
     pub out: PathBuf,
-    /// Model preset of a file that does not store its configuration.
+    /// Model of a file that does not store its configuration: a preset, an OpenCLIP model
+    /// name or an OpenCLIP model config .json.
     #[arg(long)]
     pub model: Option<String>,
 }
@@ -26,7 +26,7 @@ pub fn run(args: ExportArgs) -> CliResult {
     let model = args
         .model
         .as_deref()
-        .map(ClipConfig::preset)
+        .map(model_config)
         .transpose()
         .map_err(|e| format!("--model: {e}"))?;
     if !args.checkpoint.exists() {

@@ -399,3 +399,124 @@ fn eval_linear_probe_separates_colours_and_refuses_unlabelled_sets() {
     assert!(line.starts_with("error: --train-data is only"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `eval --output` writes CLIP_benchmark's results layout; `--classnames` and `--templates` in
+/// its formats replace the folder names and the default prompts (dumped back as it does).
+#[test]
+fn eval_output_is_clip_benchmarks_layout_with_its_classnames_and_templates() {
+    use clusterclip::data::loader::ReadOptions;
+    use clusterclip::eval::tasks::{zeroshot_eval, zeroshot_set};
+    let dir = temp_dir("benchmark-output");
+    let checkpoint = dir.join("tiny.safetensors");
+    tiny_checkpoint(&checkpoint);
+    let mut rng = Rng::new(3);
+    let colours = [
+        ("blue", [20, 40, 200]),
+        ("green", [30, 190, 40]),
+        ("red", [200, 30, 20]),
+    ];
+    colour_folder(&dir.join("colours"), &colours, 4, &mut rng);
+    let spec = format!("imagefolder:{}", dir.join("colours").display());
+    let names = ["deep sea", "fresh grass", "fire truck"];
+    let classnames = dir.join("classnames.json");
+    let json = serde_json::json!({"colours": names, "cifar10": ["a", "b"]});
+    std::fs::write(&classnames, json.to_string()).unwrap();
+    let templates = dir.join("templates.json");
+    let json = serde_json::json!({"colours": ["a photo of {c}.", "a {c} in the dark."]});
+    std::fs::write(&templates, json.to_string()).unwrap();
+    let output = dir.join("{dataset}_{model}_{task}_{language}.json");
+    let ck = checkpoint.to_str().unwrap();
+    let args = [
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        ck,
+        "--task",
+        "zeroshot_classification",
+        "--data",
+        &spec,
+        "--dataset-name",
+        "colours",
+        "--classnames",
+        classnames.to_str().unwrap(),
+        "--templates",
+        templates.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--dump-classnames",
+        "--dump-templates",
+    ];
+    let out = clusterclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = dir.join("colours_custom_zeroshot_classification_en.json");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+    let keys: Vec<&str> = result
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "classnames",
+            "dataset",
+            "language",
+            "metrics",
+            "model",
+            "pretrained",
+            "task",
+            "templates"
+        ]
+    );
+    assert_eq!(result["dataset"], "colours");
+    assert_eq!(result["model"], "custom");
+    assert_eq!(result["pretrained"], ck);
+    assert_eq!(result["task"], "zeroshot_classification");
+    assert_eq!(result["language"], "en");
+    assert_eq!(result["classnames"], serde_json::json!(names));
+    assert_eq!(
+        result["templates"],
+        serde_json::json!(["a photo of {c}.", "a {c} in the dark."])
+    );
+    // The metrics are those of the library with the same names and prompts.
+    let clip = clusterclip::train::checkpoint::load_model(&checkpoint, None)
+        .unwrap()
+        .model(&Backend::Cpu);
+    let mut set = zeroshot_set(&spec, &clip, None, &ReadOptions::default()).unwrap();
+    set.classes = names.map(str::to_string).to_vec();
+    set.templates = vec!["a photo of {}.".into(), "a {} in the dark.".into()];
+    let m = zeroshot_eval(&clip, &set, 64).unwrap();
+    assert_eq!(
+        result["metrics"],
+        serde_json::json!({"acc1": m.acc1, "acc5": m.acc5, "mean_per_class_recall": m.mean_per_class_recall})
+    );
+    // Names that do not fit the folders, and templates without {c}, are one line each.
+    let short = dir.join("short.json");
+    std::fs::write(&short, r#"["deep sea", "fresh grass"]"#).unwrap();
+    let mut bad = args.map(str::to_string).to_vec();
+    let at = bad.iter().position(|a| a == "--classnames").unwrap() + 1;
+    bad[at] = short.display().to_string();
+    let bad_refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+    assert_eq!(
+        error_line(&clusterclip(&bad_refs)),
+        format!(
+            "error: --classnames {}: 2 names for the 3 classes of {spec}",
+            short.display()
+        )
+    );
+    std::fs::write(&short, r#"{"colours": ["a photo."]}"#).unwrap();
+    let mut bad = args.map(str::to_string).to_vec();
+    let at = bad.iter().position(|a| a == "--templates").unwrap() + 1;
+    bad[at] = short.display().to_string();
+    let bad_refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+    assert_eq!(
+        error_line(&clusterclip(&bad_refs)),
+        format!(
+            "error: --templates {}: template 'a photo.' has no {{c}} for the class name",
+            short.display()
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

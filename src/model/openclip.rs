@@ -120,6 +120,29 @@ pub fn model_config(name: &str) -> Result<ClipConfig, String> {
     Ok(config)
 }
 
+/// The preset or OpenCLIP name of `config`, if it has one (for results files).
+pub fn model_name_of(config: &ClipConfig) -> Option<String> {
+    let suffix = match config.activation {
+        Activation::Gelu => "",
+        Activation::QuickGelu => QUICK_GELU_SUFFIX,
+    };
+    let plain = ClipConfig {
+        activation: Activation::Gelu,
+        ..config.clone()
+    };
+    OPENCLIP_MODELS
+        .iter()
+        .map(|(name, _)| *name)
+        .find(|name| model_config(name).is_ok_and(|c| c == plain))
+        .map(|name| format!("{name}{suffix}"))
+        .or_else(|| {
+            PRESETS
+                .iter()
+                .find(|p| suffix.is_empty() && ClipConfig::preset(p).is_ok_and(|c| c == plain))
+                .map(|p| p.to_string())
+        })
+}
+
 /// A `model_cfg` of OpenCLIP's layout as a configuration; keys that would change the
 /// architecture into one not built here are refused by name.
 pub fn config_from_model_cfg(json: &serde_json::Value) -> Result<ClipConfig, String> {

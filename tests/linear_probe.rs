@@ -520,3 +520,109 @@ fn eval_output_is_clip_benchmarks_layout_with_its_classnames_and_templates() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Retrieval with several captions per image (a TSV that repeats a filepath): the CLI's
+/// metrics equal a brute-force count over the features, where an image scores a hit at k when
+/// any of its captions is among its k best texts, and a caption when its image is.
+#[test]
+fn retrieval_with_several_captions_per_image_matches_a_brute_force_count() {
+    use clusterclip::data::loader::ReadOptions;
+    use clusterclip::eval::tasks::caption_set;
+    use clusterclip::eval::{encode_images, encode_texts};
+    let dir = temp_dir("multi-caption");
+    let checkpoint = dir.join("tiny.safetensors");
+    tiny_checkpoint(&checkpoint);
+    let mut rng = Rng::new(9);
+    let colours: Vec<(String, [u8; 3])> = (0..6)
+        .map(|i| (format!("c{i}"), [40 * i as u8, 200 - 30 * i as u8, 90]))
+        .collect();
+    let named: Vec<(&str, [u8; 3])> = colours.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    colour_folder(&dir.join("images"), &named, 1, &mut rng);
+    // 14 captions over 6 images, interleaved: the image of caption j is `owner[j]`.
+    let owner = [0usize, 1, 0, 2, 3, 1, 4, 5, 2, 0, 3, 5, 4, 1];
+    let words = ["a", "small", "bright", "dark", "round", "pale", "soft"];
+    let mut tsv = String::from("filepath\ttitle\n");
+    for (j, &i) in owner.iter().enumerate() {
+        let caption = format!("{} {} thing {j}", words[j % 7], words[(j * 3 + i) % 7]);
+        tsv += &format!("images/c{i}/0.png\t{caption}\n");
+    }
+    let captions = dir.join("captions.tsv");
+    std::fs::write(&captions, tsv).unwrap();
+    let out = clusterclip(&[
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--task",
+        "retrieval",
+        "--data",
+        captions.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+
+    // Brute force: features of the 14 records, grouped by the owner list written above.
+    let clip = clusterclip::train::checkpoint::load_model(&checkpoint, None)
+        .unwrap()
+        .model(&Backend::Cpu);
+    let set = caption_set(
+        captions.to_str().unwrap(),
+        &clip,
+        None,
+        &ReadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((set.n, set.image_count()), (14, 6));
+    let first_seen: Vec<usize> = {
+        let mut order = Vec::new();
+        for &i in &owner {
+            if !order.contains(&i) {
+                order.push(i);
+            }
+        }
+        order
+    };
+    let expected_map: Vec<usize> = owner
+        .iter()
+        .map(|i| first_seen.iter().position(|f| f == i).unwrap())
+        .collect();
+    assert_eq!(set.text_image, expected_map);
+    let dim = clip.config.embed_dim;
+    let image = encode_images(&clip, &set.images, 8).unwrap();
+    let text = encode_texts(&clip, &set.tokens, 8).unwrap();
+    let score = |i: usize, j: usize| -> f64 {
+        (0..dim)
+            .map(|d| image[i * dim + d] as f64 * text[j * dim + d] as f64)
+            .sum()
+    };
+    for k in [1usize, 5, 10] {
+        let text_hits = (0..6)
+            .filter(|&i| {
+                let mut order: Vec<usize> = (0..14).collect();
+                order.sort_by(|&a, &b| score(i, b).total_cmp(&score(i, a)));
+                order[..k].iter().any(|&j| expected_map[j] == i)
+            })
+            .count();
+        let image_hits = (0..14)
+            .filter(|&j| {
+                let mut order: Vec<usize> = (0..6).collect();
+                order.sort_by(|&a, &b| score(b, j).total_cmp(&score(a, j)));
+                order[..k.min(6)].contains(&expected_map[j])
+            })
+            .count();
+        let got = |key: String| metrics[&key].as_f64().unwrap();
+        assert_eq!(
+            got(format!("text_retrieval_recall@{k}")),
+            text_hits as f64 / 6.0,
+            "image->text R@{k}"
+        );
+        assert_eq!(
+            got(format!("image_retrieval_recall@{k}")),
+            image_hits as f64 / 14.0,
+            "text->image R@{k}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -234,8 +234,9 @@ pub fn run(mut args: EvalArgs) -> CliResult {
             )
         };
         let line = format!(
-            "retrieval on {} ({} pairs): image->text R@1/5/10 {}, text->image R@1/5/10 {}, loss {loss:.4}",
+            "retrieval on {} ({} images, {} captions): image->text R@1/5/10 {}, text->image R@1/5/10 {}, loss {loss:.4}",
             data,
+            set.image_count(),
             set.n,
             r(m.text_retrieval_recall),
             r(m.image_retrieval_recall)

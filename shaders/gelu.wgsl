@@ -68,3 +68,34 @@ fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let density = FRAC_1_SQRT_2PI * exp(-0.5 * v * v);
     out[i] = grad[i] * (normal_cdf(v) + v * density);
 }
+
+// QuickGELU, x·σ(1.702·x): OpenAI CLIP's activation, kept by OpenCLIP's `-quickgelu` models.
+const QUICK_GELU_SCALE: f32 = 1.702;
+
+// σ(z) without overflow: exp of a non-positive argument only.
+fn sigmoid(z: f32) -> f32 {
+    let e = exp(-abs(z));
+    return select(e / (1.0 + e), 1.0 / (1.0 + e), z >= 0.0);
+}
+
+@compute @workgroup_size(WG)
+fn quick_gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.len {
+        return;
+    }
+    let v = x[i];
+    out[i] = v * sigmoid(QUICK_GELU_SCALE * v);
+}
+
+// d/dx x·σ(ax) = σ(ax) + a·x·σ(ax)·(1 − σ(ax)).
+@compute @workgroup_size(WG)
+fn quick_gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if i >= params.len {
+        return;
+    }
+    let v = x[i];
+    let s = sigmoid(QUICK_GELU_SCALE * v);
+    out[i] = grad[i] * (s + QUICK_GELU_SCALE * v * s * (1.0 - s));
+}

@@ -34,7 +34,9 @@ enum Command {
     /// equal compute: study.md, study.json and plots.
     Study(Box<cli::study::StudyArgs>),
     /// Zero-shot or retrieval metrics of a checkpoint.
-    Eval(cli::eval::EvalArgs),
+    Eval(Box<cli::eval::EvalArgs>),
+    /// Write a checkpoint's weights as the folder OpenCLIP loads with `local-dir:DIR`.
+    Export(cli::export::ExportArgs),
     /// A model preset's configuration and parameter counts.
     Model(cli::model::ModelArgs),
     /// Check this implementation against an OpenCLIP reference export.
@@ -53,7 +55,8 @@ fn main() {
         Command::Mask(args) => cli::mask::run(args),
         Command::Train(args) => cli::train::run(*args),
         Command::Study(args) => cli::study::run(*args),
-        Command::Eval(args) => cli::eval::run(args),
+        Command::Eval(args) => cli::eval::run(*args),
+        Command::Export(args) => cli::export::run(args),
         Command::Model(args) => cli::model::run(args),
         Command::VerifyOpenclip(args) => cli::verify::run(args),
     };

@@ -134,7 +134,9 @@ fn nan_checkpoint(path: &Path) {
     let backend = Backend::Cpu;
     let clip = Clip::new(ClipConfig::preset("tiny").unwrap(), &backend, 0).unwrap();
     let trainer = Trainer::new(clip, backend, AdamWConfig::default());
-    let bytes = checkpoint_bytes(&trainer, &TrainState::default(), "{}").unwrap();
+    let bytes = checkpoint_bytes(&trainer, &TrainState::default(), "{}")
+        .unwrap()
+        .model;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = file

@@ -280,6 +280,7 @@ fn tiny_checkpoint(path: &Path) {
             layers: 1,
             heads: 2,
         },
+        activation: clusterclip::model::config::Activation::Gelu,
     };
     let clip = Clip::new(config.clone(), &Backend::Cpu, 0).unwrap();
     let params = clip.params.to_host(&Graph::new(Backend::Cpu));
@@ -396,5 +397,232 @@ fn eval_linear_probe_separates_colours_and_refuses_unlabelled_sets() {
         &train,
     ]));
     assert!(line.starts_with("error: --train-data is only"), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `eval --output` writes CLIP_benchmark's results layout; `--classnames` and `--templates` in
+/// its formats replace the folder names and the default prompts (dumped back as it does).
+#[test]
+fn eval_output_is_clip_benchmarks_layout_with_its_classnames_and_templates() {
+    use clusterclip::data::loader::ReadOptions;
+    use clusterclip::eval::tasks::{zeroshot_eval, zeroshot_set};
+    let dir = temp_dir("benchmark-output");
+    let checkpoint = dir.join("tiny.safetensors");
+    tiny_checkpoint(&checkpoint);
+    let mut rng = Rng::new(3);
+    let colours = [
+        ("blue", [20, 40, 200]),
+        ("green", [30, 190, 40]),
+        ("red", [200, 30, 20]),
+    ];
+    colour_folder(&dir.join("colours"), &colours, 4, &mut rng);
+    let spec = format!("imagefolder:{}", dir.join("colours").display());
+    let names = ["deep sea", "fresh grass", "fire truck"];
+    let classnames = dir.join("classnames.json");
+    let json = serde_json::json!({"colours": names, "cifar10": ["a", "b"]});
+    std::fs::write(&classnames, json.to_string()).unwrap();
+    let templates = dir.join("templates.json");
+    let json = serde_json::json!({"colours": ["a photo of {c}.", "a {c} in the dark."]});
+    std::fs::write(&templates, json.to_string()).unwrap();
+    let output = dir.join("{dataset}_{model}_{task}_{language}.json");
+    let ck = checkpoint.to_str().unwrap();
+    let args = [
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        ck,
+        "--task",
+        "zeroshot_classification",
+        "--data",
+        &spec,
+        "--dataset-name",
+        "colours",
+        "--classnames",
+        classnames.to_str().unwrap(),
+        "--templates",
+        templates.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+        "--dump-classnames",
+        "--dump-templates",
+    ];
+    let out = clusterclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written = dir.join("colours_custom_zeroshot_classification_en.json");
+    let result: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+    let keys: Vec<&str> = result
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "classnames",
+            "dataset",
+            "language",
+            "metrics",
+            "model",
+            "pretrained",
+            "task",
+            "templates"
+        ]
+    );
+    assert_eq!(result["dataset"], "colours");
+    assert_eq!(result["model"], "custom");
+    assert_eq!(result["pretrained"], ck);
+    assert_eq!(result["task"], "zeroshot_classification");
+    assert_eq!(result["language"], "en");
+    assert_eq!(result["classnames"], serde_json::json!(names));
+    assert_eq!(
+        result["templates"],
+        serde_json::json!(["a photo of {c}.", "a {c} in the dark."])
+    );
+    // The metrics are those of the library with the same names and prompts.
+    let clip = clusterclip::train::checkpoint::load_model(&checkpoint, None)
+        .unwrap()
+        .model(&Backend::Cpu);
+    let mut set = zeroshot_set(&spec, &clip, None, &ReadOptions::default()).unwrap();
+    set.classes = names.map(str::to_string).to_vec();
+    set.templates = vec!["a photo of {}.".into(), "a {} in the dark.".into()];
+    let m = zeroshot_eval(&clip, &set, 64).unwrap();
+    assert_eq!(
+        result["metrics"],
+        serde_json::json!({"acc1": m.acc1, "acc5": m.acc5, "mean_per_class_recall": m.mean_per_class_recall})
+    );
+    // Names that do not fit the folders, and templates without {c}, are one line each.
+    let short = dir.join("short.json");
+    std::fs::write(&short, r#"["deep sea", "fresh grass"]"#).unwrap();
+    let mut bad = args.map(str::to_string).to_vec();
+    let at = bad.iter().position(|a| a == "--classnames").unwrap() + 1;
+    bad[at] = short.display().to_string();
+    let bad_refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+    assert_eq!(
+        error_line(&clusterclip(&bad_refs)),
+        format!(
+            "error: --classnames {}: 2 names for the 3 classes of {spec}",
+            short.display()
+        )
+    );
+    std::fs::write(&short, r#"{"colours": ["a photo."]}"#).unwrap();
+    let mut bad = args.map(str::to_string).to_vec();
+    let at = bad.iter().position(|a| a == "--templates").unwrap() + 1;
+    bad[at] = short.display().to_string();
+    let bad_refs: Vec<&str> = bad.iter().map(String::as_str).collect();
+    assert_eq!(
+        error_line(&clusterclip(&bad_refs)),
+        format!(
+            "error: --templates {}: template 'a photo.' has no {{c}} for the class name",
+            short.display()
+        )
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Retrieval with several captions per image (a TSV that repeats a filepath): the CLI's
+/// metrics equal a brute-force count over the features, where an image scores a hit at k when
+/// any of its captions is among its k best texts, and a caption when its image is.
+#[test]
+fn retrieval_with_several_captions_per_image_matches_a_brute_force_count() {
+    use clusterclip::data::loader::ReadOptions;
+    use clusterclip::eval::tasks::caption_set;
+    use clusterclip::eval::{encode_images, encode_texts};
+    let dir = temp_dir("multi-caption");
+    let checkpoint = dir.join("tiny.safetensors");
+    tiny_checkpoint(&checkpoint);
+    let mut rng = Rng::new(9);
+    let colours: Vec<(String, [u8; 3])> = (0..6)
+        .map(|i| (format!("c{i}"), [40 * i as u8, 200 - 30 * i as u8, 90]))
+        .collect();
+    let named: Vec<(&str, [u8; 3])> = colours.iter().map(|(n, c)| (n.as_str(), *c)).collect();
+    colour_folder(&dir.join("images"), &named, 1, &mut rng);
+    // 14 captions over 6 images, interleaved: the image of caption j is `owner[j]`.
+    let owner = [0usize, 1, 0, 2, 3, 1, 4, 5, 2, 0, 3, 5, 4, 1];
+    let words = ["a", "small", "bright", "dark", "round", "pale", "soft"];
+    let mut tsv = String::from("filepath\ttitle\n");
+    for (j, &i) in owner.iter().enumerate() {
+        let caption = format!("{} {} thing {j}", words[j % 7], words[(j * 3 + i) % 7]);
+        tsv += &format!("images/c{i}/0.png\t{caption}\n");
+    }
+    let captions = dir.join("captions.tsv");
+    std::fs::write(&captions, tsv).unwrap();
+    let out = clusterclip(&[
+        "eval",
+        "--cpu",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--task",
+        "retrieval",
+        "--data",
+        captions.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+
+    // Brute force: features of the 14 records, grouped by the owner list written above.
+    let clip = clusterclip::train::checkpoint::load_model(&checkpoint, None)
+        .unwrap()
+        .model(&Backend::Cpu);
+    let set = caption_set(
+        captions.to_str().unwrap(),
+        &clip,
+        None,
+        &ReadOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((set.n, set.image_count()), (14, 6));
+    let first_seen: Vec<usize> = {
+        let mut order = Vec::new();
+        for &i in &owner {
+            if !order.contains(&i) {
+                order.push(i);
+            }
+        }
+        order
+    };
+    let expected_map: Vec<usize> = owner
+        .iter()
+        .map(|i| first_seen.iter().position(|f| f == i).unwrap())
+        .collect();
+    assert_eq!(set.text_image, expected_map);
+    let dim = clip.config.embed_dim;
+    let image = encode_images(&clip, &set.images, 8).unwrap();
+    let text = encode_texts(&clip, &set.tokens, 8).unwrap();
+    let score = |i: usize, j: usize| -> f64 {
+        (0..dim)
+            .map(|d| image[i * dim + d] as f64 * text[j * dim + d] as f64)
+            .sum()
+    };
+    for k in [1usize, 5, 10] {
+        let text_hits = (0..6)
+            .filter(|&i| {
+                let mut order: Vec<usize> = (0..14).collect();
+                order.sort_by(|&a, &b| score(i, b).total_cmp(&score(i, a)));
+                order[..k].iter().any(|&j| expected_map[j] == i)
+            })
+            .count();
+        let image_hits = (0..14)
+            .filter(|&j| {
+                let mut order: Vec<usize> = (0..6).collect();
+                order.sort_by(|&a, &b| score(b, j).total_cmp(&score(a, j)));
+                order[..k.min(6)].contains(&expected_map[j])
+            })
+            .count();
+        let got = |key: String| metrics[&key].as_f64().unwrap();
+        assert_eq!(
+            got(format!("text_retrieval_recall@{k}")),
+            text_hits as f64 / 6.0,
+            "image->text R@{k}"
+        );
+        assert_eq!(
+            got(format!("image_retrieval_recall@{k}")),
+            image_hits as f64 / 14.0,
+            "text->image R@{k}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

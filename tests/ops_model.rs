@@ -258,6 +258,65 @@ fn gelu_gpu_matches_cpu_and_gradchecks() {
 }
 
 #[test]
+fn quick_gelu_matches_known_values() {
+    use clusterclip::ops::gelu::cpu;
+    // x·σ(1.702x), from x / (1 + e^(−1.702x)) in f64; the derivative against a centred
+    // difference of the f64 function (step 1e-5: error ~1e-10).
+    for (x, want) in [
+        (1.0, 0.845_795_765_932_821_2),
+        (-0.5, -0.149_611_563_393_619_9),
+        (3.0, 2.981_928_690_292_214),
+    ] {
+        assert!((cpu::quick_gelu(x) - want).abs() < 1e-15, "quick_gelu({x})");
+        let h = 1e-5;
+        let numeric = (cpu::quick_gelu(x + h) - cpu::quick_gelu(x - h)) / (2.0 * h);
+        assert!(
+            (cpu::quick_gelu_derivative(x) - numeric).abs() < 1e-9,
+            "derivative at {x}"
+        );
+    }
+    let x = [1.0f32, -0.5, 0.0, 3.0, -60.0];
+    let want = [0.845_795_77_f32, -0.149_611_56, 0.0, 2.981_928_7, -0.0];
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let t = g.constant(&x, &[5]).unwrap();
+        let y = g.quick_gelu(t).unwrap();
+        // One exp and a division in f32: a few roundings.
+        assert_close(
+            &format!("quick_gelu {}", g.backend.name()),
+            &g.to_vec(y),
+            &want,
+            1e-7,
+            5e-7,
+        );
+    }
+}
+
+#[test]
+fn quick_gelu_gpu_matches_cpu_and_gradchecks() {
+    // Values across [-40, 40): both sides of σ's saturation; 1000 is not a multiple of 256.
+    let mut rng = Rng::new(42);
+    let x: Vec<f32> = (0..1000).map(|_| rng.signed() * 40.0).collect();
+    // exp and a division in f32 against f64: 1e-6 relative and absolute.
+    compare_backends(
+        "quick_gelu",
+        &[(x, vec![10, 100])],
+        |g, v| g.quick_gelu(v[0]).unwrap(),
+        1e-6,
+    );
+    let small = random_inputs(43, &[vec![3, 7]]);
+    let scaled: Vec<(Vec<f32>, Vec<usize>)> = small
+        .into_iter()
+        .map(|(v, s)| (v.iter().map(|x| x * 3.0).collect(), s))
+        .collect();
+    gradcheck(
+        "quick_gelu",
+        &scaled,
+        |g, v| g.quick_gelu(v[0]).unwrap(),
+        1e-3,
+    );
+}
+
+#[test]
 fn l2_normalize_gives_unit_rows_and_matches_cpu() {
     for mut g in [cpu_graph(), gpu_graph()] {
         let t = g

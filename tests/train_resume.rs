@@ -33,6 +33,7 @@ fn small_model() -> ClipConfig {
             layers: 1,
             heads: 2,
         },
+        activation: clusterclip::model::config::Activation::Gelu,
     }
 }
 
@@ -455,5 +456,155 @@ fn inconsistent_settings_are_refused_before_anything_runs() {
     // No refused name wrote anything: not into --logs itself, not beside it.
     let written: Vec<_> = std::fs::read_dir(&logs).unwrap().collect();
     assert!(written.is_empty(), "{written:?}");
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// Reads every tensor and the metadata of a safetensors file as raw bytes.
+type RawFile = (
+    Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+    std::collections::HashMap<String, String>,
+);
+
+fn read_raw(path: &Path) -> RawFile {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let (dtype, shape) = (view.dtype(), view.shape().to_vec());
+            (name, dtype, shape, view.data().to_vec())
+        })
+        .collect();
+    (tensors, header.metadata().clone().unwrap_or_default())
+}
+
+/// `epoch_N.safetensors` is the model alone; a single-file checkpoint as written before the
+/// model/state split (everything in one file, format `clusterclip-checkpoint-1`) still resumes,
+/// bit-exact with the straight run.
+#[test]
+fn model_file_is_the_state_dict_alone_and_old_single_file_checkpoints_resume() {
+    use clusterclip::train::checkpoint::{LEGACY_FORMAT, load_model, state_path};
+    let logs = temp_dir("legacy");
+    train(&config(&logs, "straight"), Backend::Cpu).unwrap();
+    let mut first = config(&logs, "split");
+    first.steps = Some(3);
+    train(&first, Backend::Cpu).unwrap();
+    let dir = logs.join("split").join("checkpoints");
+    let (model_tensors, model_meta) = read_raw(&dir.join(LATEST));
+    let specs = clusterclip::model::init::param_specs(&small_model());
+    let names: Vec<&str> = model_tensors.iter().map(|t| t.0.as_str()).collect();
+    let mut wanted: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    wanted.sort_unstable();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, wanted, "the model file holds the parameters only");
+    assert!(model_tensors.iter().all(|t| t.1 == safetensors::Dtype::F32));
+    assert!(
+        load_model(&dir.join(LATEST), None)
+            .unwrap()
+            .moments
+            .is_none()
+    );
+
+    // The old layout: the pair merged into one file, the state's metadata, the old format.
+    let (state_tensors, mut meta) = read_raw(&state_path(&dir.join(LATEST)));
+    meta.insert("format".into(), LEGACY_FORMAT.into());
+    meta.remove("model_checksum");
+    assert_eq!(model_meta["step"], "3");
+    let all: Vec<_> = model_tensors.iter().chain(&state_tensors).collect();
+    let views = all.iter().map(|(name, dtype, shape, data)| {
+        let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap();
+        (name.clone(), view)
+    });
+    let legacy = logs.join("old-epoch_latest.safetensors");
+    std::fs::write(&legacy, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let old = load_checkpoint(&legacy, None).unwrap();
+    assert_eq!((old.state.step, old.optimizer_steps), (3, 3));
+    assert!(old.moments.is_some());
+    let mut second = config(&logs, "split");
+    second.resume = Some(ResumeFrom::Path(legacy));
+    assert_eq!(train(&second, Backend::Cpu).unwrap().steps, 6);
+    assert_same_checkpoint(&latest(&logs, "split"), &latest(&logs, "straight"));
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// A state file names its model file by checksum: a model beside another checkpoint's state
+/// (what a crash between the two writes leaves) is refused on resume, and still evaluates.
+#[test]
+fn a_model_beside_another_checkpoints_state_is_refused_on_resume() {
+    use clusterclip::train::checkpoint::{load_model, state_path};
+    let logs = temp_dir("pair");
+    let mut c = config(&logs, "run");
+    c.train_num_samples = 8; // 2 steps per epoch
+    c.epochs = 2;
+    train(&c, Backend::Cpu).unwrap();
+    let dir = logs.join("run").join("checkpoints");
+    let epoch_1 = dir.join("epoch_1.safetensors");
+    assert_eq!(load_checkpoint(&epoch_1, None).unwrap().state.step, 2);
+    // `--resume` may name either file of a pair.
+    assert_eq!(
+        load_checkpoint(&state_path(&epoch_1), None)
+            .unwrap()
+            .state
+            .step,
+        2
+    );
+    std::fs::copy(state_path(&epoch_1), state_path(&dir.join(LATEST))).unwrap();
+    let err = load_checkpoint(&dir.join(LATEST), None).err().unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "{}: belongs to another model file than {} (an interrupted checkpoint write; resume \
+             from an epoch_N.safetensors whose state matches)",
+            state_path(&dir.join(LATEST)).display(),
+            dir.join(LATEST).display()
+        )
+    );
+    c.resume = Some(ResumeFrom::Latest);
+    c.epochs = 3;
+    match train(&c, Backend::Cpu) {
+        Err(TrainError::Config(message)) => assert_eq!(message, format!("--resume: {err}")),
+        other => panic!("expected a refusal, got {:?}", other.map(|s| s.steps)),
+    }
+    assert!(load_model(&dir.join(LATEST), None).is_ok());
+    let _ = std::fs::remove_dir_all(&logs);
+}
+
+/// `--lock-image` (OpenCLIP's): after steps, every image-tower parameter is bit-identical to its
+/// start while the text tower and logit_scale moved.
+#[test]
+fn lock_image_keeps_the_image_tower_bit_identical() {
+    let logs = temp_dir("lock");
+    let mut c = config(&logs, "run");
+    c.steps = Some(3);
+    c.lock_image = true;
+    c.adamw.grad_clip_norm = Some(1.0);
+    train(&c, Backend::Cpu).unwrap();
+    let after = latest(&logs, "run");
+    let start = clusterclip::model::Clip::new(small_model(), &Backend::Cpu, c.seed).unwrap();
+    let before = clusterclip::train::checkpoint::flat_values(&Backend::Cpu, &start.params.values);
+    let (mut image, mut text) = (0, 0);
+    for (spec, &offset) in start.params.specs.iter().zip(&start.params.offsets) {
+        let range = offset..offset + spec.numel();
+        let same = after.params[range.clone()]
+            .iter()
+            .zip(&before[range])
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        if spec.name.starts_with("visual.") {
+            assert!(same, "{} changed under --lock-image", spec.name);
+            image += 1;
+        } else {
+            assert!(!same, "{} did not train", spec.name);
+            text += 1;
+        }
+    }
+    assert_eq!((image, text), (20, 18));
+    let moments = after.moments.as_ref().unwrap();
+    let visual = &start.params.offsets[start.params.position("visual.proj").unwrap()];
+    assert_eq!(moments.0[*visual], 0.0, "no moment for a frozen parameter");
     let _ = std::fs::remove_dir_all(&logs);
 }

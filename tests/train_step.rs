@@ -28,6 +28,7 @@ fn small_config() -> ClipConfig {
             layers: 2,
             heads: 2,
         },
+        activation: clusterclip::model::config::Activation::Gelu,
     }
 }
 

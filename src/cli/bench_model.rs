@@ -164,7 +164,14 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
         let params = clip.params.bind(&mut g);
         let x = g.constant(&images, &[args.batch_size, 3, v.image_size, v.image_size])?;
         let t = vision::embed(&mut g, &params, v, x)?;
-        let f = vision::encode(&mut g, &params, v, t, args.keep.map(|_| kept.as_slice()))?;
+        let f = vision::encode(
+            &mut g,
+            &params,
+            v,
+            config.activation,
+            t,
+            args.keep.map(|_| kept.as_slice()),
+        )?;
         let ones = vec![1.0; g.numel(f)];
         g.backward_from(f, &ones)?;
         Ok(())
@@ -172,7 +179,7 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
     let text_pass = || -> Result<(), Box<dyn std::error::Error>> {
         let mut g = Graph::new(backend.clone());
         let params = clip.params.bind(&mut g);
-        let f = text::encode(&mut g, &params, &config.text, &tokens)?;
+        let f = text::encode(&mut g, &params, &config.text, config.activation, &tokens)?;
         let ones = vec![1.0; g.numel(f)];
         g.backward_from(f, &ones)?;
         Ok(())
@@ -291,7 +298,7 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
         let params = clip.params.bind(&mut g);
         let x = g.constant(&images, &[args.batch_size, 3, v.image_size, v.image_size])?;
         let t = vision::embed(&mut g, &params, v, x)?;
-        let f = vision::encode(&mut g, &params, v, t, None)?;
+        let f = vision::encode(&mut g, &params, v, config.activation, t, None)?;
         let ones = vec![1.0; g.numel(f)];
         g.backward_from(f, &ones)?;
         gpu.sync();

@@ -5,6 +5,9 @@
 
 use std::path::PathBuf;
 
+use crate::eval::benchmark::{
+    BenchmarkRecord, read_list_file, task_name, templates_from_benchmark,
+};
 use crate::eval::encode_images;
 use crate::eval::linear_probe::{LabelledFeatures, ProbeOptions, linear_probe};
 use crate::eval::tasks::{
@@ -12,31 +15,66 @@ use crate::eval::tasks::{
     zeroshot_json, zeroshot_set,
 };
 use crate::graph::Backend;
-use crate::model::ClipConfig;
-use crate::train::checkpoint::load_checkpoint;
+use crate::model::openclip::{load_pretrained, model_config, model_name_of};
+use crate::train::checkpoint::load_model;
 
 use super::data::DataFlags;
 use super::{CliResult, GpuArgs};
 
 #[derive(clap::Args)]
 pub struct EvalArgs {
-    /// A training checkpoint or a safetensors file of OpenCLIP weights (then give --model).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// A checkpoint's model file (epoch_N.safetensors) or a state_dict (then give --model).
+    #[arg(
+        long,
+        required_unless_present = "pretrained",
+        conflicts_with = "pretrained"
+    )]
+    pub checkpoint: Option<PathBuf>,
+    /// OpenCLIP weights for --model: a state_dict .safetensors (f32, f16 or bf16) or an
+    /// exported folder (QuickGELU weights need a -quickgelu model name).
+    #[arg(long, requires = "model")]
+    pub pretrained: Option<PathBuf>,
     /// builtin:shapes-zeroshot (default) or imagefolder:DIR for zeroshot; builtin:shapes-test
     /// (default), shards or a CSV for retrieval; the labelled test set of linear_probe.
     #[arg(long)]
     pub data: Option<String>,
-    /// zeroshot, retrieval or linear_probe.
+    /// zeroshot, retrieval or linear_probe (CLIP_benchmark's zeroshot_classification and
+    /// zeroshot_retrieval are the same as the first two).
     #[arg(long, default_value = "zeroshot")]
     pub task: String,
+    /// Write the metrics as CLIP_benchmark's results JSON (dataset, model, pretrained, task,
+    /// metrics, language); {dataset}, {model}, {pretrained}, {task} and {language} are filled.
+    #[arg(long)]
+    pub output: Option<String>,
+    /// The dataset's name in --output and the entry read from --classnames / --templates
+    /// (default: the --data spec).
+    #[arg(long)]
+    pub dataset_name: Option<String>,
+    /// The language recorded in --output (CLIP_benchmark's --language).
+    #[arg(long, default_value = "en")]
+    pub language: String,
+    /// zeroshot: class names in CLIP_benchmark's classnames format (JSON: dataset -> list, or a
+    /// list), in the order of the sorted class folders; default: the folder names.
+    #[arg(long)]
+    pub classnames: Option<PathBuf>,
+    /// zeroshot: prompt templates in CLIP_benchmark's format (JSON: dataset -> list, or a list;
+    /// `{c}` is the class); default: CLIP's prompt and OpenCLIP's 7 simple ImageNet templates.
+    #[arg(long)]
+    pub templates: Option<PathBuf>,
+    /// Add the class names used to --output (CLIP_benchmark's --dump_classnames).
+    #[arg(long)]
+    pub dump_classnames: bool,
+    /// Add the templates used to --output, with {c} (CLIP_benchmark's --dump_templates).
+    #[arg(long)]
+    pub dump_templates: bool,
     /// linear_probe: the labelled set (imagefolder:DIR) the probe is fitted on.
     #[arg(long)]
     pub train_data: Option<String>,
     /// linear_probe: seed of the split that chooses the weight decay.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Model preset of a checkpoint that does not store its configuration.
+    /// Model of --pretrained, or of a checkpoint that does not store its configuration: a
+    /// preset, an OpenCLIP model name (ViT-B-16, ViT-B-16-quickgelu, ...) or a model config .json.
     #[arg(long)]
     pub model: Option<String>,
     #[arg(long, default_value_t = 64)]
@@ -55,7 +93,12 @@ pub struct EvalArgs {
     pub gpu: GpuArgs,
 }
 
-pub fn run(args: EvalArgs) -> CliResult {
+pub fn run(mut args: EvalArgs) -> CliResult {
+    args.task = match args.task.as_str() {
+        "zeroshot_classification" => "zeroshot".into(),
+        "zeroshot_retrieval" => "retrieval".into(),
+        _ => args.task,
+    };
     if !["zeroshot", "retrieval", LINEAR_PROBE].contains(&args.task.as_str()) {
         return Err(format!(
             "--task: unknown task '{}' (zeroshot, retrieval or {LINEAR_PROBE})",
@@ -64,6 +107,16 @@ pub fn run(args: EvalArgs) -> CliResult {
         .into());
     }
     let probe_sets = linear_probe_sets(&args)?;
+    if args.task != "zeroshot" {
+        for (flag, given) in [
+            ("--classnames", args.classnames.is_some()),
+            ("--templates", args.templates.is_some()),
+        ] {
+            if given {
+                return Err(format!("{flag} is only read by --task zeroshot").into());
+            }
+        }
+    }
     if args.batch_size == 0 {
         return Err("--batch-size must be at least 1".into());
     }
@@ -73,21 +126,35 @@ pub fn run(args: EvalArgs) -> CliResult {
     let model = args
         .model
         .as_deref()
-        .map(ClipConfig::preset)
+        .map(model_config)
         .transpose()
         .map_err(|e| format!("--model: {e}"))?;
-    if !args.checkpoint.exists() {
-        return Err(format!("--checkpoint: {} does not exist", args.checkpoint.display()).into());
-    }
     let read = args.reader.read_options()?;
-    let checkpoint = load_checkpoint(&args.checkpoint, model.as_ref())?;
+    let (checkpoint, weights_path) = match (&args.pretrained, &args.checkpoint, &model) {
+        (Some(path), _, Some(config)) => (
+            load_pretrained(path, args.model.as_deref().unwrap_or_default(), config)?,
+            path,
+        ),
+        (_, Some(path), _) => {
+            if !path.exists() {
+                return Err(format!("--checkpoint: {} does not exist", path.display()).into());
+            }
+            (load_model(path, model.as_ref())?, path)
+        }
+        _ => return Err("give --checkpoint, or --pretrained with --model".into()),
+    };
     let backend = if args.cpu {
         Backend::Cpu
     } else {
         Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
     };
     let clip = checkpoint.model(&backend);
-    let broken = |e: String| format!("--checkpoint {}: {e}", args.checkpoint.display());
+    let flag = if args.pretrained.is_some() {
+        "--pretrained"
+    } else {
+        "--checkpoint"
+    };
+    let broken = |e: String| format!("{flag} {}: {e}", weights_path.display());
     // Batches as large as one storage binding allows (a ViT-B/16 at 64 exceeds 128 MiB).
     let batch_size = backend.gpu().map_or(args.batch_size, |gpu| {
         args.batch_size
@@ -101,6 +168,9 @@ pub fn run(args: EvalArgs) -> CliResult {
         }
         .to_string()
     });
+    let dataset_name = args.dataset_name.as_deref().unwrap_or(&data);
+    // The class names and templates zero-shot used, for --dump-classnames / --dump-templates.
+    let mut zeroshot_lists: Option<(Vec<String>, Vec<String>)> = None;
     let (metrics, summary) = if let Some((train_spec, test_spec)) = probe_sets {
         let read_set = |spec: &str, flag: &str| {
             zeroshot_set(spec, &clip, args.samples, &read).map_err(|e| format!("{flag}: {e}"))
@@ -119,8 +189,26 @@ pub fn run(args: EvalArgs) -> CliResult {
             &options,
         )?
     } else if args.task == "zeroshot" {
-        let set =
+        let mut set =
             zeroshot_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
+        if let Some(path) = &args.classnames {
+            let names = read_list_file(path, dataset_name, "--classnames")?;
+            if names.len() != set.classes.len() {
+                return Err(format!(
+                    "--classnames {}: {} names for the {} classes of {data}",
+                    path.display(),
+                    names.len(),
+                    set.classes.len()
+                )
+                .into());
+            }
+            set.classes = names;
+        }
+        if let Some(path) = &args.templates {
+            let templates = read_list_file(path, dataset_name, "--templates")?;
+            set.templates = templates_from_benchmark(templates, path)?;
+        }
+        zeroshot_lists = Some((set.classes.clone(), set.templates.clone()));
         let m = zeroshot_eval(&clip, &set, batch_size).map_err(broken)?;
         let line = format!(
             "zero-shot on {} ({} images, {} classes, chance {:.1}%): top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
@@ -146,8 +234,9 @@ pub fn run(args: EvalArgs) -> CliResult {
             )
         };
         let line = format!(
-            "retrieval on {} ({} pairs): image->text R@1/5/10 {}, text->image R@1/5/10 {}, loss {loss:.4}",
+            "retrieval on {} ({} images, {} captions): image->text R@1/5/10 {}, text->image R@1/5/10 {}, loss {loss:.4}",
             data,
+            set.image_count(),
             set.n,
             r(m.text_retrieval_recall),
             r(m.image_retrieval_recall)
@@ -156,6 +245,35 @@ pub fn run(args: EvalArgs) -> CliResult {
         json["clip_val_loss"] = loss.into();
         (json, line)
     };
+    if let Some(template) = &args.output {
+        let model = args
+            .model
+            .clone()
+            .or_else(|| model_name_of(&clip.config))
+            .unwrap_or_else(|| "custom".into());
+        let record = BenchmarkRecord {
+            dataset: dataset_name,
+            model: &model,
+            pretrained: &weights_path.display().to_string(),
+            task: task_name(&args.task),
+            language: &args.language,
+        };
+        let path = record.output_path(template);
+        let mut json = record.json(&metrics);
+        if let Some((classes, templates)) = &zeroshot_lists {
+            if args.dump_classnames {
+                json["classnames"] = classes.clone().into();
+            }
+            if args.dump_templates {
+                let with_c: Vec<String> =
+                    templates.iter().map(|t| t.replace("{}", "{c}")).collect();
+                json["templates"] = with_c.into();
+            }
+        }
+        let text = serde_json::to_string(&json).map_err(|e| e.to_string())?;
+        crate::model::io::write_bytes_atomic(std::path::Path::new(&path), text.as_bytes())
+            .map_err(|e| format!("--output: {e}"))?;
+    }
     if args.json {
         println!("{metrics}");
     } else {

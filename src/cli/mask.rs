@@ -12,7 +12,7 @@ use crate::masking::{
     calibrate_on_images, cluster_mask, no_mask, patch_features_of, random_mask,
 };
 use crate::model::{Clip, ClipConfig};
-use crate::train::checkpoint::load_checkpoint;
+use crate::train::checkpoint;
 use crate::train::mask_step::compute_mask;
 
 /// Picture: dropped patches keep this fraction of their own colour, the rest is mid-grey.
@@ -109,7 +109,7 @@ fn load_model(args: &MaskArgs, kind: MaskKind) -> Result<Option<Clip>, String> {
     let preset = args.preset.as_deref().map(ClipConfig::preset).transpose()?;
     if let Some(path) = &args.checkpoint {
         return Ok(Some(
-            load_checkpoint(path, preset.as_ref())?.model(&Backend::Cpu),
+            checkpoint::load_model(path, preset.as_ref())?.model(&Backend::Cpu),
         ));
     }
     match (kind, preset) {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_model;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod info;
 pub mod mask;
 pub mod model;

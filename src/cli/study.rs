@@ -9,7 +9,7 @@ use crate::study::{Arm, Grid, run_grid, write_report};
 
 use crate::eval::linear_probe::ProbeOptions;
 use crate::eval::tasks::zeroshot_set;
-use crate::train::checkpoint::load_checkpoint;
+use crate::train::checkpoint::load_model;
 
 use super::CliResult;
 use super::eval::linear_probe_task;
@@ -101,7 +101,7 @@ fn probe_eval(
     checkpoint: &std::path::Path,
     backend: &Backend,
 ) -> Result<serde_json::Value, String> {
-    let clip = load_checkpoint(checkpoint, None)?.model(backend);
+    let clip = load_model(checkpoint, None)?.model(backend);
     let train = zeroshot_set(train_spec, &clip, limit, read)
         .map_err(|e| format!("--probe-train-data: {e}"))?;
     let test =

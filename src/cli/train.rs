@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::graph::Backend;
 use crate::masking::MaskFlags;
-use crate::model::ClipConfig;
+use crate::model::openclip::model_config;
 use crate::train::run::{ResumeFrom, TrainConfig, default_eval_data, train};
 use crate::train::{AdamWConfig, LrScheduler};
 
@@ -15,7 +15,8 @@ use super::{CliResult, GpuArgs};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// Model preset: tiny, s16 or b16.
+    /// A preset (micro, tiny, s16, b16), an OpenCLIP model name (ViT-B-16, ViT-B-16-quickgelu,
+    /// ViT-S-16, ViT-B-32, ...) or an OpenCLIP model config .json.
     #[arg(long, default_value = TrainConfig::DEFAULT_MODEL)]
     pub model: String,
     /// Training data: builtin:shapes, WebDataset shards (dir/shard-{000..009}.tar), a CSV, imagefolder:DIR.
@@ -76,6 +77,13 @@ pub struct TrainArgs {
     /// `latest` (needs --name) or a checkpoint file.
     #[arg(long)]
     pub resume: Option<String>,
+    /// Start from OpenCLIP weights: a state_dict .safetensors (f32, f16 or bf16) or an
+    /// exported folder; must fit --model (QuickGELU weights need a -quickgelu name).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Freeze the image tower (no gradients, no updates), as OpenCLIP's --lock-image.
+    #[arg(long)]
+    pub lock_image: bool,
     /// Validate every this many epochs (0: never); always after the last.
     #[arg(long, default_value_t = TrainConfig::DEFAULT_VAL_FREQUENCY)]
     pub val_frequency: u64,
@@ -114,7 +122,7 @@ fn optional_spec(flag: Option<&String>, default: Option<String>) -> Option<Strin
 impl TrainArgs {
     /// The run's settings; the error is one line naming the flag.
     pub fn to_config(&self) -> Result<TrainConfig, String> {
-        let model = ClipConfig::preset(&self.model).map_err(|e| format!("--model: {e}"))?;
+        let model = model_config(&self.model).map_err(|e| format!("--model: {e}"))?;
         let mask = self.mask.plan().map_err(|e| e.to_string())?;
         let resume = self.resume.as_deref().map(|r| {
             if r == "latest" {
@@ -149,6 +157,8 @@ impl TrainArgs {
             name: self.name.clone(),
             save_frequency: self.save_frequency,
             resume,
+            pretrained: self.pretrained.clone(),
+            lock_image: self.lock_image,
             val_frequency: self.val_frequency,
             zeroshot_frequency: self.zeroshot_frequency,
             log_every_n_steps: self.log_every_n_steps,

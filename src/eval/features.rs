@@ -18,7 +18,7 @@ pub async fn encode_images_async(
         let params = clip.params.bind_frozen(&mut g);
         let x = g.constant(chunk, &[n, 3, v.image_size, v.image_size])?;
         let tokens = vision::embed(&mut g, &params, v, x)?;
-        let features = vision::encode(&mut g, &params, v, tokens, None)?;
+        let features = vision::encode(&mut g, &params, v, clip.config.activation, tokens, None)?;
         let features = g.l2_normalize(features)?;
         out.extend(g.to_vec_async(features).await);
     }
@@ -36,7 +36,13 @@ pub async fn encode_texts_async(
     for chunk in tokens.chunks(ctx * batch_size.max(1)) {
         let mut g = Graph::new(clip.params.values_backend());
         let params = clip.params.bind_frozen(&mut g);
-        let features = text::encode(&mut g, &params, &clip.config.text, chunk)?;
+        let features = text::encode(
+            &mut g,
+            &params,
+            &clip.config.text,
+            clip.config.activation,
+            chunk,
+        )?;
         let features = g.l2_normalize(features)?;
         out.extend(g.to_vec_async(features).await);
     }

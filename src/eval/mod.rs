@@ -4,6 +4,8 @@
 
 use std::cmp::Ordering;
 
+#[cfg(feature = "cli")]
+pub mod benchmark;
 pub mod features;
 pub mod linear_probe;
 #[cfg(feature = "cli")]

@@ -3,6 +3,8 @@
 //! 1/64) or `imagefolder:DIR`, and retrieval plus the contrastive validation loss on any
 //! captioned spec (`builtin:shapes-val`, `builtin:shapes-test`, shards, CSV).
 
+use std::collections::HashMap;
+
 use crate::data::loader::{LoaderConfig, ReadOptions, open_loader};
 use crate::data::shapes;
 use crate::data::tokenizer::Tokenizer;
@@ -29,12 +31,58 @@ pub struct LabelledSet {
     pub templates: Vec<String>,
 }
 
-/// Images with one caption each.
+/// Distinct images with their captions, one or several each: records whose preprocessed images
+/// are identical are one image (a CSV that repeats a filepath with another caption; shards that
+/// repeat an image), as CLIP_benchmark's retrieval sets list several captions per image.
 pub struct CaptionSet {
+    /// [images, 3, S, S], each distinct.
     pub images: Vec<f32>,
     /// [n, context]
     pub tokens: Vec<u32>,
+    /// Captions (records).
     pub n: usize,
+    /// The image of each caption: an index into `images`.
+    pub text_image: Vec<usize>,
+}
+
+impl CaptionSet {
+    /// Distinct images.
+    pub fn image_count(&self) -> usize {
+        self.text_image.iter().max().map_or(0, |&i| i + 1)
+    }
+}
+
+/// Keeps the first copy of every distinct image of `images` ([n, plane]); returns the distinct
+/// images and, per record, the index of its image among them.
+fn distinct_images(images: &[f32], plane: usize) -> (Vec<f32>, Vec<usize>) {
+    let bits = |image: &[f32]| -> u64 {
+        // FNV-1a over the values' bits: a key for the exact comparison below.
+        image.iter().fold(0xcbf2_9ce4_8422_2325, |hash, v| {
+            (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let mut distinct: Vec<f32> = Vec::new();
+    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut text_image = Vec::with_capacity(images.len() / plane.max(1));
+    for image in images.chunks(plane) {
+        let candidates = by_hash.entry(bits(image)).or_default();
+        let same = |&u: &usize| {
+            distinct[u * plane..(u + 1) * plane]
+                .iter()
+                .zip(image)
+                .all(|(a, b)| a.to_bits() == b.to_bits())
+        };
+        match candidates.iter().copied().find(same) {
+            Some(u) => text_image.push(u),
+            None => {
+                let u = distinct.len() / plane;
+                distinct.extend_from_slice(image);
+                candidates.push(u);
+                text_image.push(u);
+            }
+        }
+    }
+    (distinct, text_image)
 }
 
 fn eval_loader(
@@ -180,7 +228,14 @@ pub fn caption_set(
     if n == 0 {
         return Err(format!("{spec}: no samples"));
     }
-    Ok(CaptionSet { images, tokens, n })
+    let plane = 3 * clip.config.vision.image_size.pow(2);
+    let (images, text_image) = distinct_images(&images, plane);
+    Ok(CaptionSet {
+        images,
+        tokens,
+        n,
+        text_image,
+    })
 }
 
 /// exp(logit_scale) of `clip`, read from its backend.
@@ -232,7 +287,8 @@ pub fn contrastive_loss(
     total / batches.max(1) as f64
 }
 
-/// Retrieval metrics and the validation loss of `clip` on `set` (each image's own caption).
+/// Retrieval metrics (a hit when any of an image's captions is in the top k, as
+/// CLIP_benchmark) and the validation loss over (caption, its image) pairs of `clip` on `set`.
 pub fn retrieval_eval(
     clip: &Clip,
     set: &CaptionSet,
@@ -242,9 +298,13 @@ pub fn retrieval_eval(
     let image = encode_images(clip, &set.images, batch_size).map_err(|e| e.to_string())?;
     let text = encode_texts(clip, &set.tokens, batch_size).map_err(|e| e.to_string())?;
     check_features(&image, &text, "caption text", dim)?;
-    let pairs: Vec<usize> = (0..set.n).collect();
-    let loss = contrastive_loss(&image, &text, dim, logit_scale(clip), batch_size);
-    Ok((retrieval(&image, &text, &pairs, dim), loss))
+    let paired: Vec<f32> = set
+        .text_image
+        .iter()
+        .flat_map(|&i| image[i * dim..(i + 1) * dim].iter().copied())
+        .collect();
+    let loss = contrastive_loss(&paired, &text, dim, logit_scale(clip), batch_size);
+    Ok((retrieval(&image, &text, &set.text_image, dim), loss))
 }
 
 /// CLIP_benchmark's names.

@@ -1,7 +1,7 @@
 //! The pre-norm residual attention block of OpenCLIP (M1): LN -> multi-head self-attention ->
-//! residual; LN -> MLP(4×, exact GELU) -> residual.
+//! residual; LN -> MLP(4×, exact GELU, or QuickGELU for OpenAI-lineage weights) -> residual.
 
-use super::config::LAYER_NORM_EPS;
+use super::config::{Activation, LAYER_NORM_EPS};
 use super::params::BoundParams;
 use crate::graph::{Graph, OpResult, Tensor};
 
@@ -13,6 +13,7 @@ pub fn residual_block(
     x: Tensor,
     heads: usize,
     causal: bool,
+    activation: Activation,
 ) -> OpResult {
     let w = |name: &str| p.get(&format!("{prefix}{name}"));
     let h = g.layer_norm(x, w("ln_1.weight"), w("ln_1.bias"), LAYER_NORM_EPS)?;
@@ -26,7 +27,7 @@ pub fn residual_block(
     let x = g.add(x, h)?;
     let h = g.layer_norm(x, w("ln_2.weight"), w("ln_2.bias"), LAYER_NORM_EPS)?;
     let h = g.linear(h, w("mlp.c_fc.weight"), Some(w("mlp.c_fc.bias")))?;
-    let h = g.gelu(h)?;
+    let h = g.activation(h, activation)?;
     let h = g.linear(h, w("mlp.c_proj.weight"), Some(w("mlp.c_proj.bias")))?;
     g.add(x, h)
 }

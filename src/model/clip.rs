@@ -117,8 +117,14 @@ impl Clip {
             &[inputs.batch, 3, v.image_size, v.image_size],
         )?;
         let tokens = vision::embed(g, &params, v, images)?;
-        let image = vision::encode(g, &params, v, tokens, inputs.kept)?;
-        let text = text::encode(g, &params, &self.config.text, inputs.tokens)?;
+        let image = vision::encode(g, &params, v, self.config.activation, tokens, inputs.kept)?;
+        let text = text::encode(
+            g,
+            &params,
+            &self.config.text,
+            self.config.activation,
+            inputs.tokens,
+        )?;
         if g.shape(text)[0] != inputs.batch {
             return Err(shape_error(
                 "clip",

@@ -2,6 +2,8 @@
 //! tests and CPUs, `s16` (OpenCLIP
 //! ViT-S-16) and `b16` (OpenCLIP ViT-B-16, the paper's model).
 
+pub use crate::ops::gelu::Activation;
+
 /// The ViT image tower.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VisionConfig {
@@ -27,6 +29,9 @@ pub struct ClipConfig {
     pub embed_dim: usize,
     pub vision: VisionConfig,
     pub text: TextConfig,
+    /// The MLP activation of both towers: exact GELU (M1), or QuickGELU for OpenAI-lineage
+    /// weights (OpenCLIP's `quick_gelu: true`, the `-quickgelu` model names).
+    pub activation: Activation,
 }
 
 /// LayerNorm epsilon of OpenCLIP (nn.LayerNorm default).
@@ -110,6 +115,7 @@ impl ClipConfig {
                     layers: 2,
                     heads: 2,
                 },
+                activation: Activation::Gelu,
             },
             // The configuration measured in PyTorch on the 2-core CI machine (issue 3).
             "tiny" => ClipConfig {
@@ -128,6 +134,7 @@ impl ClipConfig {
                     layers: 4,
                     heads: 3,
                 },
+                activation: Activation::Gelu,
             },
             // OpenCLIP ViT-S-16.json.
             "s16" => ClipConfig {
@@ -146,6 +153,7 @@ impl ClipConfig {
                     layers: 12,
                     heads: 6,
                 },
+                activation: Activation::Gelu,
             },
             // OpenCLIP ViT-B-16.json, the paper's model (M1).
             "b16" => ClipConfig {
@@ -164,6 +172,7 @@ impl ClipConfig {
                     layers: 12,
                     heads: 8,
                 },
+                activation: Activation::Gelu,
             },
             other => {
                 return Err(format!(

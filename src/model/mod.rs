@@ -7,6 +7,8 @@ pub mod config;
 pub mod init;
 #[cfg(feature = "cli")]
 pub mod io;
+#[cfg(feature = "cli")]
+pub mod openclip;
 pub mod params;
 #[cfg(feature = "cli")]
 pub mod reference;

@@ -47,6 +47,8 @@ pub struct ParamStore {
     pub values: Storage,
     backend: Backend,
     index: HashMap<String, usize>,
+    /// Parameters that take no gradient and no update (`--lock-image`).
+    frozen: Vec<bool>,
 }
 
 /// Offsets of `specs` laid out with [`ALIGN_WORDS`] alignment, and the padded total.
@@ -73,6 +75,7 @@ impl ParamStore {
         ParamStore {
             values: backend.upload(flat),
             backend: backend.clone(),
+            frozen: vec![false; specs.len()],
             specs,
             offsets,
             total,
@@ -87,6 +90,18 @@ impl ParamStore {
             backend: backend.clone(),
             ..self.clone()
         }
+    }
+
+    /// Freezes the parameters `which` selects: they bind without gradients, so backward does
+    /// not reach them, and the optimizer leaves them bit for bit as they are.
+    pub fn freeze(&mut self, which: impl Fn(&ParamSpec) -> bool) {
+        for (frozen, spec) in self.frozen.iter_mut().zip(&self.specs) {
+            *frozen |= which(spec);
+        }
+    }
+
+    pub fn is_frozen(&self, i: usize) -> bool {
+        self.frozen[i]
     }
 
     pub fn position(&self, name: &str) -> Option<usize> {
@@ -125,8 +140,8 @@ impl ParamStore {
         }
     }
 
-    /// Adds every parameter to `g` as a leaf that needs a gradient; graph shapes are at least
-    /// 1-D (`logit_scale` becomes `[1]`).
+    /// Adds every parameter to `g` as a leaf that needs a gradient (unless frozen); graph shapes
+    /// are at least 1-D (`logit_scale` becomes `[1]`).
     pub fn bind(&self, g: &mut Graph) -> BoundParams {
         self.bind_with(g, true)
     }
@@ -144,7 +159,7 @@ impl ParamStore {
                 } else {
                     self.specs[i].shape.clone()
                 };
-                g.from_storage(self.storage(i), &shape, requires_grad)
+                g.from_storage(self.storage(i), &shape, requires_grad && !self.frozen[i])
                     .expect("parameter storage matches its shape")
             })
             .collect();

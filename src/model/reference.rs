@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use super::config::Activation;
 use super::io::TensorFile;
 use super::{Clip, ClipConfig, ClipInputs, TextConfig, VisionConfig};
 use crate::graph::{Backend, Graph};
@@ -82,6 +83,7 @@ pub fn config_from_json(v: &serde_json::Value) -> Result<ClipConfig, String> {
             layers: field(v, "text.layers")?,
             heads: field(v, "text.heads")?,
         },
+        activation: Activation::Gelu,
     };
     config.validate()?;
     Ok(config)

@@ -2,12 +2,18 @@
 //! the end-of-text token (the highest id, as CLIP's argmax), text projection.
 
 use super::block::residual_block;
-use super::config::{LAYER_NORM_EPS, TextConfig};
+use super::config::{Activation, LAYER_NORM_EPS, TextConfig};
 use super::params::BoundParams;
 use crate::graph::{Graph, OpResult, shape_error};
 
 /// tokens [N, context] (zero padded) -> text features [N, embed_dim] (not normalised).
-pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &TextConfig, tokens: &[u32]) -> OpResult {
+pub fn encode(
+    g: &mut Graph,
+    p: &BoundParams,
+    cfg: &TextConfig,
+    activation: Activation,
+    tokens: &[u32],
+) -> OpResult {
     let ctx = cfg.context_length;
     if tokens.is_empty() || !tokens.len().is_multiple_of(ctx) {
         return Err(shape_error(
@@ -40,6 +46,7 @@ pub fn encode(g: &mut Graph, p: &BoundParams, cfg: &TextConfig, tokens: &[u32]) 
             x,
             cfg.heads,
             true,
+            activation,
         )?;
     }
     // ln_final is per token, so pooling first and normalising the pooled rows is the same.

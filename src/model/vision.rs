@@ -3,7 +3,7 @@
 //! the class token, projection.
 
 use super::block::residual_block;
-use super::config::{LAYER_NORM_EPS, VisionConfig};
+use super::config::{Activation, LAYER_NORM_EPS, VisionConfig};
 use super::params::BoundParams;
 use crate::graph::{Graph, OpResult, Tensor, shape_error};
 
@@ -58,6 +58,7 @@ pub fn encode(
     g: &mut Graph,
     p: &BoundParams,
     cfg: &VisionConfig,
+    activation: Activation,
     tokens: Tensor,
     kept: Option<&[u32]>,
 ) -> OpResult {
@@ -89,6 +90,7 @@ pub fn encode(
             x,
             cfg.heads,
             false,
+            activation,
         )?;
     }
     let flat = g.reshape(x, &[batch * seq_len, width])?;

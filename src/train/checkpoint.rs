@@ -1,9 +1,12 @@
-//! Resumable checkpoints as safetensors: the weights under their OpenCLIP names, the AdamW
-//! moments under PyTorch's state names (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`),
-//! and every counter that feeds a step (optimizer step, data position, mask seed), so a resumed
-//! run repeats the straight run bit for bit. Written atomically (temporary file, fsync, rename:
-//! `model::io::write_bytes_atomic`), so a crash mid-write leaves the previous checkpoint; the
-//! next start in the run folder removes the temporary file it left (`logs::RunLogs::open`).
+//! Resumable checkpoints as a pair of safetensors files. `epoch_N.safetensors` is the model's
+//! state_dict alone (OpenCLIP names, f32: OpenCLIP's strict loader and `eval --checkpoint` read
+//! it); `epoch_N.state.safetensors` holds the AdamW moments under PyTorch's state names
+//! (`optimizer.exp_avg.NAME`, `optimizer.exp_avg_sq.NAME`), every counter that feeds a step
+//! (optimizer step, data position, mask seed) and the loss history, so a resumed run repeats the
+//! straight run bit for bit. Each file is written atomically (temporary file, fsync, rename:
+//! `model::io::write_bytes_atomic`); the next start in the run folder removes the temporary files
+//! a crash left (`logs::RunLogs::open`). Single-file checkpoints of format
+//! `clusterclip-checkpoint-1` (everything in one file) still load.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,16 +15,21 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
 use crate::graph::{Backend, Storage};
+use crate::model::config::Activation;
 use crate::model::init::param_specs;
 use crate::model::io::{TensorFile, write_bytes_atomic};
-use crate::model::params::{ParamStore, layout};
+use crate::model::params::{ParamSpec, ParamStore, layout};
 use crate::model::{Clip, ClipConfig, TextConfig, VisionConfig};
 
 use super::optimizer::Optimizer;
 use super::step::{Trainer, read_storage};
 
-/// `format` metadata of the checkpoints this module writes.
-pub const CHECKPOINT_FORMAT: &str = "clusterclip-checkpoint-1";
+/// `format` metadata of the single-file checkpoints written before the model/state split.
+pub const LEGACY_FORMAT: &str = "clusterclip-checkpoint-1";
+/// `format` metadata of the state files this module writes.
+pub const STATE_FORMAT: &str = "clusterclip-state-1";
+/// `epoch_N.safetensors` keeps its state in `epoch_N` + this.
+pub const STATE_SUFFIX: &str = ".state.safetensors";
 /// Name of the checkpoint `--resume latest` picks up.
 pub const LATEST: &str = "epoch_latest.safetensors";
 
@@ -67,10 +75,12 @@ pub fn config_json(config: &ClipConfig) -> serde_json::Value {
         "embed_dim": config.embed_dim,
         "vision": {"image_size": v.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.layers, "heads": v.heads},
         "text": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "layers": t.layers, "heads": t.heads},
+        "quick_gelu": config.activation == Activation::QuickGelu,
     })
 }
 
-/// The inverse of [`config_json`]; the error names the missing field.
+/// The inverse of [`config_json`]; the error names the missing field. `quick_gelu` may be
+/// absent (files written before QuickGELU existed: GELU).
 pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> {
     let field = |path: &[&str]| -> Result<usize, String> {
         let mut cur = json;
@@ -99,6 +109,15 @@ pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> 
             layers: field(&["text", "layers"])?,
             heads: field(&["text", "heads"])?,
         },
+        activation: match json.get("quick_gelu") {
+            None | Some(serde_json::Value::Bool(false)) => Activation::Gelu,
+            Some(serde_json::Value::Bool(true)) => Activation::QuickGelu,
+            Some(other) => {
+                return Err(format!(
+                    "model config field quick_gelu is {other}, not a bool"
+                ));
+            }
+        },
     };
     config.validate()?;
     Ok(config)
@@ -126,13 +145,75 @@ impl std::fmt::Display for CheckpointError {
     }
 }
 
+/// The two files of one checkpoint, serialised.
+pub struct CheckpointFiles {
+    /// `epoch_N.safetensors`: the state_dict alone (OpenCLIP names, f32).
+    pub model: Vec<u8>,
+    /// `epoch_N.state.safetensors`: moments, counters, loss history, run settings.
+    pub state: Vec<u8>,
+}
+
+/// `DIR/epoch_N.state.safetensors` beside `DIR/epoch_N.safetensors`.
+pub fn state_path(model_path: &Path) -> PathBuf {
+    let name = model_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
+    model_path.with_file_name(format!("{stem}{STATE_SUFFIX}"))
+}
+
+/// The model file a path names: itself, or the model beside a `.state.safetensors` path.
+fn model_path_of(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match name.strip_suffix(STATE_SUFFIX) {
+        Some(stem) => path.with_file_name(format!("{stem}.safetensors")),
+        None => path.to_path_buf(),
+    }
+}
+
+/// FNV-1a over the model file's bytes: the state file names the model it belongs to.
+fn model_checksum(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// A state_dict file: every parameter of `specs` (laid out at `offsets` in `flat`) under its
+/// OpenCLIP name as f32, plus `metadata`. OpenCLIP's strict `load_state_dict` takes it as is.
+pub fn model_file_bytes(
+    specs: &[ParamSpec],
+    offsets: &[usize],
+    flat: &[f32],
+    mut metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let views = specs
+        .iter()
+        .zip(offsets)
+        .map(|(spec, &offset)| {
+            let values = &flat[offset..offset + spec.numel()];
+            TensorView::new(Dtype::F32, spec.shape.clone(), bytemuck::cast_slice(values))
+                .map(|v| (spec.name.clone(), v))
+                .map_err(|e| format!("tensor {}: {e}", spec.name))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    // What `safetensors.torch.save_file` writes, so tools that check it take the file.
+    metadata.insert("format".into(), "pt".into());
+    safetensors::serialize(views, Some(metadata)).map_err(|e| format!("serialisation: {e}"))
+}
+
 /// The bytes of a checkpoint of `trainer` at `state` (reads the device once per buffer); refuses
 /// non-finite parameters.
 pub fn checkpoint_bytes(
     trainer: &Trainer,
     state: &TrainState,
     run_config: &str,
-) -> Result<Vec<u8>, CheckpointError> {
+) -> Result<CheckpointFiles, CheckpointError> {
     let backend = &trainer.backend;
     let params = &trainer.clip.params;
     let flats = [
@@ -151,10 +232,20 @@ pub fn checkpoint_bytes(
             )));
         }
     }
+    let mut metadata = HashMap::new();
+    metadata.insert(
+        "model_config".to_string(),
+        config_json(&trainer.clip.config).to_string(),
+    );
+    metadata.insert("step".to_string(), state.step.to_string());
+    metadata.insert("epoch".to_string(), state.epoch.to_string());
+    let model = model_file_bytes(&params.specs, &params.offsets, &flats[0], metadata.clone())
+        .map_err(|e| CheckpointError::Write(format!("checkpoint {e}")))?;
+
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (prefix, flat) in ["", "optimizer.exp_avg.", "optimizer.exp_avg_sq."]
+    for (prefix, flat) in ["optimizer.exp_avg.", "optimizer.exp_avg_sq."]
         .iter()
-        .zip(&flats)
+        .zip(&flats[1..])
     {
         for (spec, &offset) in params.specs.iter().zip(&params.offsets) {
             let values = &flat[offset..offset + spec.numel()];
@@ -200,35 +291,34 @@ pub fn checkpoint_bytes(
                 .map_err(|e| CheckpointError::Write(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>, CheckpointError>>()?;
-    let mut metadata = HashMap::new();
-    metadata.insert("format".to_string(), CHECKPOINT_FORMAT.to_string());
-    metadata.insert(
-        "model_config".to_string(),
-        config_json(&trainer.clip.config).to_string(),
-    );
+    metadata.insert("format".to_string(), STATE_FORMAT.to_string());
     metadata.insert("run_config".to_string(), run_config.to_string());
-    metadata.insert("step".to_string(), state.step.to_string());
-    metadata.insert("epoch".to_string(), state.epoch.to_string());
+    metadata.insert("model_checksum".to_string(), model_checksum(&model));
     if let Some(r) = state.calibrated_threshold {
         metadata.insert("calibrated_threshold".to_string(), format!("{r:e}"));
     }
-    safetensors::serialize(views, Some(metadata))
-        .map_err(|e| CheckpointError::Write(format!("checkpoint serialisation: {e}")))
+    let state = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| CheckpointError::Write(format!("checkpoint serialisation: {e}")))?;
+    Ok(CheckpointFiles { model, state })
 }
 
-/// Writes a checkpoint of `trainer` to `path` atomically.
+/// Writes a checkpoint of `trainer`: the model to `path`, then its state beside it
+/// ([`state_path`]), each atomically. Model first: a crash between the two leaves a new model
+/// beside the old state, which names another model by checksum, so resume refuses the pair
+/// instead of pairing new weights with old moments; `eval` still reads the model.
 pub fn save_checkpoint(
     path: &Path,
     trainer: &Trainer,
     state: &TrainState,
     run_config: &str,
 ) -> Result<(), CheckpointError> {
-    let bytes = checkpoint_bytes(trainer, state, run_config)?;
+    let files = checkpoint_bytes(trainer, state, run_config)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| CheckpointError::Write(format!("{}: {e}", dir.display())))?;
     }
-    write_bytes_atomic(path, &bytes).map_err(CheckpointError::Write)
+    write_bytes_atomic(path, &files.model).map_err(CheckpointError::Write)?;
+    write_bytes_atomic(&state_path(path), &files.state).map_err(CheckpointError::Write)
 }
 
 fn counter(file: &TensorFile, name: &str) -> Result<u64, String> {
@@ -270,72 +360,179 @@ fn flat_from_file(
     Ok(flat)
 }
 
-/// Reads a checkpoint. `model` gives the configuration of files without one in their metadata
-/// (weight-only OpenCLIP exports); the stored configuration wins otherwise.
-pub fn load_checkpoint(path: &Path, model: Option<&ClipConfig>) -> Result<Checkpoint, String> {
-    let file = TensorFile::read(path)?;
-    let config = match (file.metadata.get("model_config"), model) {
+/// Tensors of a legacy single-file checkpoint that are not parameters.
+fn is_legacy_state_tensor(name: &str) -> bool {
+    ["optimizer.", "train.", "data.", "rng."]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// Refuses a state_dict whose names differ from the model's (OpenCLIP's strict load), naming
+/// the missing and unexpected keys (the first few of each, and their counts).
+pub fn check_state_dict_names(file: &TensorFile, config: &ClipConfig) -> Result<(), String> {
+    let legacy = file.metadata.get("format").map(String::as_str) == Some(LEGACY_FORMAT);
+    let specs = param_specs(config);
+    let wanted: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    let mut missing: Vec<&str> = specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !file.tensors.contains_key(*n))
+        .collect();
+    let mut unexpected: Vec<&str> = file
+        .tensors
+        .keys()
+        .map(String::as_str)
+        .filter(|n| !(wanted.contains(n) || (legacy && is_legacy_state_tensor(n))))
+        .collect();
+    if missing.is_empty() && unexpected.is_empty() {
+        return Ok(());
+    }
+    missing.sort_unstable();
+    unexpected.sort_unstable();
+    let list = |names: &[&str]| {
+        let shown: Vec<&str> = names.iter().take(4).copied().collect();
+        let more = names.len().saturating_sub(shown.len());
+        let tail = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        format!("{}{tail}", shown.join(", "))
+    };
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!(
+            "missing {} key(s): {}",
+            missing.len(),
+            list(&missing)
+        ));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!(
+            "unexpected {} key(s): {}",
+            unexpected.len(),
+            list(&unexpected)
+        ));
+    }
+    Err(format!(
+        "{}: state_dict does not fit the model: {}",
+        file.path.display(),
+        parts.join("; ")
+    ))
+}
+
+/// The model configuration of `file`: its `model_config` metadata, else `model`.
+fn file_config(file: &TensorFile, model: Option<&ClipConfig>) -> Result<ClipConfig, String> {
+    let path = &file.path;
+    match (file.metadata.get("model_config"), model) {
         (Some(text), _) => {
             let json: serde_json::Value = serde_json::from_str(text)
                 .map_err(|e| format!("{}: model_config metadata: {e}", path.display()))?;
-            config_from_json(&json).map_err(|e| format!("{}: {e}", path.display()))?
+            config_from_json(&json).map_err(|e| format!("{}: {e}", path.display()))
         }
-        (None, Some(config)) => config.clone(),
-        (None, None) => {
+        (None, Some(config)) => Ok(config.clone()),
+        (None, None) => Err(format!(
+            "{}: no model configuration stored; pass --model",
+            path.display()
+        )),
+    }
+}
+
+/// Reads the weights of a model file (a checkpoint's `epoch_N.safetensors`, a legacy single-file
+/// checkpoint, or an OpenCLIP state_dict in f32, f16 or bf16); no optimizer state. `model` gives
+/// the configuration of files without one in their metadata; the stored one wins otherwise.
+pub fn load_model(path: &Path, model: Option<&ClipConfig>) -> Result<Checkpoint, String> {
+    let file = TensorFile::read(path)?;
+    weights_of(&file, model)
+}
+
+fn weights_of(file: &TensorFile, model: Option<&ClipConfig>) -> Result<Checkpoint, String> {
+    let config = file_config(file, model)?;
+    check_state_dict_names(file, &config)?;
+    let params = flat_from_file(file, &config, "")?;
+    Ok(Checkpoint {
+        path: file.path.clone(),
+        config,
+        params,
+        moments: None,
+        optimizer_steps: 0,
+        state: TrainState::default(),
+        run_config: None,
+    })
+}
+
+/// Reads a checkpoint for resuming: the model file and, when present, its state file (or both
+/// from one legacy single-file checkpoint). `path` may name either file of the pair.
+pub fn load_checkpoint(path: &Path, model: Option<&ClipConfig>) -> Result<Checkpoint, String> {
+    let path = model_path_of(path);
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file = TensorFile::parse(&bytes, &path)?;
+    let mut checkpoint = weights_of(&file, model)?;
+    let legacy = file.metadata.get("format").map(String::as_str) == Some(LEGACY_FORMAT);
+    let sibling = state_path(&path);
+    let state_file = if legacy {
+        file
+    } else if sibling.exists() {
+        let state = TensorFile::read(&sibling)?;
+        if state.metadata.get("format").map(String::as_str) != Some(STATE_FORMAT) {
             return Err(format!(
-                "{}: no model configuration stored; pass --model",
+                "{}: not a clusterclip state file (format {:?})",
+                sibling.display(),
+                state.metadata.get("format")
+            ));
+        }
+        let checksum = model_checksum(&bytes);
+        if state.metadata.get("model_checksum") != Some(&checksum) {
+            return Err(format!(
+                "{}: belongs to another model file than {} (an interrupted checkpoint write; \
+                 resume from an epoch_N.safetensors whose state matches)",
+                sibling.display(),
                 path.display()
             ));
         }
+        let state_config = file_config(&state, None)?;
+        if state_config != checkpoint.config {
+            return Err(format!(
+                "{}: model configuration differs from {}",
+                sibling.display(),
+                path.display()
+            ));
+        }
+        state
+    } else {
+        return Ok(checkpoint);
     };
-    let params = flat_from_file(&file, &config, "")?;
-    let resumable = file.metadata.get("format").map(String::as_str) == Some(CHECKPOINT_FORMAT);
-    if !resumable {
-        return Ok(Checkpoint {
-            path: path.to_path_buf(),
-            config,
-            params,
-            moments: None,
-            optimizer_steps: 0,
-            state: TrainState::default(),
-            run_config: None,
-        });
-    }
+    let config = &checkpoint.config;
     let moments = (
-        flat_from_file(&file, &config, "optimizer.exp_avg.")?,
-        flat_from_file(&file, &config, "optimizer.exp_avg_sq.")?,
+        flat_from_file(&state_file, config, "optimizer.exp_avg.")?,
+        flat_from_file(&state_file, config, "optimizer.exp_avg_sq.")?,
     );
-    let steps = file.u32("train.loss_history.step").map(|(_, v)| v);
-    let history = match (steps, file.f32("train.loss_history.loss")) {
+    let steps = state_file.u32("train.loss_history.step").map(|(_, v)| v);
+    let history = match (steps, state_file.f32("train.loss_history.loss")) {
         (Ok(s), Ok((_, l))) if s.len() == l.len() => s.into_iter().map(u64::from).zip(l).collect(),
         _ => Vec::new(),
     };
-    let calibrated_threshold = match file.metadata.get("calibrated_threshold") {
+    let calibrated_threshold = match state_file.metadata.get("calibrated_threshold") {
         Some(text) => Some(
             text.parse::<f32>()
-                .map_err(|e| format!("{}: calibrated_threshold: {e}", path.display()))?,
+                .map_err(|e| format!("{}: calibrated_threshold: {e}", state_file.path.display()))?,
         ),
         None => None,
     };
-    let state = TrainState {
-        step: counter(&file, "train.step")?,
-        epoch: counter(&file, "train.epoch")?,
-        samples_seen: counter(&file, "train.samples_seen")?,
-        data_pass: counter(&file, "data.pass")?,
-        pass_position: counter(&file, "data.pass_position")?,
-        seed: counter(&file, "rng.seed")?,
+    checkpoint.state = TrainState {
+        step: counter(&state_file, "train.step")?,
+        epoch: counter(&state_file, "train.epoch")?,
+        samples_seen: counter(&state_file, "train.samples_seen")?,
+        data_pass: counter(&state_file, "data.pass")?,
+        pass_position: counter(&state_file, "data.pass_position")?,
+        seed: counter(&state_file, "rng.seed")?,
         calibrated_threshold,
         loss_history: history,
     };
-    Ok(Checkpoint {
-        path: path.to_path_buf(),
-        config,
-        params,
-        moments: Some(moments),
-        optimizer_steps: counter(&file, "optimizer.step")?,
-        state,
-        run_config: file.metadata.get("run_config").cloned(),
-    })
+    checkpoint.moments = Some(moments);
+    checkpoint.optimizer_steps = counter(&state_file, "optimizer.step")?;
+    checkpoint.run_config = state_file.metadata.get("run_config").cloned();
+    Ok(checkpoint)
 }
 
 impl Checkpoint {

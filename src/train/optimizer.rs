@@ -88,7 +88,11 @@ const NORM_PARTS: usize = 256;
 impl Optimizer {
     pub fn new(params: &ParamStore, backend: &Backend, config: AdamWConfig) -> Optimizer {
         let mut runs: Vec<Run> = Vec::new();
-        for (spec, &offset) in params.specs.iter().zip(&params.offsets) {
+        for (i, (spec, &offset)) in params.specs.iter().zip(&params.offsets).enumerate() {
+            // A frozen parameter is in no run: no step touches it (`--lock-image`).
+            if params.is_frozen(i) {
+                continue;
+            }
             let decay = spec.decays();
             let end = offset
                 + spec

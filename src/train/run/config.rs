@@ -47,6 +47,10 @@ pub struct TrainConfig {
     /// Write `epoch_N` every this many epochs (0: only `epoch_latest`).
     pub save_frequency: u64,
     pub resume: Option<ResumeFrom>,
+    /// Start from these weights (an OpenCLIP state_dict or export folder; `--resume` wins).
+    pub pretrained: Option<PathBuf>,
+    /// Freeze the image tower: no gradients, no updates (OpenCLIP's `--lock-image`).
+    pub lock_image: bool,
     /// Evaluate every this many epochs (0: never).
     pub val_frequency: u64,
     pub zeroshot_frequency: u64,
@@ -104,6 +108,8 @@ impl TrainConfig {
             name: None,
             save_frequency: Self::DEFAULT_SAVE_FREQUENCY,
             resume: None,
+            pretrained: None,
+            lock_image: false,
             val_frequency: Self::DEFAULT_VAL_FREQUENCY,
             zeroshot_frequency: Self::DEFAULT_ZEROSHOT_FREQUENCY,
             log_every_n_steps: Self::DEFAULT_LOG_EVERY_N_STEPS,
@@ -249,6 +255,12 @@ impl TrainConfig {
             "resume": self.resume.as_ref().map(|r| match r { ResumeFrom::Latest => "latest".to_string(), ResumeFrom::Path(p) => p.display().to_string() }),
             "steps_per_epoch": self.steps_per_epoch(), "total_steps": self.total_steps(),
         });
+        params["pretrained"] = self
+            .pretrained
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .into();
+        params["lock_image"] = self.lock_image.into();
         // A second object: one json! of every setting exceeds the macro recursion limit.
         let reader = serde_json::json!({
             "dataset_type": d.dataset_type.to_string(), "csv_separator": (d.keys.csv_separator as char).to_string(),

@@ -8,6 +8,7 @@ use crate::eval::tasks::{backend_name, logit_scale};
 use crate::graph::Backend;
 use crate::masking::calibrate_on_images;
 use crate::model::Clip;
+use crate::model::openclip::load_pretrained;
 use crate::train::checkpoint::{Checkpoint, LATEST, TrainState, load_checkpoint};
 use crate::train::logs::{RunLogs, check_new_run_folder};
 use crate::train::mask_step::MaskStrategy;
@@ -55,14 +56,23 @@ impl<'a> TrainRun<'a> {
                 (ck.model(&backend), ck.state.clone())
             }
             None => (
-                Clip::new(config.model.clone(), &backend, config.seed)
-                    .map_err(TrainError::Config)?,
+                match &config.pretrained {
+                    Some(path) => load_pretrained(path, &config.model_name, &config.model)
+                        .map_err(TrainError::Config)?
+                        .model(&backend),
+                    None => Clip::new(config.model.clone(), &backend, config.seed)
+                        .map_err(TrainError::Config)?,
+                },
                 TrainState {
                     seed: config.seed,
                     ..TrainState::default()
                 },
             ),
         };
+        let mut clip = clip;
+        if config.lock_image {
+            clip.params.freeze(|spec| spec.name.starts_with("visual."));
+        }
         if state.seed != config.seed {
             return Err(TrainError::Config(format!(
                 "--seed {} differs from the checkpoint's seed {}",

@@ -5,9 +5,11 @@ pub mod block;
 pub mod clip;
 pub mod config;
 pub mod init;
-#[cfg(feature = "cli")]
+#[cfg(feature = "weights")]
 pub mod io;
 pub mod params;
+#[cfg(feature = "weights")]
+pub mod state_dict;
 #[cfg(feature = "cli")]
 pub mod reference;
 pub mod text;

@@ -14,8 +14,10 @@ use safetensors::tensor::TensorView;
 use crate::graph::{Backend, Storage};
 use crate::model::init::param_specs;
 use crate::model::io::{TensorFile, write_bytes_atomic};
-use crate::model::params::{ParamStore, layout};
-use crate::model::{Clip, ClipConfig, TextConfig, VisionConfig};
+use crate::model::params::ParamStore;
+pub use crate::model::state_dict::{config_from_json, config_json};
+use crate::model::state_dict::{flat_from_file, stored_config};
+use crate::model::{Clip, ClipConfig};
 
 use super::optimizer::Optimizer;
 use super::step::{Trainer, read_storage};
@@ -57,51 +59,6 @@ pub struct Checkpoint {
     pub state: TrainState,
     /// The run's settings as JSON (`params.json`), when stored.
     pub run_config: Option<String>,
-}
-
-/// Model configuration as JSON, in the metadata of every checkpoint.
-pub fn config_json(config: &ClipConfig) -> serde_json::Value {
-    let v = &config.vision;
-    let t = &config.text;
-    serde_json::json!({
-        "embed_dim": config.embed_dim,
-        "vision": {"image_size": v.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.layers, "heads": v.heads},
-        "text": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "layers": t.layers, "heads": t.heads},
-    })
-}
-
-/// The inverse of [`config_json`]; the error names the missing field.
-pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> {
-    let field = |path: &[&str]| -> Result<usize, String> {
-        let mut cur = json;
-        for key in path {
-            cur = cur
-                .get(*key)
-                .ok_or_else(|| format!("model config field {} is missing", path.join(".")))?;
-        }
-        cur.as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| format!("model config field {} is not a count", path.join(".")))
-    };
-    let config = ClipConfig {
-        embed_dim: field(&["embed_dim"])?,
-        vision: VisionConfig {
-            image_size: field(&["vision", "image_size"])?,
-            patch_size: field(&["vision", "patch_size"])?,
-            width: field(&["vision", "width"])?,
-            layers: field(&["vision", "layers"])?,
-            heads: field(&["vision", "heads"])?,
-        },
-        text: TextConfig {
-            context_length: field(&["text", "context_length"])?,
-            vocab_size: field(&["text", "vocab_size"])?,
-            width: field(&["text", "width"])?,
-            layers: field(&["text", "layers"])?,
-            heads: field(&["text", "heads"])?,
-        },
-    };
-    config.validate()?;
-    Ok(config)
 }
 
 /// Counters as I64 tensors (PyTorch has no u64; the reader widens every integer dtype).
@@ -245,49 +202,11 @@ fn counter(file: &TensorFile, name: &str) -> Result<u64, String> {
     }
 }
 
-/// Flat values of `specs` from tensors named `prefix + name`.
-fn flat_from_file(
-    file: &TensorFile,
-    config: &ClipConfig,
-    prefix: &str,
-) -> Result<Vec<f32>, String> {
-    let specs = param_specs(config);
-    let (offsets, total) = layout(&specs);
-    let mut flat = vec![0.0; total];
-    for (spec, offset) in specs.iter().zip(offsets) {
-        let name = format!("{prefix}{}", spec.name);
-        let (shape, values) = file.f32(&name)?;
-        let same = shape == spec.shape || (spec.shape.is_empty() && shape == [1]);
-        if !same || values.len() != spec.numel() {
-            return Err(format!(
-                "{}: tensor {name} has shape {shape:?}, the model needs {:?}",
-                file.path.display(),
-                spec.shape
-            ));
-        }
-        flat[offset..offset + values.len()].copy_from_slice(&values);
-    }
-    Ok(flat)
-}
-
 /// Reads a checkpoint. `model` gives the configuration of files without one in their metadata
 /// (weight-only OpenCLIP exports); the stored configuration wins otherwise.
 pub fn load_checkpoint(path: &Path, model: Option<&ClipConfig>) -> Result<Checkpoint, String> {
     let file = TensorFile::read(path)?;
-    let config = match (file.metadata.get("model_config"), model) {
-        (Some(text), _) => {
-            let json: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| format!("{}: model_config metadata: {e}", path.display()))?;
-            config_from_json(&json).map_err(|e| format!("{}: {e}", path.display()))?
-        }
-        (None, Some(config)) => config.clone(),
-        (None, None) => {
-            return Err(format!(
-                "{}: no model configuration stored; pass --model",
-                path.display()
-            ));
-        }
-    };
+    let config = stored_config(&file, model)?;
     let params = flat_from_file(&file, &config, "")?;
     let resumable = file.metadata.get("format").map(String::as_str) == Some(CHECKPOINT_FORMAT);
     if !resumable {

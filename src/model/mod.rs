@@ -8,10 +8,10 @@ pub mod init;
 #[cfg(feature = "weights")]
 pub mod io;
 pub mod params;
-#[cfg(feature = "weights")]
-pub mod state_dict;
 #[cfg(feature = "cli")]
 pub mod reference;
+#[cfg(feature = "weights")]
+pub mod state_dict;
 pub mod text;
 pub mod vision;
 

@@ -69,7 +69,9 @@ pub fn stored_config(file: &TensorFile, model: Option<&ClipConfig>) -> Result<Cl
             config_from_json(&json).map_err(|e| format!("{path}: {e}"))
         }
         (None, Some(config)) => Ok(config.clone()),
-        (None, None) => Err(format!("{path}: no model configuration stored; pass --model")),
+        (None, None) => Err(format!(
+            "{path}: no model configuration stored; pass --model"
+        )),
     }
 }
 

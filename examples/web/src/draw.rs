@@ -49,7 +49,10 @@ pub fn picture(
     if let Some(marks) = &marks {
         kept.fill(false);
         marks.kept.iter().for_each(|&j| kept[j as usize] = true);
-        marks.anchors.iter().for_each(|&j| anchor[j as usize] = true);
+        marks
+            .anchors
+            .iter()
+            .for_each(|&j| anchor[j as usize] = true);
     }
     let mut out = vec![255u8; 4 * side * side];
     for y in 0..side {

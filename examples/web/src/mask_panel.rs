@@ -62,9 +62,14 @@ pub async fn run(gpu: &Gpu, image: &SourceImage, s: &MaskSettings) -> Result<Str
     let cluster = cluster_mask_gpu(gpu, &images, None, config, rng).map_err(|e| e.to_string())?;
     let cluster: MaskResult = cluster.read_async(gpu).await.map_err(|e| e.to_string())?;
     let patches = cluster.patches;
-    let (random_keep, random_kept) =
-        random_mask_gpu(gpu, 1, patches, 1.0 - cluster.keep_count as f64 / patches as f64, rng)
-            .map_err(|e| e.to_string())?;
+    let (random_keep, random_kept) = random_mask_gpu(
+        gpu,
+        1,
+        patches,
+        1.0 - cluster.keep_count as f64 / patches as f64,
+        rng,
+    )
+    .map_err(|e| e.to_string())?;
     let random_kept = gpu
         .read_many_u32_async(&[&random_kept])
         .await

@@ -57,7 +57,10 @@ impl TrainSession {
             ));
         }
         if !(1..=MAX_BATCH).contains(&settings.batch_size) {
-            return Err(format!("batch size {} is outside 1..={MAX_BATCH}", settings.batch_size));
+            return Err(format!(
+                "batch size {} is outside 1..={MAX_BATCH}",
+                settings.batch_size
+            ));
         }
         if settings.epochs == 0 || settings.samples_per_epoch < settings.batch_size as u64 {
             return Err("an epoch needs at least one batch of samples".into());
@@ -123,7 +126,10 @@ impl TrainSession {
     /// Batch `step` of `builtin:shapes` as `clusterclip train` reads it: samples
     /// `step * batch ..`, normalised, captions tokenized and framed.
     fn batch(&self, step: u64) -> (Vec<f32>, Vec<u32>) {
-        let (t, size) = (&self.trainer.clip.config.text, self.trainer.clip.config.vision.image_size);
+        let (t, size) = (
+            &self.trainer.clip.config.text,
+            self.trainer.clip.config.vision.image_size,
+        );
         let batch = self.settings.batch_size as u64;
         let mut images = vec![0f32; batch as usize * 3 * size * size];
         let mut tokens = Vec::with_capacity(batch as usize * t.context_length);
@@ -185,7 +191,10 @@ impl TrainSession {
         self.step_ms += seconds * 1000.0;
         self.step += 1;
         if !loss.is_finite() {
-            return Err(format!("loss is {loss} at step {}; training stopped", self.step));
+            return Err(format!(
+                "loss is {loss} at step {}; training stopped",
+                self.step
+            ));
         }
         self.losses.push((self.step as f64, loss as f64));
         draw::curve(
@@ -220,7 +229,11 @@ impl TrainSession {
     /// ensembling over its templates, M6).
     async fn zero_shot_top1(&self) -> Result<f64, String> {
         let clip = &self.trainer.clip;
-        let (t, size, dim) = (&clip.config.text, clip.config.vision.image_size, clip.config.embed_dim);
+        let (t, size, dim) = (
+            &clip.config.text,
+            clip.config.vision.image_size,
+            clip.config.embed_dim,
+        );
         let mut images = vec![0f32; ZERO_SHOT_IMAGES * 3 * size * size];
         let mut labels = Vec::with_capacity(ZERO_SHOT_IMAGES);
         for (i, out) in images.chunks_mut(3 * size * size).enumerate() {

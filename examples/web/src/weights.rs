@@ -109,7 +109,12 @@ pub async fn zero_shot(clip: &Clip, image: &SourceImage, classes: &str) -> Resul
     let image = image_features(clip, image).await?;
     let cosines: Vec<f64> = classes
         .chunks(dim)
-        .map(|c| c.iter().zip(&image).map(|(a, b)| *a as f64 * *b as f64).sum())
+        .map(|c| {
+            c.iter()
+                .zip(&image)
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum()
+        })
         .collect();
     let top = cosines.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
     let weights: Vec<f64> = cosines

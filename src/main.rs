@@ -41,6 +41,9 @@ enum Command {
     Model(cli::model::ModelArgs),
     /// Check this implementation against an OpenCLIP reference export.
     VerifyOpenclip(cli::verify::VerifyArgs),
+    /// Normalised image and text features of a checkpoint as JSON (the browser test's reference).
+    #[command(hide = true)]
+    Embed(cli::embed::EmbedArgs),
 }
 
 fn main() {
@@ -59,6 +62,7 @@ fn main() {
         Command::Export(args) => cli::export::run(args),
         Command::Model(args) => cli::model::run(args),
         Command::VerifyOpenclip(args) => cli::verify::run(args),
+        Command::Embed(args) => cli::embed::run(args),
     };
     if let Err(err) = result {
         eprintln!("error: {err}");

@@ -732,7 +732,7 @@ fn fashion_mnist_batches() -> Vec<Vec<f32>> {
 /// target is met.
 #[test]
 fn calibration_on_fashion_mnist() {
-    let shape @ (n, size, _, p) = (16, 64, 64, 8);
+    let shape @ (_, size, _, p) = (16, 64, 64, 8);
     let batches = fashion_mnist_batches();
     let views: Vec<&[f32]> = batches.iter().map(Vec::as_slice).collect();
     let mut results = Vec::new();

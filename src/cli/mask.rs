@@ -64,13 +64,13 @@ pub struct MaskArgs {
 }
 
 /// One image as the model sees it: the normalised [3, S, S] input and its RGB picture.
-struct Loaded {
+pub(super) struct Loaded {
     rgb: image::RgbImage,
-    normalised: Vec<f32>,
+    pub normalised: Vec<f32>,
 }
 
 /// OpenCLIP's evaluation transform (shorter side resized, centre crop, CLIP normalisation).
-fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> {
+pub(super) fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> {
     let name = path.display();
     // Capped as the data readers cap image files: `/dev/zero` must not be read whole (issue 10).
     let bytes = crate::data::records::read_image_file(path).map_err(|e| format!("{name}: {e}"))?;

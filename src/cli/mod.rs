@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_model;
 pub mod data;
+pub mod embed;
 pub mod eval;
 pub mod export;
 pub mod info;

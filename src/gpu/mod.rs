@@ -165,11 +165,16 @@ impl Gpu {
         let info = adapter.get_info();
         let supported = adapter.limits();
         // Shaders stay within WebGPU's default limits; only buffer sizes follow the adapter so
-        // large tensors need no splitting where the hardware allows big bindings.
-        let limits = wgpu::Limits {
-            max_buffer_size: supported.max_buffer_size,
-            max_storage_buffer_binding_size: supported.max_storage_buffer_binding_size,
-            ..wgpu::Limits::default()
+        // large tensors need no splitting where the hardware allows big bindings. A browser tab
+        // asks for the defaults alone (issue 12): large batches split (Trainer::step_async).
+        let limits = if cfg!(target_arch = "wasm32") {
+            wgpu::Limits::default()
+        } else {
+            wgpu::Limits {
+                max_buffer_size: supported.max_buffer_size,
+                max_storage_buffer_binding_size: supported.max_storage_buffer_binding_size,
+                ..wgpu::Limits::default()
+            }
         };
         let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter

@@ -43,7 +43,7 @@ pub const LOGIT_SCALE_INIT: f32 = 2.659_26;
 /// `logit_scale` is clamped to [0, ln 100] after every step (M1).
 pub const LOGIT_SCALE_MAX: f32 = 4.605_170_2;
 
-pub const PRESETS: &[&str] = &["micro", "tiny", "s16", "b16"];
+pub const PRESETS: &[&str] = &["nano", "micro", "tiny", "s16", "b16"];
 
 impl VisionConfig {
     /// Patches per image, L = (H/p)².
@@ -96,6 +96,26 @@ impl ClipConfig {
 
     pub fn preset(name: &str) -> Result<ClipConfig, String> {
         let config = match name {
+            // Micro at 32 px (16 patches of 8 px): training in a browser tab on SwiftShader,
+            // where a WGSL matmul runs at about 1.4 GFLOP/s on 2 cores (issue 12).
+            "nano" => ClipConfig {
+                embed_dim: 64,
+                vision: VisionConfig {
+                    image_size: 32,
+                    patch_size: 8,
+                    width: 64,
+                    layers: 2,
+                    heads: 2,
+                },
+                text: TextConfig {
+                    context_length: 32,
+                    vocab_size: 1000,
+                    width: 64,
+                    layers: 2,
+                    heads: 2,
+                },
+                activation: Activation::Gelu,
+            },
             // Tiny's geometry (64 px, 8 px patches, so the same 64-patch masks) at a third of
             // its width and half its depth: a step well under half a second on 2 CPU cores, for
             // masking studies that must train long enough to leave chance (M7, issue 11).

@@ -1,7 +1,10 @@
 //! safetensors files: reading named tensors (OpenCLIP exports, the reference fixtures,
-//! checkpoints) and writing them atomically (temporary file, fsync, rename).
+//! checkpoints) and writing them atomically (temporary file, fsync, rename). Parsing and
+//! serialising bytes need no files (feature `weights`, the browser demo); reading and writing
+//! files is the CLI's (feature `cli`).
 
 use std::collections::HashMap;
+#[cfg(feature = "cli")]
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -29,6 +32,7 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
+    #[cfg(feature = "cli")]
     pub fn read(path: &Path) -> Result<TensorFile, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(&bytes, path)
@@ -190,11 +194,21 @@ impl safetensors::View for OutView<'_> {
 
 /// Writes `tensors` to `path` atomically: a temporary file beside it, fsync, rename, fsync of
 /// the folder. A crash at any point leaves the previous file intact.
+#[cfg(feature = "cli")]
 pub fn write_atomic(
     path: &Path,
     tensors: Vec<(String, Vec<usize>, TensorOut)>,
     metadata: HashMap<String, String>,
 ) -> Result<(), String> {
+    let bytes = serialize(tensors, metadata).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_bytes_atomic(path, &bytes)
+}
+
+/// The bytes of a safetensors file holding `tensors` and `metadata`.
+pub fn serialize(
+    tensors: Vec<(String, Vec<usize>, TensorOut)>,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
     let views: Vec<(String, OutView)> = tensors
         .into_iter()
         .map(|(name, shape, data)| {
@@ -213,12 +227,11 @@ pub fn write_atomic(
             )
         })
         .collect();
-    let bytes = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    write_bytes_atomic(path, &bytes)
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 
 /// Atomic replacement of `path` by `bytes`.
+#[cfg(feature = "cli")]
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
     let dir = path

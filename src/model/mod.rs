@@ -5,13 +5,15 @@ pub mod block;
 pub mod clip;
 pub mod config;
 pub mod init;
-#[cfg(feature = "cli")]
+#[cfg(feature = "weights")]
 pub mod io;
 #[cfg(feature = "cli")]
 pub mod openclip;
 pub mod params;
 #[cfg(feature = "cli")]
 pub mod reference;
+#[cfg(feature = "weights")]
+pub mod state_dict;
 pub mod text;
 pub mod vision;
 

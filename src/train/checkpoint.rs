@@ -15,11 +15,12 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
 use crate::graph::{Backend, Storage};
-use crate::model::config::Activation;
 use crate::model::init::param_specs;
 use crate::model::io::{TensorFile, write_bytes_atomic};
-use crate::model::params::{ParamSpec, ParamStore, layout};
-use crate::model::{Clip, ClipConfig, TextConfig, VisionConfig};
+use crate::model::params::{ParamSpec, ParamStore};
+pub use crate::model::state_dict::{config_from_json, config_json};
+use crate::model::state_dict::{flat_from_file, stored_config};
+use crate::model::{Clip, ClipConfig};
 
 use super::optimizer::Optimizer;
 use super::step::{Trainer, read_storage};
@@ -65,62 +66,6 @@ pub struct Checkpoint {
     pub state: TrainState,
     /// The run's settings as JSON (`params.json`), when stored.
     pub run_config: Option<String>,
-}
-
-/// Model configuration as JSON, in the metadata of every checkpoint.
-pub fn config_json(config: &ClipConfig) -> serde_json::Value {
-    let v = &config.vision;
-    let t = &config.text;
-    serde_json::json!({
-        "embed_dim": config.embed_dim,
-        "vision": {"image_size": v.image_size, "patch_size": v.patch_size, "width": v.width, "layers": v.layers, "heads": v.heads},
-        "text": {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "layers": t.layers, "heads": t.heads},
-        "quick_gelu": config.activation == Activation::QuickGelu,
-    })
-}
-
-/// The inverse of [`config_json`]; the error names the missing field. `quick_gelu` may be
-/// absent (files written before QuickGELU existed: GELU).
-pub fn config_from_json(json: &serde_json::Value) -> Result<ClipConfig, String> {
-    let field = |path: &[&str]| -> Result<usize, String> {
-        let mut cur = json;
-        for key in path {
-            cur = cur
-                .get(*key)
-                .ok_or_else(|| format!("model config field {} is missing", path.join(".")))?;
-        }
-        cur.as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| format!("model config field {} is not a count", path.join(".")))
-    };
-    let config = ClipConfig {
-        embed_dim: field(&["embed_dim"])?,
-        vision: VisionConfig {
-            image_size: field(&["vision", "image_size"])?,
-            patch_size: field(&["vision", "patch_size"])?,
-            width: field(&["vision", "width"])?,
-            layers: field(&["vision", "layers"])?,
-            heads: field(&["vision", "heads"])?,
-        },
-        text: TextConfig {
-            context_length: field(&["text", "context_length"])?,
-            vocab_size: field(&["text", "vocab_size"])?,
-            width: field(&["text", "width"])?,
-            layers: field(&["text", "layers"])?,
-            heads: field(&["text", "heads"])?,
-        },
-        activation: match json.get("quick_gelu") {
-            None | Some(serde_json::Value::Bool(false)) => Activation::Gelu,
-            Some(serde_json::Value::Bool(true)) => Activation::QuickGelu,
-            Some(other) => {
-                return Err(format!(
-                    "model config field quick_gelu is {other}, not a bool"
-                ));
-            }
-        },
-    };
-    config.validate()?;
-    Ok(config)
 }
 
 /// Counters as I64 tensors (PyTorch has no u64; the reader widens every integer dtype).
@@ -335,31 +280,6 @@ fn counter(file: &TensorFile, name: &str) -> Result<u64, String> {
     }
 }
 
-/// Flat values of `specs` from tensors named `prefix + name`.
-fn flat_from_file(
-    file: &TensorFile,
-    config: &ClipConfig,
-    prefix: &str,
-) -> Result<Vec<f32>, String> {
-    let specs = param_specs(config);
-    let (offsets, total) = layout(&specs);
-    let mut flat = vec![0.0; total];
-    for (spec, offset) in specs.iter().zip(offsets) {
-        let name = format!("{prefix}{}", spec.name);
-        let (shape, values) = file.f32(&name)?;
-        let same = shape == spec.shape || (spec.shape.is_empty() && shape == [1]);
-        if !same || values.len() != spec.numel() {
-            return Err(format!(
-                "{}: tensor {name} has shape {shape:?}, the model needs {:?}",
-                file.path.display(),
-                spec.shape
-            ));
-        }
-        flat[offset..offset + values.len()].copy_from_slice(&values);
-    }
-    Ok(flat)
-}
-
 /// Tensors of a legacy single-file checkpoint that are not parameters.
 fn is_legacy_state_tensor(name: &str) -> bool {
     ["optimizer.", "train.", "data.", "rng."]
@@ -421,23 +341,6 @@ pub fn check_state_dict_names(file: &TensorFile, config: &ClipConfig) -> Result<
     ))
 }
 
-/// The model configuration of `file`: its `model_config` metadata, else `model`.
-fn file_config(file: &TensorFile, model: Option<&ClipConfig>) -> Result<ClipConfig, String> {
-    let path = &file.path;
-    match (file.metadata.get("model_config"), model) {
-        (Some(text), _) => {
-            let json: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| format!("{}: model_config metadata: {e}", path.display()))?;
-            config_from_json(&json).map_err(|e| format!("{}: {e}", path.display()))
-        }
-        (None, Some(config)) => Ok(config.clone()),
-        (None, None) => Err(format!(
-            "{}: no model configuration stored; pass --model",
-            path.display()
-        )),
-    }
-}
-
 /// Reads the weights of a model file (a checkpoint's `epoch_N.safetensors`, a legacy single-file
 /// checkpoint, or an OpenCLIP state_dict in f32, f16 or bf16); no optimizer state. `model` gives
 /// the configuration of files without one in their metadata; the stored one wins otherwise.
@@ -447,7 +350,7 @@ pub fn load_model(path: &Path, model: Option<&ClipConfig>) -> Result<Checkpoint,
 }
 
 fn weights_of(file: &TensorFile, model: Option<&ClipConfig>) -> Result<Checkpoint, String> {
-    let config = file_config(file, model)?;
+    let config = stored_config(file, model)?;
     check_state_dict_names(file, &config)?;
     let params = flat_from_file(file, &config, "")?;
     Ok(Checkpoint {
@@ -490,7 +393,7 @@ pub fn load_checkpoint(path: &Path, model: Option<&ClipConfig>) -> Result<Checkp
                 path.display()
             ));
         }
-        let state_config = file_config(&state, None)?;
+        let state_config = stored_config(&state, None)?;
         if state_config != checkpoint.config {
             return Err(format!(
                 "{}: model configuration differs from {}",

@@ -23,22 +23,11 @@ fn main() {
             if !filter.iter().all(|f| name.contains(f.as_str())) {
                 continue;
             }
-            let args = StepArgs {
-                preset: preset.into(),
-                batch_size: batch,
-                mask: MaskFlags {
-                    mask: mask.to_string(),
-                    ..MaskFlags::default()
-                },
-                repeats,
-                versus: None,
-                profile: false,
-                json: false,
-                gpu: GpuArgs {
-                    backend: None,
-                    adapter: None,
-                },
+            let flags = MaskFlags {
+                mask: mask.to_string(),
+                ..MaskFlags::default()
             };
+            let args = step_args(preset, batch, flags, repeats, None);
             if let Err(e) = run_step(args) {
                 eprintln!("{name}: {e}");
                 std::process::exit(1);
@@ -50,28 +39,40 @@ fn main() {
         if !filter.iter().all(|f| name.contains(f.as_str())) {
             continue;
         }
-        let args = StepArgs {
-            preset: "tiny".into(),
-            batch_size: 64,
-            mask: MaskFlags {
-                mask: MaskKind::Cluster.to_string(),
-                min_mask_ratio: 0.5,
-                max_mask_ratio: 0.5,
-                mask_features: features.into(),
-                ..MaskFlags::default()
-            },
-            repeats: 5,
-            versus: Some(MaskKind::Random.to_string()),
-            profile: false,
-            json: false,
-            gpu: GpuArgs {
-                backend: None,
-                adapter: None,
-            },
+        let flags = MaskFlags {
+            mask: MaskKind::Cluster.to_string(),
+            min_mask_ratio: 0.5,
+            max_mask_ratio: 0.5,
+            mask_features: features.into(),
+            ..MaskFlags::default()
         };
+        let args = step_args("tiny", 64, flags, 5, Some(MaskKind::Random.to_string()));
         if let Err(e) = run_step(args) {
             eprintln!("{name}: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// `bench step`'s arguments on the default adapter, printed as text.
+fn step_args(
+    preset: &str,
+    batch_size: usize,
+    mask: MaskFlags,
+    repeats: usize,
+    versus: Option<String>,
+) -> StepArgs {
+    StepArgs {
+        preset: preset.into(),
+        batch_size,
+        mask,
+        repeats,
+        versus,
+        profile: false,
+        json: false,
+        gpu: GpuArgs {
+            backend: None,
+            adapter: None,
+        },
     }
 }

@@ -59,6 +59,18 @@ fn micro_grid_writes_one_row_per_setting_and_resumes() {
         assert_eq!(outcome.samples_seen, 8);
         assert!(outcome.metrics["zeroshot"]["acc1"].is_number());
         assert_eq!(outcome.curve.len(), 1);
+        // Mask content: random masking keeps about 1 − ρ of the patch contrast (32 images), an
+        // unbiased sample.
+        let content = outcome.content;
+        assert!((content.kept - kept / 64.0).abs() < 1e-9, "{content:?}");
+        if outcome.run.arm == Arm::Random {
+            assert!(
+                (content.kept_contrast - (1.0 - rho)).abs() < 0.08,
+                "{content:?}"
+            );
+            assert!((content.kept_std_ratio() - 1.0).abs() < 0.15, "{content:?}");
+        }
+        assert!((0.0..=1.0).contains(&content.kept_plain), "{content:?}");
     }
     let report = write_report(&out, &outcomes, "micro").unwrap();
     let rows: Vec<&str> = report

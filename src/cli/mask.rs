@@ -8,8 +8,8 @@ use crate::data::image_ops::{CLIP_MEAN, CLIP_STD, RgbView, eval_transform};
 use crate::data::records::decode_rgb;
 use crate::graph::Backend;
 use crate::masking::{
-    ClusterMaskConfig, MaskFlags, MaskKind, MaskResult, MaskRng, MaskStrategy, PatchFeatures,
-    calibrate_on_images, cluster_mask, no_mask, patch_features_of, random_mask,
+    ClusterMaskConfig, MaskFlags, MaskKind, MaskResult, MaskRng, MaskStrategy,
+    calibrate_on_images, mask_content, patch_contrast, reference_mask,
 };
 use crate::model::{Clip, ClipConfig};
 use crate::train::checkpoint;
@@ -192,11 +192,8 @@ pub fn run(args: MaskArgs) -> CliResult {
         _ => plan.strategy,
     };
     let mask = match &strategy {
-        MaskStrategy::None => no_mask(n, patches),
-        MaskStrategy::Random { mask_ratio } => random_mask(n, patches, *mask_ratio, rng)?,
-        MaskStrategy::Cluster(config) => {
-            let features = patch_features_of(&pixels, n, size, size, patch, config.features);
-            cluster_mask(&PatchFeatures::new(&features, n, patches)?, config, rng)?
+        MaskStrategy::None | MaskStrategy::Random { .. } | MaskStrategy::Cluster(_) => {
+            reference_mask(&strategy, &pixels, n, (size, patch), rng)?
         }
         MaskStrategy::ClusterEmbed(_) => {
             let model = model
@@ -218,9 +215,14 @@ pub fn run(args: MaskArgs) -> CliResult {
     if args.json {
         println!("{}", mask_json(&mask, threshold));
     } else {
+        let content = mask_content(&patch_contrast(&pixels, n, size, size, patch), &mask);
         println!(
-            "{n} image(s), {patches} patches each: keep {} (mask ratio {:.3})",
-            mask.keep_count, mask.mask_ratio
+            "{n} image(s), {patches} patches each: keep {} (mask ratio {:.3}); the kept patches \
+             hold {:.1}% of the images' patch contrast, {:.1}% of them are plain",
+            mask.keep_count,
+            mask.mask_ratio,
+            100.0 * content.kept_contrast,
+            100.0 * content.kept_plain
         );
     }
     if let Some(out) = &args.out {

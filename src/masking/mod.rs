@@ -7,6 +7,7 @@
 
 mod cluster;
 mod config;
+mod content;
 mod features;
 mod gpu;
 mod random;
@@ -17,6 +18,9 @@ pub use cluster::{
     CALIBRATION_TOLERANCE, Calibration, ClusterScores, EmbeddingMix, PatchFeatures,
     calibrate_on_images, calibrate_threshold, cluster_mask, mask_from_scores, select_anchors,
     select_kept,
+};
+pub use content::{
+    MaskContent, PLAIN_STD, content_over_batches, mask_content, patch_contrast, reference_mask,
 };
 pub use config::{
     ClusterMaskConfig, KeepBounds, MaskError, MaskFeatures, check_ratio, random_keep_count,

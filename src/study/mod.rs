@@ -11,9 +11,12 @@ pub mod report;
 use std::path::{Path, PathBuf};
 
 use crate::graph::Backend;
-use crate::masking::ClusterMaskConfig;
-use crate::masking::MaskStrategy;
+use crate::masking::{ClusterMaskConfig, MaskContent, MaskStrategy, content_over_batches};
 use crate::train::run::{ResumeFrom, TrainConfig, train};
+use crate::train::stream::TrainStream;
+
+/// Training batches on which each row's mask content is measured (`MaskContent`).
+const CONTENT_BATCHES: usize = 8;
 
 pub use report::{StudyReport, write_report};
 
@@ -209,6 +212,8 @@ pub struct RunOutcome {
     pub wall_seconds: f64,
     /// (step, training seconds, metrics) of every evaluation, from results.jsonl.
     pub curve: Vec<(u64, f64, serde_json::Value)>,
+    /// What the run's masking keeps of the first training batches (its seed's masks).
+    pub content: MaskContent,
 }
 
 const OUTCOME_FILE: &str = "study_run.json";
@@ -235,6 +240,18 @@ pub fn run_grid(
     let runs_dir = out.join("runs");
     std::fs::create_dir_all(&runs_dir).map_err(|e| format!("{}: {e}", runs_dir.display()))?;
     let plan = grid.plan();
+    let batches = first_batches(base)?;
+    let batches: Vec<&[f32]> = batches.iter().map(Vec::as_slice).collect();
+    let v = &base.model.vision;
+    let content = |run: &PlannedRun| -> Result<MaskContent, String> {
+        content_over_batches(
+            &mask_of(run, &own)?,
+            &batches,
+            (v.image_size, v.patch_size),
+            run.seed,
+        )
+        .map_err(|e| e.to_string())
+    };
     let mut outcomes = Vec::with_capacity(plan.len());
     for (index, run) in plan.iter().enumerate() {
         let folder = runs_dir.join(run.folder());
@@ -245,8 +262,9 @@ pub fn run_grid(
             run.row(),
             run.seed
         );
-        if let Some(outcome) = read_outcome(&folder, run)? {
+        if let Some(mut outcome) = read_outcome(&folder, run)? {
             progress(&format!("{label}: finished before, skipped"));
+            outcome.content = content(run)?;
             outcomes.push(outcome);
             continue;
         }
@@ -291,11 +309,21 @@ pub fn run_grid(
             steps: summary.steps,
             wall_seconds: summary.wall_seconds,
             curve,
+            content: content(run)?,
         };
         write_outcome(&outcome)?;
         outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// The study's first training batches (CLIP-normalised images), on which every row's mask
+/// content is measured.
+fn first_batches(base: &TrainConfig) -> Result<Vec<Vec<f32>>, String> {
+    let mut stream = TrainStream::open(&base.loader_config(), 0, 0)?;
+    (0..CONTENT_BATCHES)
+        .map(|_| stream.next_batch().map(|b| b.images))
+        .collect()
 }
 
 /// The evaluations of results.jsonl (the last of each step wins), with the training time at
@@ -327,6 +355,8 @@ fn outcome_json(o: &RunOutcome) -> serde_json::Value {
         "samples_seen": o.samples_seen,
         "steps": o.steps,
         "wall_seconds": o.wall_seconds,
+        "kept_std_ratio": o.content.kept_std_ratio(),
+        "kept_plain": o.content.kept_plain,
         "curve": o.curve.iter().map(|(step, seconds, metrics)| serde_json::json!({
             "step": step, "train_seconds": seconds, "metrics": metrics,
         })).collect::<Vec<_>>(),
@@ -385,5 +415,6 @@ fn read_outcome(folder: &Path, run: &PlannedRun) -> Result<Option<RunOutcome>, S
         steps: number("steps")? as u64,
         wall_seconds: number("wall_seconds")?,
         curve,
+        content: MaskContent::default(),
     }))
 }

@@ -140,13 +140,19 @@ pub fn markdown(outcomes: &[RunOutcome], title: &str) -> String {
         "Mean ± std over seeds (percent). s/step: training seconds per step, evaluations \
          excluded. Cluster ρ rows are pinned to random masking's keep count at the same ρ \
          (equal compute, method.md M7); cluster-own rows use their own bounds and cost what \
-         their mask ratio says.\n\n",
+         their mask ratio says. Kept std: the mean contrast (std of a patch's pixels in [0, \
+         1]) of the kept patches over that of all patches, on the first training batches; 1 is an \
+         unbiased sample (random masking), above 1 a sample more textured than the images the \
+         encoder is evaluated on. Plain kept: the share of kept patches that are plain (std under \
+         0.02).\n\n",
     );
-    md.push_str("| row | seeds | mask ratio | s/step | images seen | wall |");
+    md.push_str(
+        "| row | seeds | mask ratio | kept std | plain kept | s/step | images seen | wall |",
+    );
     for metric in METRICS {
         md.push_str(&format!(" {} |", metric.title));
     }
-    md.push_str(" colour |\n|---|---|---|---|---|---|");
+    md.push_str(" colour |\n|---|---|---|---|---|---|---|---|");
     md.push_str(&"---|".repeat(METRICS.len() + 1));
     md.push('\n');
     for (i, row) in rows.iter().enumerate() {
@@ -154,8 +160,10 @@ pub fn markdown(outcomes: &[RunOutcome], title: &str) -> String {
         let (step, _) = mean_std(&row.values(|r| Some(r.seconds_per_step)));
         let (seen, _) = mean_std(&row.values(|r| Some(r.samples_seen as f64)));
         let (wall, _) = mean_std(&row.values(|r| Some(r.wall_seconds)));
+        let (contrast, _) = mean_std(&row.values(|r| Some(r.content.kept_std_ratio())));
+        let (plain, _) = mean_std(&row.values(|r| Some(r.content.kept_plain)));
         md.push_str(&format!(
-            "| {} | {} | {ratio:.3} | {step:.3} | {seen:.0} | {} |",
+            "| {} | {} | {ratio:.3} | {contrast:.3} | {plain:.3} | {step:.3} | {seen:.0} | {} |",
             row.label,
             row.runs.len(),
             crate::train::logs::format_duration(wall)
@@ -224,6 +232,8 @@ pub fn json(outcomes: &[RunOutcome]) -> serde_json::Value {
                 "metrics": metrics,
                 "seconds_per_step": stat(&|r| r.seconds_per_step),
                 "mean_mask_ratio": stat(&|r| r.mean_mask_ratio),
+                "kept_std_ratio": stat(&|r| r.content.kept_std_ratio()),
+                "kept_plain": stat(&|r| r.content.kept_plain),
                 "samples_seen": stat(&|r| r.samples_seen as f64),
                 "wall_seconds": stat(&|r| r.wall_seconds),
             })

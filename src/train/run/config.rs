@@ -274,7 +274,7 @@ impl TrainConfig {
         params
     }
 
-    pub(super) fn loader_config(&self) -> LoaderConfig {
+    pub(crate) fn loader_config(&self) -> LoaderConfig {
         let m = &self.model;
         let mut config = LoaderConfig::new(
             &self.train_data,

@@ -135,7 +135,8 @@ fn train_writes_the_run_folder_resumes_and_evaluates() {
         .map(|m| {
             let k = ((1.0 - m) * 64.0).round();
             assert!(
-                (1.0 - k / 64.0 - m).abs() <= 5e-4,
+                // out.log prints 3 decimals: 0.3125 (k = 44) reads 0.312.
+                (1.0 - k / 64.0 - m).abs() <= 5e-4 + 1e-9,
                 "mask {m} is not 1 - k/64"
             );
             assert!(

@@ -2,7 +2,7 @@
 //! for 64 px and 224 px model inputs, on one thread and through the loader's workers.
 //! `cargo bench --bench data` (prints the median of several runs).
 
-use clusterclip::data::image_ops::{RgbView, SampleRng, train_transform};
+use clusterclip::data::image_ops::{Normalisation, RgbView, SampleRng, train_transform};
 use clusterclip::data::loader::{Batch, LoaderConfig, open_loader};
 use clusterclip::data::records::{Payload, SampleShape, decode_rgb, process_record};
 use clusterclip::data::tar::TarWriter;
@@ -54,6 +54,7 @@ fn bench_single_thread(size: usize, source: (u32, u32), train: bool) -> f64 {
         vocab_size: 49_408,
         train,
         seed: 1,
+        normalisation: Normalisation::CLIP,
     };
     Tokenizer::shared();
     let rates = (0..RUNS)

@@ -114,7 +114,12 @@ fn run() -> Result<(), String> {
         })
     };
     let strategies = [
-        ("random", MaskStrategy::Random { mask_ratio: args.ratio }),
+        (
+            "random",
+            MaskStrategy::Random {
+                mask_ratio: args.ratio,
+            },
+        ),
         ("cluster normalized", cluster(MaskFeatures::Normalized)),
         ("cluster rgb", cluster(MaskFeatures::Rgb)),
     ];

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use clusterclip::data::image_ops::Normalisation;
 use clusterclip::eval::tasks::{LabelledSet, zeroshot_eval};
 use clusterclip::graph::Backend;
 use clusterclip::model::{Clip, ClipConfig};
@@ -134,7 +135,7 @@ fn nan_checkpoint(path: &Path) {
     let backend = Backend::Cpu;
     let clip = Clip::new(ClipConfig::preset("tiny").unwrap(), &backend, 0).unwrap();
     let trainer = Trainer::new(clip, backend, AdamWConfig::default());
-    let bytes = checkpoint_bytes(&trainer, &TrainState::default(), "{}")
+    let bytes = checkpoint_bytes(&trainer, &TrainState::default(), &Normalisation::CLIP, "{}")
         .unwrap()
         .model;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();

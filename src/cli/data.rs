@@ -2,6 +2,7 @@
 //! `train` and `eval` share ([`DataFlags`]).
 
 use super::CliResult;
+use crate::data::image_ops::Normalisation;
 use crate::data::loader::{
     DEFAULT_MAX_BAD_FRACTION, DEFAULT_WORKERS, LoaderConfig, ReadOptions, check_bad_share,
     check_max_bad_fraction, open_loader,
@@ -92,6 +93,7 @@ impl DataFlags {
             workers: self.workers,
             max_bad_fraction: self.max_bad_fraction()?,
             resampled: self.dataset_resampled,
+            normalisation: Normalisation::CLIP,
         })
     }
 

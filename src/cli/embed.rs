@@ -44,7 +44,9 @@ pub fn run(args: EmbedArgs) -> CliResult {
     let (v, t) = (&clip.config.vision, &clip.config.text);
     let mut pixels = Vec::new();
     for path in &args.images {
-        pixels.extend(load_image(path, v.image_size, v.patch_size)?.normalised);
+        pixels.extend(
+            load_image(path, v.image_size, v.patch_size, &checkpoint.normalisation)?.normalised,
+        );
     }
     let tokens: Vec<u32> = args
         .texts

@@ -129,7 +129,7 @@ pub fn run(mut args: EvalArgs) -> CliResult {
         .map(model_config)
         .transpose()
         .map_err(|e| format!("--model: {e}"))?;
-    let read = args.reader.read_options()?;
+    let mut read = args.reader.read_options()?;
     let (checkpoint, weights_path) = match (&args.pretrained, &args.checkpoint, &model) {
         (Some(path), _, Some(config)) => (
             load_pretrained(path, args.model.as_deref().unwrap_or_default(), config)?,
@@ -143,6 +143,8 @@ pub fn run(mut args: EvalArgs) -> CliResult {
         }
         _ => return Err("give --checkpoint, or --pretrained with --model".into()),
     };
+    // Images as the weights were trained to see them (`train --image-mean/--image-std`).
+    read.normalisation = checkpoint.normalisation;
     let backend = if args.cpu {
         Backend::Cpu
     } else {

@@ -4,12 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use super::CliResult;
-use crate::data::image_ops::{CLIP_MEAN, CLIP_STD, RgbView, eval_transform};
+use crate::data::image_ops::{Normalisation, RgbView};
 use crate::data::records::decode_rgb;
 use crate::graph::Backend;
 use crate::masking::{
-    ClusterMaskConfig, MaskFlags, MaskKind, MaskResult, MaskRng, MaskStrategy,
-    calibrate_on_images, mask_content, patch_contrast, reference_mask,
+    ClusterMaskConfig, MaskFlags, MaskKind, MaskResult, MaskRng, MaskStrategy, calibrate_on_images,
+    mask_content, patch_contrast, reference_mask,
 };
 use crate::model::{Clip, ClipConfig};
 use crate::train::checkpoint;
@@ -69,8 +69,13 @@ pub(super) struct Loaded {
     pub normalised: Vec<f32>,
 }
 
-/// OpenCLIP's evaluation transform (shorter side resized, centre crop, CLIP normalisation).
-pub(super) fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loaded, String> {
+/// OpenCLIP's evaluation transform (shorter side resized, centre crop, `norm`).
+pub(super) fn load_image(
+    path: &Path,
+    size: usize,
+    patch: usize,
+    norm: &Normalisation,
+) -> Result<Loaded, String> {
     let name = path.display();
     // Capped as the data readers cap image files: `/dev/zero` must not be read whole (issue 10).
     let bytes = crate::data::records::read_image_file(path).map_err(|e| format!("{name}: {e}"))?;
@@ -81,7 +86,7 @@ pub(super) fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loade
         ));
     }
     let mut normalised = vec![0.0f32; 3 * size * size];
-    eval_transform(
+    norm.eval_transform(
         RgbView {
             rgb: &rgb,
             width,
@@ -94,7 +99,7 @@ pub(super) fn load_image(path: &Path, size: usize, patch: usize) -> Result<Loade
     let picture = image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
         let i = y as usize * size + x as usize;
         image::Rgb(std::array::from_fn(|c| {
-            let unit = normalised[c * plane + i] * CLIP_STD[c] + CLIP_MEAN[c];
+            let unit = normalised[c * plane + i] * norm.std[c] + norm.mean[c];
             (unit * 255.0).round().clamp(0.0, 255.0) as u8
         }))
     });
@@ -175,7 +180,7 @@ pub fn run(args: MaskArgs) -> CliResult {
     let loaded = args
         .images
         .iter()
-        .map(|path| load_image(path, size, patch))
+        .map(|path| load_image(path, size, patch, &Normalisation::CLIP))
         .collect::<Result<Vec<_>, _>>()?;
     let n = loaded.len();
     let patches = (size / patch) * (size / patch);

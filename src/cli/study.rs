@@ -101,7 +101,12 @@ fn probe_eval(
     checkpoint: &std::path::Path,
     backend: &Backend,
 ) -> Result<serde_json::Value, String> {
-    let clip = load_model(checkpoint, None)?.model(backend);
+    let checkpoint = load_model(checkpoint, None)?;
+    let clip = checkpoint.model(backend);
+    let read = &crate::data::loader::ReadOptions {
+        normalisation: checkpoint.normalisation,
+        ..read.clone()
+    };
     let train = zeroshot_set(train_spec, &clip, limit, read)
         .map_err(|e| format!("--probe-train-data: {e}"))?;
     let test =

@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 
+use crate::data::image_ops::Normalisation;
 use crate::graph::Backend;
-use crate::masking::MaskFlags;
+use crate::masking::{MaskFlags, MaskKind, check_ratio};
 use crate::model::openclip::model_config;
 use crate::train::run::{ResumeFrom, TrainConfig, default_eval_data, train};
+use crate::train::tensorboard::tensorboard_requested;
 use crate::train::{AdamWConfig, LrScheduler};
 
 use super::data::DataFlags;
@@ -74,6 +76,12 @@ pub struct TrainArgs {
     /// Keep epoch_N checkpoints every this many epochs (epoch_latest is always written).
     #[arg(long, default_value_t = TrainConfig::DEFAULT_SAVE_FREQUENCY)]
     pub save_frequency: u64,
+    /// Keep epoch_latest (OpenCLIP's flag; always on here: --resume latest needs it).
+    #[arg(long)]
+    pub save_most_recent: bool,
+    /// Once epoch_N is written, delete the previous epoch_N pair (model and state).
+    #[arg(long)]
+    pub delete_previous_checkpoint: bool,
     /// `latest` (needs --name) or a checkpoint file.
     #[arg(long)]
     pub resume: Option<String>,
@@ -101,6 +109,24 @@ pub struct TrainArgs {
     pub eval_samples: Option<usize>,
     #[command(flatten)]
     pub mask: MaskFlags,
+    /// OpenCLIP's patch dropout at this ratio, which is random (FLIP) masking: the same as
+    /// --mask random --mask-ratio RATIO.
+    #[arg(long, value_name = "RATIO", conflicts_with_all = ["mask", "mask_ratio"])]
+    pub force_patch_dropout: Option<f64>,
+    /// Per-channel mean of the image normalisation (R G B, or one value for all), for training
+    /// and evaluation; stored in the checkpoint (default: CLIP's).
+    #[arg(long, num_args = 1.., value_name = "MEAN", allow_negative_numbers = true)]
+    pub image_mean: Option<Vec<f32>>,
+    /// Per-channel standard deviation of the image normalisation (R G B, or one value).
+    #[arg(long, num_args = 1.., value_name = "STD", allow_negative_numbers = true)]
+    pub image_std: Option<Vec<f32>>,
+    /// OpenCLIP's precision choices; the kernels compute in f32, so every run trains in fp32.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// Logging backends, comma-separated: tensorboard (event files under
+    /// LOGS/NAME/tensorboard/) or '' for none; wandb and all are refused (no network).
+    #[arg(long, default_value = "")]
+    pub report_to: String,
     /// Run on the CPU reference backend (slow; for checks).
     #[arg(long)]
     pub cpu: bool,
@@ -109,6 +135,39 @@ pub struct TrainArgs {
     pub data: DataFlags,
     #[command(flatten)]
     pub gpu: GpuArgs,
+}
+
+/// OpenCLIP's `--precision` choices.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    #[value(name = "amp")]
+    Amp,
+    #[value(name = "amp_bf16")]
+    AmpBf16,
+    #[value(name = "amp_bfloat16")]
+    AmpBfloat16,
+    #[value(name = "bf16")]
+    Bf16,
+    #[value(name = "fp16")]
+    Fp16,
+    #[value(name = "pure_bf16")]
+    PureBf16,
+    #[value(name = "pure_fp16")]
+    PureFp16,
+    #[value(name = "fp32")]
+    Fp32,
+}
+
+impl TrainArgs {
+    /// The one line a `--precision` other than fp32 earns: what the run does instead.
+    pub fn precision_note(&self) -> Option<String> {
+        let precision = self.precision.filter(|p| *p != Precision::Fp32)?;
+        let name = clap::ValueEnum::to_possible_value(&precision)?;
+        Some(format!(
+            "--precision {}: the kernels compute in f32, so this run trains in fp32",
+            name.get_name()
+        ))
+    }
 }
 
 fn optional_spec(flag: Option<&String>, default: Option<String>) -> Option<String> {
@@ -123,7 +182,16 @@ impl TrainArgs {
     /// The run's settings; the error is one line naming the flag.
     pub fn to_config(&self) -> Result<TrainConfig, String> {
         let model = model_config(&self.model).map_err(|e| format!("--model: {e}"))?;
-        let mask = self.mask.plan().map_err(|e| e.to_string())?;
+        let mut mask_flags = self.mask.clone();
+        if let Some(ratio) = self.force_patch_dropout {
+            check_ratio("force-patch-dropout", ratio).map_err(|e| e.to_string())?;
+            mask_flags.mask = MaskKind::Random.to_string();
+            mask_flags.mask_ratio = ratio;
+        }
+        let mask = mask_flags.plan().map_err(|e| e.to_string())?;
+        let mut data = self.data.read_options()?;
+        data.normalisation =
+            Normalisation::from_flags(self.image_mean.as_deref(), self.image_std.as_deref())?;
         let resume = self.resume.as_deref().map(|r| {
             if r == "latest" {
                 ResumeFrom::Latest
@@ -156,6 +224,9 @@ impl TrainArgs {
             logs: self.logs.clone(),
             name: self.name.clone(),
             save_frequency: self.save_frequency,
+            save_most_recent: self.save_most_recent,
+            delete_previous_checkpoint: self.delete_previous_checkpoint,
+            tensorboard: tensorboard_requested(&self.report_to)?,
             resume,
             pretrained: self.pretrained.clone(),
             lock_image: self.lock_image,
@@ -163,7 +234,7 @@ impl TrainArgs {
             zeroshot_frequency: self.zeroshot_frequency,
             log_every_n_steps: self.log_every_n_steps,
             steps: self.steps,
-            data: self.data.read_options()?,
+            data,
             mask: mask.strategy,
             target_mask_ratio: mask.target_mask_ratio,
             eval_limit: self.eval_samples,
@@ -175,6 +246,9 @@ impl TrainArgs {
 
 pub fn run(args: TrainArgs) -> CliResult {
     let config = args.to_config()?;
+    if let Some(note) = args.precision_note() {
+        eprintln!("{note}");
+    }
     let backend = if args.cpu {
         Backend::Cpu
     } else {

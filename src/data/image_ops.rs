@@ -10,6 +10,109 @@
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// The per-channel `(v - mean) / std` of [0, 1] RGB that images get before the model:
+/// CLIP's by default, OpenCLIP's `--image-mean` / `--image-std` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Normalisation {
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Default for Normalisation {
+    fn default() -> Self {
+        Normalisation::CLIP
+    }
+}
+
+impl Normalisation {
+    pub const CLIP: Normalisation = Normalisation {
+        mean: CLIP_MEAN,
+        std: CLIP_STD,
+    };
+
+    /// OpenCLIP's `--image-mean` / `--image-std` (nargs='+'): three values, or one for every
+    /// channel (torchvision's Normalize broadcasts a single value); an absent flag keeps CLIP's.
+    /// The error is one line naming the flag.
+    pub fn from_flags(mean: Option<&[f32]>, std: Option<&[f32]>) -> Result<Self, String> {
+        let per_channel = |flag: &str, values: Option<&[f32]>, default: [f32; 3]| match values {
+            None => Ok(default),
+            Some(&[v]) => Ok([v; 3]),
+            Some(&[r, g, b]) => Ok([r, g, b]),
+            Some(other) => Err(format!(
+                "{flag} takes 3 values (R G B) or 1 for all channels, got {}",
+                other.len()
+            )),
+        };
+        let norm = Normalisation {
+            mean: per_channel("--image-mean", mean, CLIP_MEAN)?,
+            std: per_channel("--image-std", std, CLIP_STD)?,
+        };
+        norm.validate()?;
+        Ok(norm)
+    }
+
+    /// Finite means and positive, finite standard deviations.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(m) = self.mean.iter().find(|m| !m.is_finite()) {
+            return Err(format!("--image-mean {m} must be a finite number"));
+        }
+        if let Some(s) = self.std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(format!("--image-std {s} must be positive"));
+        }
+        Ok(())
+    }
+
+    /// [`train_transform`] with these statistics.
+    pub fn train_transform(
+        &self,
+        image: RgbView,
+        size: usize,
+        rng: &mut SampleRng,
+        out: &mut [f32],
+    ) {
+        let crop = random_resized_crop_box(image.width, image.height, rng);
+        let full = Window {
+            left: 0,
+            top: 0,
+            size,
+        };
+        resample_normalise(image, crop, (size, size), full, self, out);
+    }
+
+    /// [`eval_transform`] with these statistics.
+    pub fn eval_transform(&self, image: RgbView, size: usize, out: &mut [f32]) {
+        let (w, h) = (image.width.max(1), image.height.max(1));
+        let (out_w, out_h) = if w <= h {
+            (size, size * h / w)
+        } else {
+            (size * w / h, size)
+        };
+        let window = Window {
+            // Python's round (ties to even), as torchvision's CenterCrop.
+            left: ((out_w - size) as f64 / 2.0).round_ties_even() as usize,
+            top: ((out_h - size) as f64 / 2.0).round_ties_even() as usize,
+            size,
+        };
+        let full = CropBox {
+            left: 0,
+            top: 0,
+            width: image.width,
+            height: image.height,
+        };
+        resample_normalise(image, full, (out_w, out_h), window, self, out);
+    }
+
+    /// [`normalise_rgb`] with these statistics.
+    pub fn normalise_rgb(&self, rgb: &[u8], size: usize, out: &mut [f32]) {
+        let plane = size * size;
+        for (i, pixel) in rgb.chunks_exact(3).take(plane).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (pixel[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
+            }
+        }
+    }
+}
 /// RandomResizedCrop area range of the paper's recipe (M2) and torchvision's default ratio range.
 pub const CROP_SCALE: (f64, f64) = (0.9, 1.0);
 pub const CROP_RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
@@ -117,41 +220,17 @@ pub fn random_resized_crop_box(width: usize, height: usize, rng: &mut SampleRng)
     }
 }
 
-/// Training transform: RandomResizedCrop to `size`, normalised, into `out`, which must hold
+/// Training transform: RandomResizedCrop to `size`, CLIP-normalised, into `out`, which must hold
 /// `3 * size * size` values.
 pub fn train_transform(image: RgbView, size: usize, rng: &mut SampleRng, out: &mut [f32]) {
-    let crop = random_resized_crop_box(image.width, image.height, rng);
-    let full = Window {
-        left: 0,
-        top: 0,
-        size,
-    };
-    resample_normalise(image, crop, (size, size), full, out);
+    Normalisation::CLIP.train_transform(image, size, rng, out);
 }
 
 /// Evaluation transform: shorter side resized to `size` (the longer to `size * long / short`,
-/// truncated, as torchvision), centre crop of `size`, normalised, into `out`, which must hold
+/// truncated, as torchvision), centre crop of `size`, CLIP-normalised, into `out`, which must hold
 /// `3 * size * size` values.
 pub fn eval_transform(image: RgbView, size: usize, out: &mut [f32]) {
-    let (w, h) = (image.width.max(1), image.height.max(1));
-    let (out_w, out_h) = if w <= h {
-        (size, size * h / w)
-    } else {
-        (size * w / h, size)
-    };
-    let window = Window {
-        // Python's round (ties to even), as torchvision's CenterCrop.
-        left: ((out_w - size) as f64 / 2.0).round_ties_even() as usize,
-        top: ((out_h - size) as f64 / 2.0).round_ties_even() as usize,
-        size,
-    };
-    let full = CropBox {
-        left: 0,
-        top: 0,
-        width: image.width,
-        height: image.height,
-    };
-    resample_normalise(image, full, (out_w, out_h), window, out);
+    Normalisation::CLIP.eval_transform(image, size, out);
 }
 
 /// The part of the resized image that is kept: `size` x `size` from (left, top).
@@ -218,6 +297,7 @@ fn resample_normalise(
     crop: CropBox,
     out_size: (usize, usize),
     window: Window,
+    norm: &Normalisation,
     out: &mut [f32],
 ) {
     let size = window.size;
@@ -231,7 +311,7 @@ fn resample_normalise(
         && crop.top + crop.height <= image.height;
     if !valid {
         for c in 0..3 {
-            out[c * plane..(c + 1) * plane].fill(-CLIP_MEAN[c] / CLIP_STD[c]);
+            out[c * plane..(c + 1) * plane].fill(-norm.mean[c] / norm.std[c]);
         }
         return;
     }
@@ -273,8 +353,8 @@ fn resample_normalise(
             out_pixel.copy_from_slice(&acc.map(to_byte_value));
         }
     }
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * CLIP_STD[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| CLIP_MEAN[c] / CLIP_STD[c]);
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| norm.mean[c] / norm.std[c]);
     // Vertical pass a whole row at a time, so the inner loop is contiguous and vectorises.
     let row_len = size * 3;
     let mut acc = vec![0f32; row_len];
@@ -300,12 +380,7 @@ fn to_byte_value(value: f32) -> f32 {
     ((value.clamp(0.0, 255.0) + 0.5) as u32) as f32
 }
 
-/// Normalises an HWC RGB image that already has the model's size, into CHW `out`.
+/// CLIP-normalises an HWC RGB image that already has the model's size, into CHW `out`.
 pub fn normalise_rgb(rgb: &[u8], size: usize, out: &mut [f32]) {
-    let plane = size * size;
-    for (i, pixel) in rgb.chunks_exact(3).take(plane).enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (pixel[c] as f32 / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c];
-        }
-    }
+    Normalisation::CLIP.normalise_rgb(rgb, size, out);
 }

@@ -4,7 +4,7 @@
 //! whatever the number of workers. Bad records are skipped and counted.
 
 use super::error::DataError;
-use super::image_ops::SampleRng;
+use super::image_ops::{Normalisation, SampleRng};
 use super::records::{
     BadKind, RawRecord, ReadOrder, RecordKeys, RecordStream, Sample, SampleShape, process_record,
     record_stream,
@@ -71,6 +71,8 @@ pub struct ReadOptions {
     pub max_bad_fraction: f64,
     /// Endless sampling with replacement (training only).
     pub resampled: bool,
+    /// Mean and std the images are normalised with (`--image-mean`, `--image-std`).
+    pub normalisation: Normalisation,
 }
 
 impl Default for ReadOptions {
@@ -81,6 +83,7 @@ impl Default for ReadOptions {
             workers: DEFAULT_WORKERS,
             max_bad_fraction: DEFAULT_MAX_BAD_FRACTION,
             resampled: false,
+            normalisation: Normalisation::CLIP,
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct LoaderConfig {
     /// WebDataset samples shuffled in a buffer of this many records when training.
     pub shuffle_buffer: usize,
     pub keys: RecordKeys,
+    pub normalisation: Normalisation,
 }
 
 impl LoaderConfig {
@@ -122,6 +126,7 @@ impl LoaderConfig {
             workers,
             max_bad_fraction,
             resampled,
+            normalisation,
         } = ReadOptions::default();
         LoaderConfig {
             spec: spec.to_string(),
@@ -137,6 +142,7 @@ impl LoaderConfig {
             resampled,
             shuffle_buffer: 1000,
             keys,
+            normalisation,
         }
     }
 
@@ -147,12 +153,14 @@ impl LoaderConfig {
         self.workers = options.workers;
         self.max_bad_fraction = options.max_bad_fraction;
         self.resampled = options.resampled;
+        self.normalisation = options.normalisation;
         self
     }
 }
 
-/// One batch: `images` is `[n, 3, image_size, image_size]` CLIP-normalised, `tokens` is
-/// `[n, context_length]` zero padded; `labels` for image folders and the built-in dataset.
+/// One batch: `images` is `[n, 3, image_size, image_size]` normalised
+/// (`LoaderConfig::normalisation`), `tokens` is `[n, context_length]` zero padded; `labels` for
+/// image folders and the built-in dataset.
 /// The last batch of a pass may hold fewer than `batch_size` samples.
 #[derive(Clone, Debug)]
 pub struct Batch {
@@ -355,6 +363,7 @@ pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
         vocab_size: cfg.vocab_size,
         train: cfg.train,
         seed: cfg.seed,
+        normalisation: cfg.normalisation,
     };
     let workers = cfg.workers.max(1);
     let queue = 2 * cfg.batch_size.max(workers);

@@ -3,7 +3,7 @@
 
 use super::csv::parse_rows;
 use super::error::DataError;
-use super::image_ops::{RgbView, SampleRng, eval_transform, normalise_rgb, train_transform};
+use super::image_ops::{Normalisation, RgbView, SampleRng};
 use super::prompts::ZERO_SHOT_TEMPLATES;
 use super::spec::{BuiltinSplit, DataSource, shard_sizes};
 use super::tar::{TarError, TarMember, TarReader};
@@ -162,6 +162,7 @@ pub struct SampleShape {
     /// RandomResizedCrop (true) or resize + centre crop (false).
     pub train: bool,
     pub seed: u64,
+    pub normalisation: Normalisation,
 }
 
 /// Decodes, crops, normalises and tokenises one record; `index` seeds its random crop.
@@ -202,16 +203,16 @@ pub fn process_record(
         height,
     };
     if shape.train {
-        train_transform(
+        shape.normalisation.train_transform(
             view,
             size,
             &mut SampleRng::for_sample(shape.seed, index),
             &mut image,
         );
     } else if width == size && height == size {
-        normalise_rgb(&rgb, size, &mut image);
+        shape.normalisation.normalise_rgb(&rgb, size, &mut image);
     } else {
-        eval_transform(view, size, &mut image);
+        shape.normalisation.eval_transform(view, size, &mut image);
     }
     let ids = Tokenizer::shared().encode_ids(&caption);
     let tokens = frame_tokens(&ids, shape.context_length, shape.vocab_size);

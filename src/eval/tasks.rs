@@ -24,7 +24,7 @@ pub const BUILTIN_ZEROSHOT_IMAGES: usize = 1024;
 
 /// Labelled images with their class names and prompt templates.
 pub struct LabelledSet {
-    /// [n, 3, S, S], CLIP-normalised.
+    /// [n, 3, S, S], normalised as the read options say (CLIP's by default).
     pub images: Vec<f32>,
     pub labels: Vec<usize>,
     pub classes: Vec<String>,
@@ -122,7 +122,7 @@ pub fn zeroshot_set(
         let mut labels = Vec::with_capacity(n);
         for (i, out) in images.chunks_mut(plane).enumerate() {
             let sample = shapes::zeroshot_sample(i as u64, size);
-            crate::data::image_ops::normalise_rgb(&sample.rgb, size, out);
+            options.normalisation.normalise_rgb(&sample.rgb, size, out);
             labels.push(sample.label);
         }
         let templates = shapes::ZEROSHOT_TEMPLATES

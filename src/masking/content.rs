@@ -80,8 +80,11 @@ pub fn mask_content(contrast: &[f32], mask: &MaskResult) -> MaskContent {
         "contrast [n, L] vs mask"
     );
     let total: f64 = contrast.iter().map(|&c| c as f64).sum();
-    let kept = (0..mask.images())
-        .flat_map(|i| mask.kept_of(i).iter().map(move |&j| contrast[i * patches + j as usize]));
+    let kept = (0..mask.images()).flat_map(|i| {
+        mask.kept_of(i)
+            .iter()
+            .map(move |&j| contrast[i * patches + j as usize])
+    });
     let (mut kept_sum, mut kept_plain, mut kept_count) = (0.0f64, 0usize, 0usize);
     for c in kept {
         kept_sum += c as f64;
@@ -170,7 +173,8 @@ mod tests {
         pixels
             .iter()
             .flat_map(|image| {
-                (0..3).flat_map(move |c| image.iter().map(move |&v| (v - CLIP_MEAN[c]) / CLIP_STD[c]))
+                (0..3)
+                    .flat_map(move |c| image.iter().map(move |&v| (v - CLIP_MEAN[c]) / CLIP_STD[c]))
             })
             .collect()
     }

@@ -19,11 +19,11 @@ pub use cluster::{
     calibrate_on_images, calibrate_threshold, cluster_mask, mask_from_scores, select_anchors,
     select_kept,
 };
-pub use content::{
-    MaskContent, PLAIN_STD, content_over_batches, mask_content, patch_contrast, reference_mask,
-};
 pub use config::{
     ClusterMaskConfig, KeepBounds, MaskError, MaskFeatures, check_ratio, random_keep_count,
+};
+pub use content::{
+    MaskContent, PLAIN_STD, content_over_batches, mask_content, patch_contrast, reference_mask,
 };
 pub use features::{
     FLAT_VARIANCE, embedding_features, patch_features, patch_features_of, patch_grid,

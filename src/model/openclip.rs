@@ -11,8 +11,10 @@ use super::init::param_specs;
 use super::io::write_bytes_atomic;
 use super::params::layout;
 use super::{ClipConfig, TextConfig, VisionConfig};
-use crate::data::image_ops::{CLIP_MEAN, CLIP_STD};
-use crate::train::checkpoint::{Checkpoint, config_json, load_model, model_file_bytes};
+use crate::data::image_ops::Normalisation;
+use crate::train::checkpoint::{
+    Checkpoint, config_json, load_model, model_file_bytes, normalisation_metadata,
+};
 
 /// OpenCLIP's weights file name in an exported folder (`HF_SAFE_WEIGHTS_NAME`).
 pub const WEIGHTS_FILE: &str = "open_clip_model.safetensors";
@@ -344,13 +346,13 @@ pub fn model_cfg(config: &ClipConfig) -> serde_json::Value {
 }
 
 /// `open_clip_config.json`: the model and the preprocessing this crate's evaluation uses
-/// (CLIP mean/std, bicubic resize of the shorter side, centre crop: `data::image_ops`).
-pub fn open_clip_config(config: &ClipConfig) -> serde_json::Value {
+/// (the weights' mean/std, bicubic resize of the shorter side, centre crop: `data::image_ops`).
+pub fn open_clip_config(config: &ClipConfig, normalisation: &Normalisation) -> serde_json::Value {
     serde_json::json!({
         "model_cfg": model_cfg(config),
         "preprocess_cfg": {
-            "mean": CLIP_MEAN,
-            "std": CLIP_STD,
+            "mean": normalisation.mean,
+            "std": normalisation.std,
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         },
@@ -368,10 +370,14 @@ pub fn export_open_clip(checkpoint: &Checkpoint, out: &Path) -> Result<(), Strin
         "model_config".to_string(),
         config_json(&checkpoint.config).to_string(),
     );
+    metadata.extend(normalisation_metadata(&checkpoint.normalisation));
     let weights = model_file_bytes(&specs, &offsets, &checkpoint.params, metadata)
         .map_err(|e| format!("{}: {e}", out.join(WEIGHTS_FILE).display()))?;
     write_bytes_atomic(&out.join(WEIGHTS_FILE), &weights)?;
-    let text = serde_json::to_string_pretty(&open_clip_config(&checkpoint.config))
-        .map_err(|e| e.to_string())?;
+    let text = serde_json::to_string_pretty(&open_clip_config(
+        &checkpoint.config,
+        &checkpoint.normalisation,
+    ))
+    .map_err(|e| e.to_string())?;
     write_bytes_atomic(&out.join(CONFIG_FILE), text.as_bytes())
 }

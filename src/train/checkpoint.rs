@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 
+use crate::data::image_ops::Normalisation;
 use crate::graph::{Backend, Storage};
 use crate::model::init::param_specs;
 use crate::model::io::{TensorFile, write_bytes_atomic};
@@ -33,6 +34,10 @@ pub const STATE_FORMAT: &str = "clusterclip-state-1";
 pub const STATE_SUFFIX: &str = ".state.safetensors";
 /// Name of the checkpoint `--resume latest` picks up.
 pub const LATEST: &str = "epoch_latest.safetensors";
+/// Model-file metadata keys of the image normalisation the weights were trained with (JSON
+/// arrays of 3); files without them (OpenCLIP exports, older checkpoints) mean CLIP's.
+pub const IMAGE_MEAN_KEY: &str = "image_mean";
+pub const IMAGE_STD_KEY: &str = "image_std";
 
 /// Everything besides tensors that decides the next step.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -58,6 +63,8 @@ pub struct TrainState {
 pub struct Checkpoint {
     pub path: PathBuf,
     pub config: ClipConfig,
+    /// The image normalisation the weights were trained with (evaluation uses it).
+    pub normalisation: Normalisation,
     /// Flat layouts of `param_specs(config)` (padding included).
     pub params: Vec<f32>,
     /// Absent in weight-only files (an OpenCLIP export).
@@ -157,6 +164,7 @@ pub fn model_file_bytes(
 pub fn checkpoint_bytes(
     trainer: &Trainer,
     state: &TrainState,
+    normalisation: &Normalisation,
     run_config: &str,
 ) -> Result<CheckpointFiles, CheckpointError> {
     let backend = &trainer.backend;
@@ -184,6 +192,7 @@ pub fn checkpoint_bytes(
     );
     metadata.insert("step".to_string(), state.step.to_string());
     metadata.insert("epoch".to_string(), state.epoch.to_string());
+    metadata.extend(normalisation_metadata(normalisation));
     let model = model_file_bytes(&params.specs, &params.offsets, &flats[0], metadata.clone())
         .map_err(|e| CheckpointError::Write(format!("checkpoint {e}")))?;
 
@@ -255,9 +264,10 @@ pub fn save_checkpoint(
     path: &Path,
     trainer: &Trainer,
     state: &TrainState,
+    normalisation: &Normalisation,
     run_config: &str,
 ) -> Result<(), CheckpointError> {
-    let files = checkpoint_bytes(trainer, state, run_config)?;
+    let files = checkpoint_bytes(trainer, state, normalisation, run_config)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .map_err(|e| CheckpointError::Write(format!("{}: {e}", dir.display())))?;
@@ -349,12 +359,42 @@ pub fn load_model(path: &Path, model: Option<&ClipConfig>) -> Result<Checkpoint,
     weights_of(&file, model)
 }
 
+/// The metadata entries that record `normalisation` in a model file.
+pub fn normalisation_metadata(normalisation: &Normalisation) -> [(String, String); 2] {
+    let json = |values: &[f32; 3]| serde_json::json!(values).to_string();
+    [
+        (IMAGE_MEAN_KEY.into(), json(&normalisation.mean)),
+        (IMAGE_STD_KEY.into(), json(&normalisation.std)),
+    ]
+}
+
+/// The normalisation a model file records; CLIP's when it records none.
+fn stored_normalisation(file: &TensorFile) -> Result<Normalisation, String> {
+    let read = |key: &str, default: [f32; 3]| -> Result<[f32; 3], String> {
+        match file.metadata.get(key) {
+            None => Ok(default),
+            Some(text) => serde_json::from_str(text)
+                .map_err(|e| format!("{}: metadata {key}: {e}", file.path.display())),
+        }
+    };
+    let clip = Normalisation::CLIP;
+    let normalisation = Normalisation {
+        mean: read(IMAGE_MEAN_KEY, clip.mean)?,
+        std: read(IMAGE_STD_KEY, clip.std)?,
+    };
+    normalisation
+        .validate()
+        .map_err(|e| format!("{}: metadata: {e}", file.path.display()))?;
+    Ok(normalisation)
+}
+
 fn weights_of(file: &TensorFile, model: Option<&ClipConfig>) -> Result<Checkpoint, String> {
     let config = stored_config(file, model)?;
     check_state_dict_names(file, &config)?;
     let params = flat_from_file(file, &config, "")?;
     Ok(Checkpoint {
         path: file.path.clone(),
+        normalisation: stored_normalisation(file)?,
         config,
         params,
         moments: None,

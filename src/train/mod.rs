@@ -14,6 +14,8 @@ pub mod schedule;
 pub mod step;
 #[cfg(feature = "cli")]
 pub mod stream;
+#[cfg(feature = "cli")]
+pub mod tensorboard;
 
 pub use optimizer::{AdamWConfig, Optimizer};
 pub use schedule::{LrScheduler, learning_rate};

@@ -151,6 +151,7 @@ fn builtin_source(config: &LoaderConfig, start: u64) -> Source {
         vocab_size: config.vocab_size,
         train: true,
         seed: config.seed,
+        normalisation: config.normalisation,
     };
     let count = config.workers.max(1);
     let batch = config.batch_size as u64;

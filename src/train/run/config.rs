@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
+use crate::data::image_ops::Normalisation;
 use crate::data::loader::{LoaderConfig, ReadOptions, check_max_bad_fraction};
 use crate::data::spec::{DatasetType, resolve_spec};
 use crate::eval::tasks::BUILTIN_ZEROSHOT;
-use crate::masking::{ClusterMaskConfig, check_ratio};
+use crate::masking::{ClusterMaskConfig, MaskFeatures, check_ratio};
 use crate::model::ClipConfig;
 use crate::train::logs::default_run_name;
 use crate::train::mask_step::MaskStrategy;
@@ -46,6 +47,14 @@ pub struct TrainConfig {
     pub name: Option<String>,
     /// Write `epoch_N` every this many epochs (0: only `epoch_latest`).
     pub save_frequency: u64,
+    /// OpenCLIP's `--save-most-recent`: keep `epoch_latest`. Always on here (`--resume latest`
+    /// and a stop mid-epoch need it); recorded for OpenCLIP command lines.
+    pub save_most_recent: bool,
+    /// OpenCLIP's `--delete-previous-checkpoint`: once `epoch_N` and `epoch_latest` are
+    /// written, remove the pair of `epoch_{N - save_frequency}`.
+    pub delete_previous_checkpoint: bool,
+    /// `--report-to tensorboard`: scalars into `<logs>/<name>/tensorboard/`.
+    pub tensorboard: bool,
     pub resume: Option<ResumeFrom>,
     /// Start from these weights (an OpenCLIP state_dict or export folder; `--resume` wins).
     pub pretrained: Option<PathBuf>,
@@ -107,6 +116,9 @@ impl TrainConfig {
             logs: PathBuf::from(Self::DEFAULT_LOGS),
             name: None,
             save_frequency: Self::DEFAULT_SAVE_FREQUENCY,
+            save_most_recent: false,
+            delete_previous_checkpoint: false,
+            tensorboard: false,
             resume: None,
             pretrained: None,
             lock_image: false,
@@ -188,6 +200,18 @@ impl TrainConfig {
             }
         }
         check_max_bad_fraction(self.data.max_bad_fraction).map_err(|e| e.to_string())?;
+        self.data.normalisation.validate()?;
+        if let MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c) = &self.mask
+            && c.features == MaskFeatures::Rgb
+            && self.data.normalisation != Normalisation::CLIP
+        {
+            // masking::features::pixel_transform undoes CLIP's mean/std, not these.
+            return Err(format!(
+                "--image-mean/--image-std with --mask {} --mask-features rgb: the rgb features \
+                 assume CLIP's mean/std; use --mask-features normalized, or --mask random",
+                self.mask.name()
+            ));
+        }
         if let Some(target) = self.target_mask_ratio {
             check_ratio("target-mask-ratio", target).map_err(|e| e.to_string())?;
         }
@@ -261,6 +285,11 @@ impl TrainConfig {
             .map(|p| p.display().to_string())
             .into();
         params["lock_image"] = self.lock_image.into();
+        params["image_mean"] = serde_json::json!(self.data.normalisation.mean);
+        params["image_std"] = serde_json::json!(self.data.normalisation.std);
+        params["save_most_recent"] = self.save_most_recent.into();
+        params["delete_previous_checkpoint"] = self.delete_previous_checkpoint.into();
+        params["report_to"] = if self.tensorboard { "tensorboard" } else { "" }.into();
         // A second object: one json! of every setting exceeds the macro recursion limit.
         let reader = serde_json::json!({
             "dataset_type": d.dataset_type.to_string(), "csv_separator": (d.keys.csv_separator as char).to_string(),

@@ -16,12 +16,13 @@ use crate::graph::Backend;
 use crate::masking::MaskRng;
 use crate::model::ClipInputs;
 
-use super::checkpoint::{CheckpointError, LATEST, TrainState, save_checkpoint};
+use super::checkpoint::{CheckpointError, LATEST, TrainState, save_checkpoint, state_path};
 use super::logs::{RunLogs, format_duration};
 use super::mask_step::{MaskStrategy, compute_mask};
 use super::schedule::learning_rate;
 use super::step::{Trainer, split_inputs};
 use super::stream::TrainStream;
+use super::tensorboard::EventWriter;
 
 pub use config::{ResumeFrom, TrainConfig, default_eval_data};
 use evals::{EvalSets, write_plot};
@@ -81,6 +82,29 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
+/// The evaluation metrics as OpenCLIP's `val/` scalars: retrieval under their own names
+/// (`val/clip_val_loss`), zero-shot prefixed (`val/zeroshot_acc1`).
+fn val_scalars(metrics: &serde_json::Value) -> Vec<(String, f32)> {
+    let Some(groups) = metrics.as_object() else {
+        return Vec::new();
+    };
+    groups
+        .iter()
+        .flat_map(|(group, values)| {
+            let prefix = if group == "val" {
+                "val/".to_string()
+            } else {
+                format!("val/{group}_")
+            };
+            values
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(move |(name, v)| Some((format!("{prefix}{name}"), v.as_f64()? as f32)))
+        })
+        .collect()
+}
+
 /// Runs training as `config` says on `backend`.
 pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, TrainError> {
     let mut run = TrainRun::open(config, backend)?;
@@ -130,6 +154,8 @@ pub struct TrainRun<'a> {
     state: TrainState,
     stream: TrainStream,
     logs: RunLogs,
+    /// `--report-to tensorboard`: the scalars OpenCLIP logs, plus the mask ratio.
+    tensorboard: Option<EventWriter>,
     started: Instant,
     /// The step this session started at (after a resume, not 0).
     first_step: u64,
@@ -172,6 +198,7 @@ impl TrainRun<'_> {
             || step + 1 == stop_at
             || epoch_done;
         let progress = (step / steps_per_epoch) as f32 / config.epochs as f32;
+        let step_started = Instant::now();
         let mut batches = Vec::with_capacity(config.accum_freq);
         for micro in 0..config.accum_freq as u64 {
             let batch = self.stream.next_batch().map_err(run_err)?;
@@ -240,6 +267,23 @@ impl TrainRun<'_> {
         }
         if read_loss {
             self.last_scale = logit_scale(&self.trainer.clip);
+        }
+        if let (Some(writer), Some(loss)) = (&mut self.tensorboard, report.loss) {
+            // OpenCLIP's train/ scalars (its only loss here is the contrastive one).
+            let samples_per_second =
+                config.step_samples() as f64 / step_started.elapsed().as_secs_f64().max(1e-9);
+            let scalars = [
+                ("train/loss", loss),
+                ("train/contrastive_loss", loss),
+                ("train/lr", lr),
+                ("train/logit_scale", self.last_scale),
+                ("train/samples_per_second", samples_per_second as f32),
+                ("train/mask_ratio", ratio as f32),
+            ];
+            for (tag, value) in scalars {
+                writer.scalar(tag, state.step, value).map_err(run_err)?;
+            }
+            writer.flush().map_err(run_err)?;
         }
         let milestone = report.loss.is_some()
             && (state.step.is_multiple_of(config.log_every_n_steps) || state.step == stop_at);
@@ -318,13 +362,21 @@ impl TrainRun<'_> {
             "eval at step {} (epoch {completed}): {metrics}",
             self.state.step
         ));
+        if let Some(writer) = &mut self.tensorboard {
+            // OpenCLIP logs val/ scalars at the completed epoch.
+            for (tag, value) in val_scalars(&metrics) {
+                writer.scalar(&tag, completed, value).map_err(run_err)?;
+            }
+            writer.flush().map_err(run_err)?;
+        }
         self.eval_ratio = (0.0, 0);
         self.last_metrics = Some(metrics);
         write_plot(&self.logs, &self.state);
         Ok(())
     }
 
-    /// `epoch_N` (when `keep_epoch`) then `epoch_latest`; a non-finite parameter stops the run.
+    /// `epoch_N` (when `keep_epoch`) then `epoch_latest`, then with `--delete-previous-checkpoint`
+    /// the previous `epoch_N` pair; a non-finite parameter stops the run.
     fn save_checkpoints(&mut self, keep_epoch: bool) -> Result<(), TrainError> {
         // epoch_N before epoch_latest: a crash between the two must not leave a latest past an
         // epoch_N that was never written (a resume would start after it).
@@ -340,19 +392,55 @@ impl TrainRun<'_> {
         }
         paths.push(latest.clone());
         for path in &paths {
-            save_checkpoint(path, &self.trainer, &self.state, &self.run_config).map_err(
-                |e| match e {
-                    CheckpointError::NonFinite(what) => TrainError::NonFinite {
-                        step: self.state.step,
-                        what,
-                        last_checkpoint: self.last_checkpoint.clone(),
-                    },
-                    CheckpointError::Write(e) => run_err(e),
+            save_checkpoint(
+                path,
+                &self.trainer,
+                &self.state,
+                &self.config.data.normalisation,
+                &self.run_config,
+            )
+            .map_err(|e| match e {
+                CheckpointError::NonFinite(what) => TrainError::NonFinite {
+                    step: self.state.step,
+                    what,
+                    last_checkpoint: self.last_checkpoint.clone(),
                 },
-            )?;
+                CheckpointError::Write(e) => run_err(e),
+            })?;
         }
         self.last_checkpoint = Some(latest);
+        if keep_epoch && self.config.delete_previous_checkpoint {
+            self.delete_previous_epoch();
+        }
         Ok(())
+    }
+
+    /// OpenCLIP's `--delete-previous-checkpoint`: `epoch_{N - save_frequency}`, state first (a
+    /// crash between the two leaves weights that still evaluate). Runs only once the new pair and
+    /// `epoch_latest` are written, so the only good checkpoint is never the one removed; a
+    /// failure is reported, not fatal.
+    fn delete_previous_epoch(&mut self) {
+        let Some(previous) = self
+            .state
+            .epoch
+            .checked_sub(self.config.save_frequency)
+            .filter(|&e| e > 0)
+        else {
+            return;
+        };
+        let model = self
+            .logs
+            .checkpoint_dir()
+            .join(format!("epoch_{previous}.safetensors"));
+        for path in [state_path(&model), model] {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    let line = format!("warning: could not delete {}: {e}", path.display());
+                    self.logs.message(&line);
+                }
+                _ => {}
+            }
+        }
     }
 
     /// The closing log line and the run's summary.

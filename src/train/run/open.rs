@@ -14,6 +14,7 @@ use crate::train::logs::{RunLogs, check_new_run_folder};
 use crate::train::mask_step::MaskStrategy;
 use crate::train::step::Trainer;
 use crate::train::stream::TrainStream;
+use crate::train::tensorboard::{EventWriter, TENSORBOARD_DIR};
 
 use super::evals::EvalSets;
 use super::{ResumeFrom, TrainConfig, TrainError, TrainRun, Window, run_err};
@@ -45,6 +46,15 @@ impl<'a> TrainRun<'a> {
                         "--resume: {} holds a different model than --model {}",
                         ck.path.display(),
                         config.model_name
+                    )));
+                }
+                if ck.normalisation != config.data.normalisation {
+                    return Err(TrainError::Config(format!(
+                        "--image-mean/--image-std: {} was trained with mean {:?} std {:?}; \
+                         resume with the same values",
+                        ck.path.display(),
+                        ck.normalisation.mean,
+                        ck.normalisation.std
                     )));
                 }
                 if ck.moments.is_none() {
@@ -96,6 +106,11 @@ impl<'a> TrainRun<'a> {
         // or file leaves no folder that would refuse its corrected rerun.
         let mut logs =
             RunLogs::open(&run_dir, config.resume.is_some()).map_err(TrainError::Config)?;
+        let tensorboard = config
+            .tensorboard
+            .then(|| EventWriter::create(&run_dir.join(TENSORBOARD_DIR)))
+            .transpose()
+            .map_err(run_err)?;
         let mut params = config.to_json();
         params["calibrated_threshold"] = state.calibrated_threshold.into();
         logs.write_params(&params).map_err(run_err)?;
@@ -143,6 +158,7 @@ impl<'a> TrainRun<'a> {
             evals,
             stream,
             logs,
+            tensorboard,
             started: Instant::now(),
             first_step: state.step,
             last_scale: logit_scale(&trainer.clip),

@@ -16,9 +16,11 @@ fi
 version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ]; then
   # --locked first (the CLI's own lock file); a registry index that lacks one of its pinned
-  # versions (seen: a yanked webpki-roots) gets the newest compatible ones instead.
-  cargo install wasm-bindgen-cli --version "$version" --locked ||
-    cargo install wasm-bindgen-cli --version "$version"
+  # versions (seen: a yanked webpki-roots) gets the newest compatible ones instead. --debug:
+  # the unoptimised CLI builds in a fraction of the time on CI's 2 cores and binds the demo's
+  # wasm with the same code.
+  cargo install wasm-bindgen-cli --version "$version" --locked --debug ||
+    cargo install wasm-bindgen-cli --version "$version" --debug
 fi
 
 target_dir=${CARGO_TARGET_DIR:-$root/target}

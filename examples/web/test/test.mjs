@@ -29,7 +29,7 @@ const MASK_CASES = [
 ];
 const PROMPTS = ["one red circle", "a picture of one blue square", "one large green triangle on a background"];
 // Training compared with `clusterclip train --steps 3`: the Train panel's defaults.
-const TRAIN = { preset: "nano", mask: "cluster", batch: 32, epochs: 4, samples: 1600, lr: 0.001, warmup: 20, seed: 0, steps: 3 };
+const TRAIN = { preset: "nano", mask: "cluster", batch: 16, epochs: 4, samples: 1600, lr: 0.001, warmup: 20, seed: 0, steps: 3 };
 const FEATURE_TOLERANCE = 1e-4;
 const LOSS_TOLERANCE = 1e-4;
 

@@ -19,39 +19,12 @@ use clusterclip::train::checkpoint::load_model;
 use clusterclip::train::tensorboard::{
     FILE_VERSION, crc32c, masked_crc32c, scalar_event, tensorboard_requested, tfrecord,
 };
-use common::cli::{clusterclip, error_line, stderr, temp_dir};
+use common::cli::{clusterclip, error_line, short_train, stderr, temp_dir};
 
 #[derive(Parser)]
 struct Train {
     #[command(flatten)]
     args: TrainArgs,
-}
-
-/// The tiny preset, batch 4, 2 steps per epoch, validation on 16 samples, no zero-shot.
-fn short_run(logs: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "train",
-        "--batch-size",
-        "4",
-        "--train-num-samples",
-        "8",
-        "--warmup",
-        "1",
-        "--logs",
-        logs.to_str().unwrap(),
-        "--name",
-        "smoke",
-        "--eval-samples",
-        "16",
-        "--zeroshot-data",
-        "none",
-        "--log-every-n-steps",
-        "1",
-        "--workers",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    clusterclip(&args)
 }
 
 fn params(run: &Path) -> serde_json::Value {
@@ -78,7 +51,7 @@ fn force_patch_dropout_is_random_masking_at_its_ratio() {
 
     // tiny has L = 64 patches: ratio 0.5 keeps 32, and the logged ratio is exactly 0.500.
     let logs = temp_dir("force-dropout");
-    let out = short_run(
+    let out = short_train(
         &logs,
         &[
             "--epochs",
@@ -135,7 +108,7 @@ fn force_patch_dropout_with_an_explicit_mask_is_one_error_naming_both() {
 #[test]
 fn delete_previous_checkpoint_leaves_only_the_last_epoch_pair() {
     let logs = temp_dir("delete-previous");
-    let out = short_run(
+    let out = short_train(
         &logs,
         &[
             "--epochs",
@@ -173,7 +146,7 @@ fn delete_previous_checkpoint_leaves_only_the_last_epoch_pair() {
         (Some(true), Some(true))
     );
     // The survivor resumes: the pair is whole.
-    let out = short_run(
+    let out = short_train(
         &logs,
         &[
             "--epochs",
@@ -209,7 +182,7 @@ fn zeroshot_features(checkpoint: &Path, normalisation: Normalisation) -> (Vec<f3
 #[test]
 fn image_mean_and_std_reach_params_the_checkpoint_and_the_features() {
     let logs = temp_dir("image-norm");
-    let out = short_run(
+    let out = short_train(
         &logs,
         &[
             "--epochs",
@@ -419,7 +392,7 @@ fn read_records(bytes: &[u8]) -> Vec<&[u8]> {
 #[test]
 fn report_to_tensorboard_writes_openclip_s_scalars() {
     let logs = temp_dir("tensorboard");
-    let out = short_run(
+    let out = short_train(
         &logs,
         &[
             "--epochs",

@@ -10,7 +10,7 @@ use clap::Parser;
 use clusterclip::cli::train::TrainArgs;
 use clusterclip::model::ClipConfig;
 use clusterclip::train::run::{TrainConfig, default_eval_data};
-use common::cli::{clusterclip, clusterclip_with_env, error_line, stderr, temp_dir};
+use common::cli::{clusterclip, clusterclip_with_env, error_line, short_train, stderr, temp_dir};
 
 #[derive(Parser)]
 struct Train {
@@ -49,35 +49,9 @@ fn train_flag_defaults_are_the_library_defaults() {
     );
 }
 
-/// A run of the tiny preset: batch 4, 2 steps per epoch, validation on 16 samples, on the
-/// adapter the binary chooses (`CLUSTERCLIP_BACKEND` overrides, as for every test).
+/// [`short_train`] over 2 epochs.
 fn short_run(logs: &Path, extra: &[&str]) -> Output {
-    let logs = logs.to_str().unwrap();
-    let mut args = vec![
-        "train",
-        "--batch-size",
-        "4",
-        "--train-num-samples",
-        "8",
-        "--epochs",
-        "2",
-        "--warmup",
-        "1",
-        "--logs",
-        logs,
-        "--name",
-        "smoke",
-        "--eval-samples",
-        "16",
-        "--zeroshot-data",
-        "none",
-        "--log-every-n-steps",
-        "1",
-        "--workers",
-        "1",
-    ];
-    args.extend_from_slice(extra);
-    clusterclip(&args)
+    short_train(logs, &[&["--epochs", "2"], extra].concat())
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Running the `clusterclip` binary as a user does, in a scratch folder.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub fn clusterclip(args: &[&str]) -> Output {
@@ -16,6 +16,35 @@ pub fn clusterclip_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .envs(env.iter().copied())
         .output()
         .expect("the binary runs")
+}
+
+/// A short `train` of the tiny preset into `logs/smoke`: batch 4, 2 steps per epoch, validation
+/// on 16 samples, no zero-shot, a progress line every step, on the adapter the binary chooses
+/// (`CLUSTERCLIP_BACKEND` overrides, as for every test); `extra` adds flags, `--epochs` among them.
+pub fn short_train(logs: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--batch-size",
+        "4",
+        "--train-num-samples",
+        "8",
+        "--warmup",
+        "1",
+        "--logs",
+        logs.to_str().unwrap(),
+        "--name",
+        "smoke",
+        "--eval-samples",
+        "16",
+        "--zeroshot-data",
+        "none",
+        "--log-every-n-steps",
+        "1",
+        "--workers",
+        "1",
+    ];
+    args.extend_from_slice(extra);
+    clusterclip(&args)
 }
 
 /// A fresh empty folder under the system temp dir, one per tag and test process.

@@ -151,12 +151,7 @@ fn bench_loader(size: usize, source: (u32, u32), workers: usize) -> (f64, f64) {
             let start = Instant::now();
             let mut loader = open_loader(&cfg).unwrap();
             let mut n = 0;
-            let mut batch = Batch {
-                images: Vec::new(),
-                tokens: Vec::new(),
-                labels: None,
-                n: 0,
-            };
+            let mut batch = Batch::empty();
             while loader.next_batch_into(&mut batch).unwrap() {
                 n += batch.n;
             }

@@ -41,8 +41,8 @@ enum Command {
     Model(cli::model::ModelArgs),
     /// Check this implementation against an OpenCLIP reference export.
     VerifyOpenclip(cli::verify::VerifyArgs),
-    /// Normalised image and text features of a checkpoint as JSON (the browser test's reference).
-    #[command(hide = true)]
+    /// Image and text embeddings of a data spec in clip-retrieval's layout (.npy + parquet), or
+    /// of a few files and texts as JSON.
     Embed(cli::embed::EmbedArgs),
 }
 

@@ -198,12 +198,12 @@ fn a_nan_model_fails_eval_instead_of_scoring() {
         .unwrap()
         .model(&Backend::Cpu);
     let size = clip.config.vision.image_size;
-    let set = LabelledSet {
-        images: vec![0.0; 3 * 3 * size * size],
-        labels: vec![0, 1, 1],
-        classes: vec!["red square".into(), "blue circle".into()],
-        templates: vec!["a picture of one {}".into()],
-    };
+    let set = LabelledSet::held(
+        vec![0.0; 3 * 3 * size * size],
+        vec![0, 1, 1],
+        vec!["red square".into(), "blue circle".into()],
+        vec!["a picture of one {}".into()],
+    );
     assert_eq!(
         zeroshot_eval(&clip, &set, 2).unwrap_err(),
         "3 of 3 image features and 2 of 2 prompt text features hold NaN or Inf: the model's \

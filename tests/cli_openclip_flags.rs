@@ -175,8 +175,15 @@ fn zeroshot_features(checkpoint: &Path, normalisation: Normalisation) -> (Vec<f3
         ..ReadOptions::default()
     };
     let set = zeroshot_set(BUILTIN_ZEROSHOT, &clip, Some(2), &options).unwrap();
-    let features = encode_images(&clip, &set.images, 2).unwrap();
-    (set.images, features)
+    let mut images = Vec::new();
+    set.for_each_batch(2, &mut |batch| {
+        images.extend_from_slice(&batch.images);
+        Ok(())
+    })
+    .unwrap();
+    let features = encode_images(&clip, &images, 2).unwrap();
+    assert_eq!(set.encode(&clip, 2).unwrap().features, features);
+    (images, features)
 }
 
 #[test]

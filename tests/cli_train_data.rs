@@ -69,7 +69,7 @@ fn train_on(csv: &Path, logs: &Path, reader: &[&str], extra: &[&str]) -> Output 
         csv.to_str().unwrap(),
         "--batch-size",
         &batch,
-        "--train-num-samples",
+        "--samples-per-epoch",
         &samples,
         "--epochs",
         "1",

@@ -5,18 +5,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 
+use clusterclip::Backend;
 use clusterclip::eval::linear_probe::{
     LabelledFeatures, LinearProbe, ProbeOptions, choose_weight_decay, linear_probe,
     weight_decay_grid,
 };
-use clusterclip::model::io::{TensorOut, write_atomic};
-use clusterclip::model::{Clip, ClipConfig, TextConfig, VisionConfig};
-use clusterclip::train::checkpoint::config_json;
-use clusterclip::{Backend, Graph};
 use common::Rng;
 use common::cli::{clusterclip, error_line, stderr, temp_dir};
+use common::data::{colour_folder, tiny_checkpoint};
 
 /// (acc1, acc5, mean per-class recall) by enumeration: sort the classes by logit, a tie placing
 /// the true class last, and look for it among the first k; recall averaged over the classes
@@ -260,52 +257,6 @@ fn non_finite_features_are_refused() {
 }
 
 // ---- `clusterclip eval --task linear_probe` ----
-
-/// A one-layer model small enough for the CPU backend, saved as a checkpoint with its
-/// configuration.
-fn tiny_checkpoint(path: &Path) {
-    let config = ClipConfig {
-        embed_dim: 16,
-        vision: VisionConfig {
-            image_size: 16,
-            patch_size: 8,
-            width: 16,
-            layers: 1,
-            heads: 2,
-        },
-        text: TextConfig {
-            context_length: 8,
-            vocab_size: 1000,
-            width: 16,
-            layers: 1,
-            heads: 2,
-        },
-        activation: clusterclip::model::config::Activation::Gelu,
-    };
-    let clip = Clip::new(config.clone(), &Backend::Cpu, 0).unwrap();
-    let params = clip.params.to_host(&Graph::new(Backend::Cpu));
-    let tensors = params
-        .iter()
-        .map(|(name, shape, values)| (name.clone(), shape.clone(), TensorOut::F32(values)))
-        .collect();
-    let metadata = HashMap::from([("model_config".to_string(), config_json(&config).to_string())]);
-    write_atomic(path, tensors, metadata).unwrap();
-}
-
-/// An image folder of `per_class` noisy 16×16 images per class, each class one colour.
-fn colour_folder(root: &Path, classes: &[(&str, [u8; 3])], per_class: usize, rng: &mut Rng) {
-    for (name, rgb) in classes {
-        std::fs::create_dir_all(root.join(name)).unwrap();
-        for i in 0..per_class {
-            let image = image::RgbImage::from_fn(16, 16, |_, _| {
-                image::Rgb(rgb.map(|c| c.saturating_add(rng.below(40) as u8)))
-            });
-            image
-                .save(root.join(name).join(format!("{i}.png")))
-                .unwrap();
-        }
-    }
-}
 
 #[test]
 fn eval_linear_probe_separates_colours_and_refuses_unlabelled_sets() {
@@ -574,7 +525,8 @@ fn retrieval_with_several_captions_per_image_matches_a_brute_force_count() {
         &ReadOptions::default(),
     )
     .unwrap();
-    assert_eq!((set.n, set.image_count()), (14, 6));
+    let features = set.encode(&clip, 8).unwrap();
+    assert_eq!((features.captions(), features.images()), (14, 6));
     let first_seen: Vec<usize> = {
         let mut order = Vec::new();
         for &i in &owner {
@@ -588,10 +540,33 @@ fn retrieval_with_several_captions_per_image_matches_a_brute_force_count() {
         .iter()
         .map(|i| first_seen.iter().position(|f| f == i).unwrap())
         .collect();
-    assert_eq!(set.text_image, expected_map);
+    assert_eq!(features.text_image, expected_map);
+    // Streamed features are those of the records encoded whole.
+    let (mut images, mut tokens) = (Vec::new(), Vec::new());
+    set.for_each_batch(5, &mut |batch| {
+        images.extend_from_slice(&batch.images);
+        tokens.extend_from_slice(&batch.tokens);
+        Ok(())
+    })
+    .unwrap();
     let dim = clip.config.embed_dim;
-    let image = encode_images(&clip, &set.images, 8).unwrap();
-    let text = encode_texts(&clip, &set.tokens, 8).unwrap();
+    let record_image = encode_images(&clip, &images, 8).unwrap();
+    let text = encode_texts(&clip, &tokens, 8).unwrap();
+    assert_eq!(features.text, text);
+    for (j, &i) in features.text_image.iter().enumerate() {
+        let streamed = &features.image[i * dim..(i + 1) * dim];
+        let whole = &record_image[j * dim..(j + 1) * dim];
+        let gap = streamed
+            .iter()
+            .zip(whole)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            gap < 1e-6,
+            "caption {j}: its image's features differ by {gap}"
+        );
+    }
+    let image = features.image;
     let score = |i: usize, j: usize| -> f64 {
         (0..dim)
             .map(|d| image[i * dim + d] as f64 * text[j * dim + d] as f64)

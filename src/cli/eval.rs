@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use crate::eval::benchmark::{
     BenchmarkRecord, read_list_file, task_name, templates_from_benchmark,
 };
-use crate::eval::encode_images;
 use crate::eval::linear_probe::{LabelledFeatures, ProbeOptions, linear_probe};
 use crate::eval::tasks::{
-    BUILTIN_ZEROSHOT, LabelledSet, caption_set, retrieval_eval, retrieval_json, zeroshot_eval,
-    zeroshot_json, zeroshot_set,
+    BUILTIN_ZEROSHOT, LabelledSet, caption_set, retrieval_json, retrieval_of, zeroshot_json,
+    zeroshot_of, zeroshot_set,
 };
 use crate::graph::Backend;
 use crate::model::openclip::{load_pretrained, model_config, model_name_of};
@@ -211,11 +210,14 @@ pub fn run(mut args: EvalArgs) -> CliResult {
             set.templates = templates_from_benchmark(templates, path)?;
         }
         zeroshot_lists = Some((set.classes.clone(), set.templates.clone()));
-        let m = zeroshot_eval(&clip, &set, batch_size).map_err(broken)?;
+        let images = set
+            .encode(&clip, batch_size)
+            .map_err(|e| format!("--data: {e}"))?;
+        let m = zeroshot_of(&clip, &set, &images, batch_size).map_err(broken)?;
         let line = format!(
             "zero-shot on {} ({} images, {} classes, chance {:.1}%): top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
             data,
-            set.labels.len(),
+            images.labels.len(),
             set.classes.len(),
             100.0 / set.classes.len() as f64,
             100.0 * m.acc1,
@@ -226,7 +228,10 @@ pub fn run(mut args: EvalArgs) -> CliResult {
     } else {
         let set =
             caption_set(&data, &clip, args.samples, &read).map_err(|e| format!("--data: {e}"))?;
-        let (m, loss) = retrieval_eval(&clip, &set, batch_size).map_err(broken)?;
+        let features = set
+            .encode(&clip, batch_size)
+            .map_err(|e| format!("--data: {e}"))?;
+        let (m, loss) = retrieval_of(&clip, &features, batch_size).map_err(broken)?;
         let r = |v: [f64; 3]| {
             format!(
                 "{:.2}/{:.2}/{:.2}%",
@@ -238,8 +243,8 @@ pub fn run(mut args: EvalArgs) -> CliResult {
         let line = format!(
             "retrieval on {} ({} images, {} captions): image->text R@1/5/10 {}, text->image R@1/5/10 {}, loss {loss:.4}",
             data,
-            set.image_count(),
-            set.n,
+            features.images(),
+            features.captions(),
             r(m.text_retrieval_recall),
             r(m.image_retrieval_recall)
         );
@@ -313,8 +318,15 @@ pub fn linear_probe_task(
     batch_size: usize,
     options: &ProbeOptions,
 ) -> Result<(serde_json::Value, String), String> {
+    let encode = |set: &LabelledSet, flag: &str, spec: &str| {
+        set.encode(clip, batch_size)
+            .map_err(|e| format!("{flag}: {spec}: {e}"))
+    };
+    // encode L2-normalises, as CLIP_benchmark's Featurizer does.
+    let train_images = encode(train, "--train-data", train_spec)?;
+    let test_images = encode(test, "--data", test_spec)?;
     // The probe's classes are --train-data's; --data's labels are matched to them by name.
-    let test_labels = test
+    let test_labels = test_images
         .labels
         .iter()
         .map(|&label| {
@@ -325,21 +337,15 @@ pub fn linear_probe_task(
         })
         .collect::<Result<Vec<usize>, String>>()?;
     let dim = clip.config.embed_dim;
-    let encode = |set: &LabelledSet, flag: &str, spec: &str| {
-        encode_images(clip, &set.images, batch_size).map_err(|e| format!("{flag}: {spec}: {e}"))
-    };
-    // encode_images L2-normalises, as CLIP_benchmark's Featurizer does.
-    let train_features = encode(train, "--train-data", train_spec)?;
-    let test_features = encode(test, "--data", test_spec)?;
     let classes = train.classes.len();
     let train_set = LabelledFeatures {
-        features: &train_features,
-        labels: &train.labels,
+        features: &train_images.features,
+        labels: &train_images.labels,
         dim,
         classes,
     };
     let test_set = LabelledFeatures {
-        features: &test_features,
+        features: &test_images.features,
         labels: &test_labels,
         dim,
         classes,
@@ -352,8 +358,8 @@ pub fn linear_probe_task(
     let m = &result.metrics;
     let line = format!(
         "linear probe fitted on {train_spec} ({} images), scored on {test_spec} ({} images, {classes} classes, chance {:.1}%), weight decay {:.3e}: top-1 {:.2}%, top-5 {:.2}%, mean per-class recall {:.2}%",
-        train.labels.len(),
-        test.labels.len(),
+        train_images.labels.len(),
+        test_images.labels.len(),
         100.0 / classes as f64,
         result.weight_decay,
         100.0 * m.acc1,

@@ -8,7 +8,7 @@ use crate::data::image_ops::Normalisation;
 use crate::graph::Backend;
 use crate::masking::{MaskFlags, MaskKind, check_ratio};
 use crate::model::openclip::model_config;
-use crate::train::run::{ResumeFrom, TrainConfig, default_eval_data, train};
+use crate::train::run::{ResumeFrom, TrainConfig, default_eval_data, epoch_samples, train};
 use crate::train::tensorboard::tensorboard_requested;
 use crate::train::{AdamWConfig, LrScheduler};
 
@@ -32,6 +32,11 @@ pub struct TrainArgs {
     /// builtin:shapes-zeroshot when training on builtin:shapes).
     #[arg(long)]
     pub zeroshot_data: Option<String>,
+    /// OpenCLIP's --imagenet-val: ImageNet zero-shot (its 1,000 class names, OpenAI's 80
+    /// templates) on an ImageNet-layout folder when zero-shot is due, reported as
+    /// imagenet-zeroshot-val-top1 and -top5.
+    #[arg(long, value_name = "DIR")]
+    pub imagenet_val: Option<PathBuf>,
     /// Defaults (`TrainConfig::DEFAULT_*`): 4 epochs × 50 steps of 32 on builtin:shapes, about
     /// 10 minutes on a 2-core CPU with lavapipe (2.6 s/step measured with cluster masking, plus
     /// four evaluations).
@@ -39,9 +44,15 @@ pub struct TrainArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = TrainConfig::DEFAULT_EPOCHS)]
     pub epochs: u64,
-    /// Samples per epoch.
-    #[arg(long, default_value_t = TrainConfig::DEFAULT_TRAIN_NUM_SAMPLES)]
-    pub train_num_samples: u64,
+    /// Samples per epoch, as in OpenCLIP: read for shards (default: their sizes.json) and the
+    /// built-in stream (default: TrainConfig::DEFAULT_TRAIN_NUM_SAMPLES); a CSV or an image folder
+    /// is one epoch whatever it says.
+    #[arg(long)]
+    pub train_num_samples: Option<u64>,
+    /// Samples per epoch of any data, CSV and folders included (clusterclip's own; overrides
+    /// --train-num-samples).
+    #[arg(long, conflicts_with = "train_num_samples")]
+    pub samples_per_epoch: Option<u64>,
     #[arg(long, default_value_t = TrainConfig::DEFAULT_LR)]
     pub lr: f32,
     /// Weight decay (M2: 0.2; AdamW's defaults live in `AdamWConfig::default`).
@@ -200,15 +211,25 @@ impl TrainArgs {
             }
         });
         let (default_val, default_zeroshot) = default_eval_data(&self.train_data);
+        let epoch = epoch_samples(
+            &self.train_data,
+            &data,
+            self.train_num_samples,
+            self.samples_per_epoch,
+        )?;
+        if let Some(note) = &epoch.note {
+            eprintln!("{note}");
+        }
         let config = TrainConfig {
             model_name: self.model.clone(),
             model,
             train_data: self.train_data.clone(),
             val_data: optional_spec(self.val_data.as_ref(), default_val),
             zeroshot_data: optional_spec(self.zeroshot_data.as_ref(), default_zeroshot),
+            imagenet_val: self.imagenet_val.clone(),
             batch_size: self.batch_size,
             epochs: self.epochs,
-            train_num_samples: self.train_num_samples,
+            train_num_samples: epoch.samples,
             lr: self.lr,
             warmup: self.warmup,
             lr_scheduler: LrScheduler::parse(&self.lr_scheduler)?,

@@ -43,5 +43,6 @@ pub fn shape_sample(split: BuiltinSplit, index: u64, shape: &SampleShape) -> Sam
         tokens,
         label: Some(generated.label),
         caption_tokens: ids.len() + 2,
+        caption: generated.caption,
     }
 }

@@ -168,6 +168,38 @@ pub struct Batch {
     pub tokens: Vec<u32>,
     pub labels: Option<Vec<usize>>,
     pub n: usize,
+    /// Each sample's image file, or its record ("shard.tar:key") where it has none.
+    pub image_names: Vec<String>,
+    /// Each sample's caption as read (before tokenising).
+    pub captions: Vec<String>,
+}
+
+impl Batch {
+    pub fn empty() -> Batch {
+        Batch {
+            images: Vec::new(),
+            tokens: Vec::new(),
+            labels: None,
+            n: 0,
+            image_names: Vec::new(),
+            captions: Vec::new(),
+        }
+    }
+
+    /// Keeps the first `n` samples.
+    pub fn truncate(&mut self, n: usize) {
+        if n >= self.n {
+            return;
+        }
+        self.images.truncate(n * self.images.len() / self.n);
+        self.tokens.truncate(n * self.tokens.len() / self.n);
+        if let Some(labels) = &mut self.labels {
+            labels.truncate(n);
+        }
+        self.image_names.truncate(n);
+        self.captions.truncate(n);
+        self.n = n;
+    }
 }
 
 /// Caption lengths in tokens (with start and end), before truncation.
@@ -308,6 +340,8 @@ fn bad_kind_name(kind: &BadKind) -> String {
 struct Processed {
     seq: u64,
     origin: String,
+    /// The image file, or the origin where the record has none (`Batch::image_names`).
+    image_name: String,
     sample: Result<Sample, BadKind>,
 }
 
@@ -474,6 +508,11 @@ fn process_records(
             Err(_) => return,
         };
         let Ok((seq, record)) = next else { return };
+        let image_name = match &record.payload {
+            Ok(payload) => payload.image_path().map(|p| p.display().to_string()),
+            Err(_) => None,
+        }
+        .unwrap_or_else(|| record.origin.clone());
         let sample = match record.payload {
             Ok(payload) => catch_unwind(AssertUnwindSafe(|| process_record(payload, shape, seq)))
                 .unwrap_or_else(|_| Err(BadKind::CorruptImage("decoder panicked".to_string()))),
@@ -483,6 +522,7 @@ fn process_records(
             .send(Processed {
                 seq,
                 origin: record.origin,
+                image_name,
                 sample,
             })
             .is_err()
@@ -496,12 +536,7 @@ impl Loader {
     /// The next batch; None at the end of a pass (never for endless streams); an error when
     /// bad records exceed the allowed share.
     pub fn next_batch(&mut self) -> Result<Option<Batch>, DataError> {
-        let mut batch = Batch {
-            images: Vec::new(),
-            tokens: Vec::new(),
-            labels: None,
-            n: 0,
-        };
+        let mut batch = Batch::empty();
         Ok(self.next_batch_into(&mut batch)?.then_some(batch))
     }
 
@@ -515,6 +550,8 @@ impl Loader {
         batch.tokens.reserve(self.batch_size * self.context_length);
         let mut labels = batch.labels.take().unwrap_or_default();
         labels.clear();
+        batch.image_names.clear();
+        batch.captions.clear();
         let mut all_labelled = true;
         batch.n = 0;
         while batch.n < self.batch_size {
@@ -527,6 +564,8 @@ impl Loader {
                     batch.tokens.extend_from_slice(&sample.tokens);
                     all_labelled &= sample.label.is_some();
                     labels.push(sample.label.unwrap_or(0));
+                    batch.image_names.push(processed.image_name);
+                    batch.captions.push(sample.caption);
                     for stats in [&mut self.stats, &mut self.recent] {
                         stats.samples += 1;
                         stats.record_caption(sample.caption_tokens, self.context_length);

@@ -112,6 +112,17 @@ pub enum Payload {
     Shape { split: BuiltinSplit, index: u64 },
 }
 
+impl Payload {
+    /// The record's image as a user names it: the file of a CSV row or a folder, `None` where
+    /// the record's origin says it (shards, built-in).
+    pub fn image_path(&self) -> Option<&Path> {
+        match self {
+            Payload::File { path, .. } | Payload::Labelled { path, .. } => Some(path),
+            Payload::Encoded { .. } | Payload::Shape { .. } => None,
+        }
+    }
+}
+
 /// `origin` names the record for error messages: "shard.tar:key", "file.csv:line 12", a path.
 #[derive(Clone, Debug)]
 pub struct RawRecord {
@@ -151,6 +162,7 @@ pub struct Sample {
     pub label: Option<usize>,
     /// Caption length in tokens with start and end, before truncation.
     pub caption_tokens: usize,
+    pub caption: String,
 }
 
 /// Sizes and augmentation of samples.
@@ -221,6 +233,7 @@ pub fn process_record(
         tokens,
         label,
         caption_tokens: ids.len() + 2,
+        caption,
     })
 }
 

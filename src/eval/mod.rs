@@ -7,6 +7,7 @@ use std::cmp::Ordering;
 #[cfg(feature = "cli")]
 pub mod benchmark;
 pub mod features;
+pub mod imagenet_names;
 pub mod linear_probe;
 #[cfg(feature = "cli")]
 pub mod tasks;

@@ -5,13 +5,15 @@
 
 use std::collections::HashMap;
 
-use crate::data::loader::{LoaderConfig, ReadOptions, open_loader};
+use crate::data::image_ops::Normalisation;
+use crate::data::loader::{Batch, LoaderConfig, ReadOptions, open_loader};
 use crate::data::shapes;
 use crate::data::tokenizer::Tokenizer;
 use crate::graph::Backend;
 use crate::model::Clip;
 use crate::train::step::read_storage;
 
+use super::imagenet_names::{IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES};
 use super::{
     RECALL_AT, RetrievalMetrics, ZeroShotMetrics, check_features, class_embeddings, encode_images,
     encode_texts, retrieval, zero_shot,
@@ -22,116 +24,312 @@ pub const BUILTIN_ZEROSHOT: &str = "builtin:shapes-zeroshot";
 /// Images of the built-in zero-shot task: 16 per class (indices are class-balanced).
 pub const BUILTIN_ZEROSHOT_IMAGES: usize = 1024;
 
+/// Where an evaluation set's images come from. They are read again, one batch at a time, at
+/// every evaluation, and only their features are kept: ImageNet val at 224 px is 30 GB of pixels
+/// but 100 MB of ViT-B/16 features (issue 13).
+enum Source {
+    /// The built-in zero-shot images, rendered per batch.
+    BuiltinZeroshot {
+        count: usize,
+        image_size: usize,
+        normalisation: Normalisation,
+    },
+    /// A data spec, read in stored order by a fresh loader per pass, at most `limit` records.
+    Spec {
+        loader: LoaderConfig,
+        limit: Option<usize>,
+    },
+    /// Images [n, 3, S, S] and labels in memory: small sets a caller builds.
+    Held {
+        images: Vec<f32>,
+        labels: Vec<usize>,
+    },
+}
+
+impl Source {
+    /// The spec, for messages.
+    fn name(&self) -> &str {
+        match self {
+            Source::BuiltinZeroshot { .. } => BUILTIN_ZEROSHOT,
+            Source::Spec { loader, .. } => &loader.spec,
+            Source::Held { .. } => "images in memory",
+        }
+    }
+
+    /// Calls `each` on consecutive batches of at most `batch_size` records, in stored order.
+    fn for_each_batch(
+        &self,
+        batch_size: usize,
+        each: &mut dyn FnMut(&Batch) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let batch_size = batch_size.max(1);
+        match self {
+            Source::BuiltinZeroshot {
+                count,
+                image_size,
+                normalisation,
+            } => {
+                let plane = 3 * image_size * image_size;
+                for start in (0..*count).step_by(batch_size) {
+                    let n = batch_size.min(count - start);
+                    let mut images = vec![0f32; n * plane];
+                    let mut labels = Vec::with_capacity(n);
+                    for (i, out) in images.chunks_mut(plane).enumerate() {
+                        let sample = shapes::zeroshot_sample((start + i) as u64, *image_size);
+                        normalisation.normalise_rgb(&sample.rgb, *image_size, out);
+                        labels.push(sample.label);
+                    }
+                    each(&Batch {
+                        images,
+                        labels: Some(labels),
+                        n,
+                        ..Batch::empty()
+                    })?;
+                }
+            }
+            Source::Held { images, labels } => {
+                let plane = images.len() / labels.len().max(1);
+                for (images, labels) in images
+                    .chunks(plane * batch_size)
+                    .zip(labels.chunks(batch_size))
+                {
+                    each(&Batch {
+                        images: images.to_vec(),
+                        labels: Some(labels.to_vec()),
+                        n: labels.len(),
+                        ..Batch::empty()
+                    })?;
+                }
+            }
+            Source::Spec { loader, limit } => {
+                let config = LoaderConfig {
+                    batch_size,
+                    ..loader.clone()
+                };
+                let mut loader = open_loader(&config).map_err(|e| e.to_string())?;
+                let mut batch = Batch::empty();
+                let mut seen = 0;
+                while limit.is_none_or(|l| seen < l)
+                    && loader
+                        .next_batch_into(&mut batch)
+                        .map_err(|e| e.to_string())?
+                {
+                    if let Some(keep) = limit.map(|l| l - seen) {
+                        batch.truncate(keep);
+                    }
+                    seen += batch.n;
+                    each(&batch)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A spec's source for `clip` (checked by opening it once) and its class names, if labelled.
+fn spec_source(
+    spec: &str,
+    clip: &Clip,
+    limit: Option<usize>,
+    options: &ReadOptions,
+) -> Result<(Source, Option<Vec<String>>), String> {
+    let c = &clip.config;
+    let mut loader = LoaderConfig::new(
+        spec,
+        c.vision.image_size,
+        c.text.context_length,
+        c.text.vocab_size,
+        EVAL_READ_BATCH,
+    )
+    .with_options(options);
+    loader.train = false;
+    // An evaluation reads each record once, in stored order.
+    loader.resampled = false;
+    let classes = open_loader(&loader)
+        .map_err(|e| e.to_string())?
+        .class_names()
+        .map(<[String]>::to_vec);
+    Ok((Source::Spec { loader, limit }, classes))
+}
+
+/// Records per loader batch while a set is checked (evaluation reads in its own batch size).
+const EVAL_READ_BATCH: usize = 64;
+
 /// Labelled images with their class names and prompt templates.
 pub struct LabelledSet {
-    /// [n, 3, S, S], normalised as the read options say (CLIP's by default).
-    pub images: Vec<f32>,
-    pub labels: Vec<usize>,
+    images: Source,
     pub classes: Vec<String>,
     pub templates: Vec<String>,
+}
+
+/// Normalised image features of a labelled set and their labels.
+pub struct LabelledImages {
+    /// [n, embed_dim]
+    pub features: Vec<f32>,
+    pub labels: Vec<usize>,
+}
+
+impl LabelledSet {
+    /// A set of images [n, 3, S, S] (normalised) held in memory.
+    pub fn held(
+        images: Vec<f32>,
+        labels: Vec<usize>,
+        classes: Vec<String>,
+        templates: Vec<String>,
+    ) -> LabelledSet {
+        LabelledSet {
+            images: Source::Held { images, labels },
+            classes,
+            templates,
+        }
+    }
+
+    /// Calls `each` on consecutive batches of the set's images (with labels), as evaluation
+    /// reads them.
+    pub fn for_each_batch(
+        &self,
+        batch_size: usize,
+        each: &mut dyn FnMut(&Batch) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.images.for_each_batch(batch_size, each)
+    }
+
+    /// The set's image features and labels, with one batch of images in memory at a time.
+    pub fn encode(&self, clip: &Clip, batch_size: usize) -> Result<LabelledImages, String> {
+        let name = self.images.name();
+        let mut out = LabelledImages {
+            features: Vec::new(),
+            labels: Vec::new(),
+        };
+        self.for_each_batch(batch_size, &mut |batch| {
+            let labels = batch
+                .labels
+                .as_ref()
+                .ok_or_else(|| format!("{name}: a batch without labels"))?;
+            out.features
+                .extend(encode_images(clip, &batch.images, batch_size).map_err(|e| e.to_string())?);
+            out.labels.extend(labels);
+            Ok(())
+        })?;
+        if out.labels.is_empty() {
+            return Err(format!("{name}: no images"));
+        }
+        Ok(out)
+    }
 }
 
 /// Distinct images with their captions, one or several each: records whose preprocessed images
 /// are identical are one image (a CSV that repeats a filepath with another caption; shards that
 /// repeat an image), as CLIP_benchmark's retrieval sets list several captions per image.
 pub struct CaptionSet {
-    /// [images, 3, S, S], each distinct.
-    pub images: Vec<f32>,
-    /// [n, context]
-    pub tokens: Vec<u32>,
-    /// Captions (records).
-    pub n: usize,
-    /// The image of each caption: an index into `images`.
+    records: Source,
+}
+
+/// Normalised features of a captioned set.
+pub struct CaptionFeatures {
+    /// [images, embed_dim]: each distinct image once, in order of first appearance.
+    pub image: Vec<f32>,
+    /// [captions, embed_dim]: every record's caption.
+    pub text: Vec<f32>,
+    /// The image of each caption: a row of `image`.
     pub text_image: Vec<usize>,
 }
 
-impl CaptionSet {
-    /// Distinct images.
-    pub fn image_count(&self) -> usize {
+impl CaptionFeatures {
+    pub fn images(&self) -> usize {
         self.text_image.iter().max().map_or(0, |&i| i + 1)
     }
-}
 
-/// Keeps the first copy of every distinct image of `images` ([n, plane]); returns the distinct
-/// images and, per record, the index of its image among them.
-fn distinct_images(images: &[f32], plane: usize) -> (Vec<f32>, Vec<usize>) {
-    let bits = |image: &[f32]| -> u64 {
-        // FNV-1a over the values' bits: a key for the exact comparison below.
-        image.iter().fold(0xcbf2_9ce4_8422_2325, |hash, v| {
-            (hash ^ u64::from(v.to_bits())).wrapping_mul(0x0100_0000_01b3)
-        })
-    };
-    let mut distinct: Vec<f32> = Vec::new();
-    let mut by_hash: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut text_image = Vec::with_capacity(images.len() / plane.max(1));
-    for image in images.chunks(plane) {
-        let candidates = by_hash.entry(bits(image)).or_default();
-        let same = |&u: &usize| {
-            distinct[u * plane..(u + 1) * plane]
-                .iter()
-                .zip(image)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        };
-        match candidates.iter().copied().find(same) {
-            Some(u) => text_image.push(u),
-            None => {
-                let u = distinct.len() / plane;
-                distinct.extend_from_slice(image);
-                candidates.push(u);
-                text_image.push(u);
-            }
-        }
+    pub fn captions(&self) -> usize {
+        self.text_image.len()
     }
-    (distinct, text_image)
 }
 
-fn eval_loader(
-    spec: &str,
-    clip: &Clip,
-    batch_size: usize,
-    options: &ReadOptions,
-) -> Result<crate::data::loader::Loader, String> {
-    let c = &clip.config;
-    let mut config = LoaderConfig::new(
-        spec,
-        c.vision.image_size,
-        c.text.context_length,
-        c.text.vocab_size,
-        batch_size.max(1),
-    )
-    .with_options(options);
-    config.train = false;
-    // An evaluation reads each record once, in stored order.
-    config.resampled = false;
-    open_loader(&config).map_err(|e| e.to_string())
+/// A 128-bit FNV-1a key of an image's values: distinct images collide with a chance of about
+/// n² / 2¹²⁹, so the key stands for the image and the image need not be kept.
+fn image_key(image: &[f32]) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    image.iter().fold(OFFSET, |hash, v| {
+        (hash ^ u128::from(v.to_bits())).wrapping_mul(PRIME)
+    })
 }
 
-/// The zero-shot set of `spec` (at most `limit` images), read as `options` say.
+impl CaptionSet {
+    /// Calls `each` on consecutive batches of records (images and tokens), as evaluation reads
+    /// them.
+    pub fn for_each_batch(
+        &self,
+        batch_size: usize,
+        each: &mut dyn FnMut(&Batch) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.records.for_each_batch(batch_size, each)
+    }
+
+    /// Features of every caption and of each distinct image, with one batch of images in memory
+    /// at a time.
+    pub fn encode(&self, clip: &Clip, batch_size: usize) -> Result<CaptionFeatures, String> {
+        let plane = 3 * clip.config.vision.image_size.pow(2);
+        let mut out = CaptionFeatures {
+            image: Vec::new(),
+            text: Vec::new(),
+            text_image: Vec::new(),
+        };
+        let mut image_of_key: HashMap<u128, usize> = HashMap::new();
+        // Distinct images not yet encoded.
+        let mut pending: Vec<f32> = Vec::new();
+        let flush = |pending: &mut Vec<f32>, out: &mut CaptionFeatures| {
+            if !pending.is_empty() {
+                out.image
+                    .extend(encode_images(clip, pending, batch_size).map_err(|e| e.to_string())?);
+                pending.clear();
+            }
+            Ok::<(), String>(())
+        };
+        self.for_each_batch(batch_size, &mut |batch| {
+            for image in batch.images.chunks(plane) {
+                let next = image_of_key.len();
+                let index = *image_of_key.entry(image_key(image)).or_insert_with(|| {
+                    pending.extend_from_slice(image);
+                    next
+                });
+                out.text_image.push(index);
+            }
+            out.text
+                .extend(encode_texts(clip, &batch.tokens, batch_size).map_err(|e| e.to_string())?);
+            if pending.len() >= batch_size * plane {
+                flush(&mut pending, &mut out)?;
+            }
+            Ok(())
+        })?;
+        flush(&mut pending, &mut out)?;
+        if out.text_image.is_empty() {
+            return Err(format!("{}: no samples", self.records.name()));
+        }
+        Ok(out)
+    }
+}
+
+/// The zero-shot set of `spec` (at most `limit` images), read as `options` say; images are
+/// read when the set is encoded.
 pub fn zeroshot_set(
     spec: &str,
     clip: &Clip,
     limit: Option<usize>,
     options: &ReadOptions,
 ) -> Result<LabelledSet, String> {
-    let size = clip.config.vision.image_size;
     if spec == BUILTIN_ZEROSHOT {
-        // `limit` is at most: a huge --samples must not allocate past the task's images.
-        let n = limit.map_or(BUILTIN_ZEROSHOT_IMAGES, |l| l.min(BUILTIN_ZEROSHOT_IMAGES));
-        let plane = 3 * size * size;
-        let mut images = vec![0f32; n * plane];
-        let mut labels = Vec::with_capacity(n);
-        for (i, out) in images.chunks_mut(plane).enumerate() {
-            let sample = shapes::zeroshot_sample(i as u64, size);
-            options.normalisation.normalise_rgb(&sample.rgb, size, out);
-            labels.push(sample.label);
-        }
         let templates = shapes::ZEROSHOT_TEMPLATES
             .iter()
             .map(|t| t.to_string())
             .collect();
         return Ok(LabelledSet {
-            images,
-            labels,
+            // `limit` is at most: a huge --samples must not read past the task's images.
+            images: Source::BuiltinZeroshot {
+                count: limit.map_or(BUILTIN_ZEROSHOT_IMAGES, |l| l.min(BUILTIN_ZEROSHOT_IMAGES)),
+                image_size: clip.config.vision.image_size,
+                normalisation: options.normalisation,
+            },
             classes: shapes::zeroshot_classes(),
             templates,
         });
@@ -141,45 +339,70 @@ pub fn zeroshot_set(
             "{spec}: the labelled built-in set is {BUILTIN_ZEROSHOT}"
         ));
     }
-    let mut loader = eval_loader(spec, clip, 64, options)?;
-    let classes = loader
-        .class_names()
-        .map(<[String]>::to_vec)
+    let (images, classes) = spec_source(spec, clip, limit, options)?;
+    let classes = classes
         .ok_or_else(|| format!("{spec}: no class labels (labelled tasks need imagefolder:DIR)"))?;
-    let (mut images, mut labels) = (Vec::new(), Vec::new());
-    while let Some(batch) = loader.next_batch().map_err(|e| e.to_string())? {
-        let batch_labels = batch
-            .labels
-            .ok_or_else(|| format!("{spec}: a batch without labels"))?;
-        images.extend(batch.images);
-        labels.extend(batch_labels);
-        if limit.is_some_and(|l| labels.len() >= l) {
-            break;
-        }
-    }
-    if let Some(l) = limit.filter(|&l| labels.len() > l) {
-        labels.truncate(l);
-        images.truncate(l * 3 * size * size);
-    }
-    if labels.is_empty() {
-        return Err(format!("{spec}: no images"));
-    }
     let templates = crate::data::prompts::ZERO_SHOT_TEMPLATES
         .iter()
         .map(|t| t.to_string())
         .collect();
     Ok(LabelledSet {
         images,
-        labels,
         classes,
         templates,
     })
+}
+
+/// OpenCLIP's `--imagenet-val DIR`: an ImageNet-layout folder (one folder per synset, sorted
+/// as torchvision's ImageFolder sorts them) with ImageNet's class names and OpenAI's 80
+/// templates.
+pub fn imagenet_val_set(
+    dir: &std::path::Path,
+    clip: &Clip,
+    limit: Option<usize>,
+    options: &ReadOptions,
+) -> Result<LabelledSet, String> {
+    let spec = format!("imagefolder:{}", dir.display());
+    let mut set = zeroshot_set(&spec, clip, limit, options)?;
+    if set.classes.len() != IMAGENET_CLASSNAMES.len() {
+        return Err(format!(
+            "{}: {} class folders; ImageNet val has {} (one folder per synset, n01440764 first)",
+            dir.display(),
+            set.classes.len(),
+            IMAGENET_CLASSNAMES.len()
+        ));
+    }
+    set.classes = IMAGENET_CLASSNAMES.iter().map(|c| c.to_string()).collect();
+    set.templates = OPENAI_IMAGENET_TEMPLATES
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    Ok(set)
+}
+
+/// OpenCLIP's names for ImageNet zero-shot in its results (`imagenet-zeroshot-val-top1`).
+pub fn imagenet_json(m: &ZeroShotMetrics) -> serde_json::Map<String, serde_json::Value> {
+    let mut map = serde_json::Map::new();
+    map.insert("imagenet-zeroshot-val-top1".into(), m.acc1.into());
+    map.insert("imagenet-zeroshot-val-top5".into(), m.acc5.into());
+    map
 }
 
 /// Zero-shot top-1, top-5 and mean per-class recall of `clip` on `set` (M6).
 pub fn zeroshot_eval(
     clip: &Clip,
     set: &LabelledSet,
+    batch_size: usize,
+) -> Result<ZeroShotMetrics, String> {
+    let images = set.encode(clip, batch_size)?;
+    zeroshot_of(clip, set, &images, batch_size)
+}
+
+/// Zero-shot metrics of `images`, encoded from `set`, against `set`'s prompt-ensembled classes.
+pub fn zeroshot_of(
+    clip: &Clip,
+    set: &LabelledSet,
+    images: &LabelledImages,
     batch_size: usize,
 ) -> Result<ZeroShotMetrics, String> {
     let t = &clip.config.text;
@@ -196,46 +419,21 @@ pub fn zeroshot_eval(
         .collect();
     let dim = clip.config.embed_dim;
     let text = encode_texts(clip, &tokens, batch_size).map_err(|e| e.to_string())?;
-    let image = encode_images(clip, &set.images, batch_size).map_err(|e| e.to_string())?;
-    check_features(&image, &text, "prompt text", dim)?;
+    check_features(&images.features, &text, "prompt text", dim)?;
     let classes = class_embeddings(&text, set.classes.len(), set.templates.len(), dim);
-    Ok(zero_shot(&image, &set.labels, &classes, dim))
+    Ok(zero_shot(&images.features, &images.labels, &classes, dim))
 }
 
-/// The captioned set of `spec` (at most `limit` samples), read as `options` say.
+/// The captioned set of `spec` (at most `limit` samples), read as `options` say; records are
+/// read when the set is encoded.
 pub fn caption_set(
     spec: &str,
     clip: &Clip,
     limit: Option<usize>,
     options: &ReadOptions,
 ) -> Result<CaptionSet, String> {
-    let mut loader = eval_loader(spec, clip, 64, options)?;
-    let (mut images, mut tokens, mut n) = (Vec::new(), Vec::new(), 0);
-    while let Some(batch) = loader.next_batch().map_err(|e| e.to_string())? {
-        images.extend(batch.images);
-        tokens.extend(batch.tokens);
-        n += batch.n;
-        if limit.is_some_and(|l| n >= l) {
-            break;
-        }
-    }
-    if let Some(l) = limit.filter(|&l| n > l) {
-        let size = clip.config.vision.image_size;
-        images.truncate(l * 3 * size * size);
-        tokens.truncate(l * clip.config.text.context_length);
-        n = l;
-    }
-    if n == 0 {
-        return Err(format!("{spec}: no samples"));
-    }
-    let plane = 3 * clip.config.vision.image_size.pow(2);
-    let (images, text_image) = distinct_images(&images, plane);
-    Ok(CaptionSet {
-        images,
-        tokens,
-        n,
-        text_image,
-    })
+    let (records, _) = spec_source(spec, clip, limit, options)?;
+    Ok(CaptionSet { records })
 }
 
 /// exp(logit_scale) of `clip`, read from its backend.
@@ -294,17 +492,25 @@ pub fn retrieval_eval(
     set: &CaptionSet,
     batch_size: usize,
 ) -> Result<(RetrievalMetrics, f64), String> {
+    retrieval_of(clip, &set.encode(clip, batch_size)?, batch_size)
+}
+
+/// [`retrieval_eval`] of features already encoded; the loss runs over batches of `batch_size`.
+pub fn retrieval_of(
+    clip: &Clip,
+    features: &CaptionFeatures,
+    batch_size: usize,
+) -> Result<(RetrievalMetrics, f64), String> {
     let dim = clip.config.embed_dim;
-    let image = encode_images(clip, &set.images, batch_size).map_err(|e| e.to_string())?;
-    let text = encode_texts(clip, &set.tokens, batch_size).map_err(|e| e.to_string())?;
-    check_features(&image, &text, "caption text", dim)?;
-    let paired: Vec<f32> = set
+    let (image, text) = (&features.image, &features.text);
+    check_features(image, text, "caption text", dim)?;
+    let paired: Vec<f32> = features
         .text_image
         .iter()
         .flat_map(|&i| image[i * dim..(i + 1) * dim].iter().copied())
         .collect();
-    let loss = contrastive_loss(&paired, &text, dim, logit_scale(clip), batch_size);
-    Ok((retrieval(&image, &text, &set.text_image, dim), loss))
+    let loss = contrastive_loss(&paired, text, dim, logit_scale(clip), batch_size);
+    Ok((retrieval(image, text, &features.text_image, dim), loss))
 }
 
 /// CLIP_benchmark's names.

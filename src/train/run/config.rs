@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use crate::data::image_ops::Normalisation;
 use crate::data::loader::{LoaderConfig, ReadOptions, check_max_bad_fraction};
-use crate::data::spec::{DatasetType, resolve_spec};
+use crate::data::records::read_csv_records;
+use crate::data::spec::{DataSource, DatasetType, resolve_spec};
 use crate::eval::tasks::BUILTIN_ZEROSHOT;
 use crate::masking::{ClusterMaskConfig, MaskFeatures, check_ratio};
 use crate::model::ClipConfig;
@@ -33,6 +34,8 @@ pub struct TrainConfig {
     pub val_data: Option<String>,
     /// Zero-shot task; None: no zero-shot evaluation.
     pub zeroshot_data: Option<String>,
+    /// OpenCLIP's `--imagenet-val`: ImageNet zero-shot on this folder when zero-shot is due.
+    pub imagenet_val: Option<PathBuf>,
     pub batch_size: usize,
     pub epochs: u64,
     /// Samples per epoch.
@@ -104,6 +107,7 @@ impl TrainConfig {
             train_data: Self::DEFAULT_TRAIN_DATA.into(),
             val_data: None,
             zeroshot_data: None,
+            imagenet_val: None,
             batch_size: Self::DEFAULT_BATCH_SIZE,
             epochs: Self::DEFAULT_EPOCHS,
             train_num_samples: Self::DEFAULT_TRAIN_NUM_SAMPLES,
@@ -237,6 +241,9 @@ impl TrainConfig {
             }
             _ => {}
         }
+        if let Some(dir) = self.imagenet_val.as_ref().filter(|d| !d.is_dir()) {
+            return Err(format!("--imagenet-val: {} is not a folder", dir.display()));
+        }
         Ok(())
     }
 
@@ -263,7 +270,7 @@ impl TrainConfig {
         let mut params = serde_json::json!({
             "model": self.model_name,
             "model_config": crate::train::checkpoint::config_json(&self.model),
-            "train_data": self.train_data, "val_data": self.val_data, "zeroshot_data": self.zeroshot_data,
+            "train_data": self.train_data, "val_data": self.val_data, "zeroshot_data": self.zeroshot_data, "imagenet_val": self.imagenet_val,
             "batch_size": self.batch_size, "epochs": self.epochs, "train_num_samples": self.train_num_samples,
             "lr": self.lr, "wd": self.adamw.weight_decay, "beta1": self.adamw.beta1, "beta2": self.adamw.beta2,
             "eps": self.adamw.eps, "grad_clip_norm": self.adamw.grad_clip_norm, "warmup": self.warmup,
@@ -325,6 +332,70 @@ impl TrainConfig {
             ..self.data.clone()
         }
     }
+}
+
+/// Where an epoch's sample count came from, for the one line a run prints about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochSamples {
+    pub samples: u64,
+    /// Set when `--train-num-samples` was given but OpenCLIP would not read it (CSV, folders).
+    pub note: Option<String>,
+}
+
+/// Samples per epoch of `spec` as OpenCLIP counts them (issue 13): a CSV's rows and an image
+/// folder's images, whatever `--train-num-samples` says (OpenCLIP's CSV and folder datasets
+/// have their own length); shards: `--train-num-samples`, else their `sizes.json` (or an error
+/// asking for the flag, as OpenCLIP's); the built-in stream (OpenCLIP's synthetic data):
+/// `--train-num-samples`, else the default. `--samples-per-epoch`, clusterclip's own, sets an
+/// epoch of any data.
+pub fn epoch_samples(
+    spec: &str,
+    options: &ReadOptions,
+    train_num_samples: Option<u64>,
+    samples_per_epoch: Option<u64>,
+) -> Result<EpochSamples, String> {
+    if let Some(samples) = samples_per_epoch {
+        return Ok(EpochSamples {
+            samples,
+            note: None,
+        });
+    }
+    let source =
+        resolve_spec(spec, options.dataset_type).map_err(|e| format!("--train-data: {e}"))?;
+    let own_length = |samples: u64, what: &str| EpochSamples {
+        samples,
+        note: train_num_samples.filter(|&n| n != samples).map(|n| {
+            format!(
+                "--train-num-samples {n} is not read for {what}: an epoch is its {samples} \
+                 records, as in OpenCLIP (--samples-per-epoch sets another length)"
+            )
+        }),
+    };
+    Ok(match source {
+        DataSource::Csv { files } => {
+            let mut rows = 0u64;
+            for file in &files {
+                rows += read_csv_records(file, &options.keys)
+                    .map_err(|e| format!("--train-data: {e}"))?
+                    .len() as u64;
+            }
+            own_length(rows, "a CSV")
+        }
+        DataSource::ImageFolder(folder) => own_length(folder.items.len() as u64, "an image folder"),
+        DataSource::WebDataset { num_samples, .. } => EpochSamples {
+            samples: train_num_samples.or(num_samples).ok_or_else(|| {
+                format!(
+                    "--train-num-samples: {spec} has no sizes.json listing every shard; give \
+                     the number of samples"
+                )
+            })?,
+            note: None,
+        },
+        DataSource::Builtin(_) => EpochSamples {
+            samples: train_num_samples.unwrap_or(TrainConfig::DEFAULT_TRAIN_NUM_SAMPLES),
+            note: None,
+        },
+    })
 }
 
 /// `--name` is one folder under `--logs`: empty, it would write into `--logs` itself; a path

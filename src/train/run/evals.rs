@@ -2,8 +2,8 @@
 //! epoch, `results.jsonl` and `loss.png`.
 
 use crate::eval::tasks::{
-    CaptionSet, LabelledSet, caption_set, retrieval_eval, retrieval_json, zeroshot_eval,
-    zeroshot_json, zeroshot_set,
+    CaptionSet, LabelledSet, caption_set, imagenet_json, imagenet_val_set, retrieval_eval,
+    retrieval_json, zeroshot_eval, zeroshot_json, zeroshot_set,
 };
 use crate::graph::Backend;
 use crate::model::Clip;
@@ -20,6 +20,8 @@ const MIN_EVAL_BATCH: usize = 64;
 pub(super) struct EvalSets {
     val: Option<CaptionSet>,
     zeroshot: Option<LabelledSet>,
+    /// `--imagenet-val`: run when zero-shot is due, reported under OpenCLIP's keys.
+    imagenet: Option<LabelledSet>,
     batch: usize,
 }
 
@@ -50,6 +52,18 @@ impl EvalSets {
             ),
             _ => None,
         };
+        let imagenet = match &config.imagenet_val {
+            Some(dir) if config.zeroshot_frequency > 0 => Some(
+                imagenet_val_set(
+                    dir,
+                    clip,
+                    config.eval_limit,
+                    &config.zeroshot_read_options(),
+                )
+                .map_err(|e| TrainError::Config(format!("--imagenet-val: {e}")))?,
+            ),
+            _ => None,
+        };
         // Evaluation batches as large as one storage binding allows (b16 at 64 would not fit
         // 128 MiB).
         let batch = match backend.gpu() {
@@ -63,6 +77,7 @@ impl EvalSets {
         Ok(EvalSets {
             val,
             zeroshot,
+            imagenet,
             batch,
         })
     }
@@ -80,7 +95,7 @@ impl EvalSets {
             |freq: u64| freq > 0 && (end_of_run || (epoch_done && completed.is_multiple_of(freq)));
         (
             due(config.val_frequency) && self.val.is_some(),
-            due(config.zeroshot_frequency) && self.zeroshot.is_some(),
+            due(config.zeroshot_frequency) && (self.zeroshot.is_some() || self.imagenet.is_some()),
         )
     }
 
@@ -95,6 +110,10 @@ impl EvalSets {
         if let (true, Some(set)) = (do_zeroshot, &self.zeroshot) {
             let m = zeroshot_eval(clip, set, self.batch).map_err(run_err)?;
             metrics.insert("zeroshot".into(), zeroshot_json(&m));
+        }
+        if let (true, Some(set)) = (do_zeroshot, &self.imagenet) {
+            let m = zeroshot_eval(clip, set, self.batch).map_err(run_err)?;
+            metrics.extend(imagenet_json(&m));
         }
         if let (true, Some(set)) = (do_val, &self.val) {
             let (m, loss) = retrieval_eval(clip, set, self.batch).map_err(run_err)?;

@@ -24,7 +24,7 @@ use super::step::{Trainer, split_inputs};
 use super::stream::TrainStream;
 use super::tensorboard::EventWriter;
 
-pub use config::{ResumeFrom, TrainConfig, default_eval_data};
+pub use config::{EpochSamples, ResumeFrom, TrainConfig, default_eval_data, epoch_samples};
 use evals::{EvalSets, write_plot};
 
 /// Why a run stopped early.
@@ -83,11 +83,15 @@ pub struct TrainSummary {
 }
 
 /// The evaluation metrics as OpenCLIP's `val/` scalars: retrieval under their own names
-/// (`val/clip_val_loss`), zero-shot prefixed (`val/zeroshot_acc1`).
+/// (`val/clip_val_loss`), zero-shot prefixed (`val/zeroshot_acc1`), top-level numbers as they
+/// are (`val/imagenet-zeroshot-val-top1`).
 fn val_scalars(metrics: &serde_json::Value) -> Vec<(String, f32)> {
     let Some(groups) = metrics.as_object() else {
         return Vec::new();
     };
+    let numbers = groups
+        .iter()
+        .filter_map(|(name, v)| Some((format!("val/{name}"), v.as_f64()? as f32)));
     groups
         .iter()
         .flat_map(|(group, values)| {
@@ -102,6 +106,7 @@ fn val_scalars(metrics: &serde_json::Value) -> Vec<(String, f32)> {
                 .flatten()
                 .filter_map(move |(name, v)| Some((format!("{prefix}{name}"), v.as_f64()? as f32)))
         })
+        .chain(numbers)
         .collect()
 }
 

@@ -19,7 +19,7 @@ mod recorder;
 pub use adapter::{AdapterSummary, BackendChoice, GpuOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use adapter::{adapter_summaries, quiet_mesa_device_select};
-pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf};
+pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf, PoolStats};
 pub use kernel::{Kernel, Shader, validate_wgsl};
 #[cfg(not(target_arch = "wasm32"))]
 pub use readback::block_on;
@@ -248,15 +248,9 @@ impl Gpu {
         )
     }
 
-    /// Bytes currently held by the buffer pool (in use and free).
-    pub fn pool_bytes(&self) -> (u64, u64) {
-        let pool = self.pool.lock().unwrap();
-        (pool.bytes_in_use, pool.bytes_free)
-    }
-
-    /// Number of buffers ever created by the pool: constant in steady state.
-    pub fn buffers_created(&self) -> u64 {
-        self.pool.lock().unwrap().created
+    /// What the buffer pool holds now, and its high-water marks.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.lock().unwrap().stats
     }
 
     /// Dispatches recorded since the device was opened.

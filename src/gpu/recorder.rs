@@ -214,10 +214,10 @@ impl Gpu {
         buffers: &[Binding],
         groups: [u32; 3],
     ) {
+        let buffers = in_binding_order(kernel, buffers);
         if groups.contains(&0) {
             return;
         }
-        let buffers = in_binding_order(kernel, buffers);
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(
             groups.iter().all(|&g| g <= max),

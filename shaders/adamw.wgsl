@@ -12,8 +12,6 @@ struct Params {
     // 1 - beta^t, the bias corrections of the first and second moments.
     correction1: f32,
     correction2: f32,
-    // 1: scale gradients by clip[1] (torch.nn.utils.clip_grad_norm_'s coefficient).
-    use_clip: u32,
     lo: f32,
     hi: f32,
 }
@@ -23,26 +21,15 @@ struct Params {
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(3) var<storage, read_write> moment1: array<f32>;
 @group(0) @binding(4) var<storage, read_write> moment2: array<f32>;
+// [norm, coefficient]: torch.nn.utils.clip_grad_norm_'s coefficient scales the gradients
+// (`adamw_clipped` only)
 @group(0) @binding(5) var<storage, read> clip: array<f32>;
 
 const WG: u32 = 256u;
 
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
-// PyTorch's AdamW: p -= lr·wd·p (decoupled), then p -= lr/c1 · m / (sqrt(v)/sqrt(c2) + eps).
-@compute @workgroup_size(WG)
-fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid);
-    if i >= params.len {
-        return;
-    }
-    let at = params.offset + i;
-    var g = grad[at];
-    if params.use_clip != 0u {
-        g *= clip[1];
-    }
+// PyTorch's AdamW on element `at` with gradient `g`: p -= lr·wd·p (decoupled), then
+// p -= lr/c1 · m / (sqrt(v)/sqrt(c2) + eps).
+fn adamw_update(at: u32, g: f32) {
     var p = param[at];
     p -= params.lr * params.weight_decay * p;
     let m = params.beta1 * moment1[at] + (1.0 - params.beta1) * g;
@@ -51,6 +38,23 @@ fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     moment2[at] = v;
     let denom = sqrt(v) / sqrt(params.correction2) + params.eps;
     param[at] = p - (params.lr / params.correction1) * m / denom;
+}
+
+@compute @workgroup_size(WG)
+fn adamw(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid, WG);
+    if i < params.len {
+        adamw_update(params.offset + i, grad[params.offset + i]);
+    }
+}
+
+// With the gradients clipped to a global norm.
+@compute @workgroup_size(WG)
+fn adamw_clipped(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid, WG);
+    if i < params.len {
+        adamw_update(params.offset + i, grad[params.offset + i] * clip[1]);
+    }
 }
 
 @compute @workgroup_size(1)

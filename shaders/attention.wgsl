@@ -25,22 +25,24 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 // [B, T, parts·D] with parts = 3 (qkv) or 1 (a gradient of out)
-@group(0) @binding(1) var<storage, read> tokens_in: array<f32>;
-// [B, H, Tp, hd] each
-@group(0) @binding(2) var<storage, read_write> head0: array<f32>;
-@group(0) @binding(3) var<storage, read_write> head1: array<f32>;
-@group(0) @binding(4) var<storage, read_write> head2: array<f32>;
-// [B, T, parts·D]
-@group(0) @binding(5) var<storage, read_write> tokens_out: array<f32>;
-@group(0) @binding(6) var<storage, read> heads_in0: array<f32>;
-@group(0) @binding(7) var<storage, read> heads_in1: array<f32>;
-@group(0) @binding(8) var<storage, read> heads_in2: array<f32>;
+// split_qkv: [B, T, 3·D] in, q, k, v [B, H, Tp, hd] out
+@group(0) @binding(1) var<storage, read> qkv: array<f32>;
+@group(0) @binding(2) var<storage, read_write> q: array<f32>;
+@group(0) @binding(3) var<storage, read_write> k: array<f32>;
+@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+// split_heads: a gradient of out [B, T, D] in, [B, H, Tp, hd] out
+@group(0) @binding(5) var<storage, read> d_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> d_heads: array<f32>;
+// merge_heads: [B, H, Tp, hd] in, [B, T, D] out
+@group(0) @binding(7) var<storage, read> heads: array<f32>;
+@group(0) @binding(8) var<storage, read_write> out: array<f32>;
+// merge_qkv: dq, dk, dv [B, H, Tp, hd] in, dqkv [B, T, 3·D] out
+@group(0) @binding(9) var<storage, read> dq: array<f32>;
+@group(0) @binding(10) var<storage, read> dk: array<f32>;
+@group(0) @binding(11) var<storage, read> dv: array<f32>;
+@group(0) @binding(12) var<storage, read_write> dqkv: array<f32>;
 
 const WG: u32 = 64u;
-
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
 
 // The invocation's head row (b, h, t) of [B, H, Tp, hd] and the offset of its first element in
 // one [B, T, parts·D]-wide part. One invocation moves a whole row of hd values: the index
@@ -67,7 +69,7 @@ fn head_rows() -> u32 {
 // qkv [B, T, 3·D] -> q, k, v [B, H, Tp, hd] (padding rows zero).
 @compute @workgroup_size(WG)
 fn split_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let index = linear_index(wid, nwg, lid);
+    let index = linear_index(wid, nwg, lid, WG);
     if index >= head_rows() {
         return;
     }
@@ -77,30 +79,30 @@ fn split_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     for (var e = 0u; e < params.head_dim; e++) {
         let src = row.token_offset + e;
         let dst = row.head_offset + e;
-        head0[dst] = select(0.0, tokens_in[src], live);
-        head1[dst] = select(0.0, tokens_in[src + width], live);
-        head2[dst] = select(0.0, tokens_in[src + 2u * width], live);
+        q[dst] = select(0.0, qkv[src], live);
+        k[dst] = select(0.0, qkv[src + width], live);
+        v[dst] = select(0.0, qkv[src + 2u * width], live);
     }
 }
 
 // A gradient of out [B, T, D] -> [B, H, Tp, hd] (padding rows zero).
 @compute @workgroup_size(WG)
 fn split_heads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let index = linear_index(wid, nwg, lid);
+    let index = linear_index(wid, nwg, lid, WG);
     if index >= head_rows() {
         return;
     }
     let row = head_row(index, 1u);
     let live = row.token < params.tokens;
     for (var e = 0u; e < params.head_dim; e++) {
-        head0[row.head_offset + e] = select(0.0, tokens_in[row.token_offset + e], live);
+        d_heads[row.head_offset + e] = select(0.0, d_out[row.token_offset + e], live);
     }
 }
 
 // The heads [B, H, Tp, hd] -> out [B, T, D] (padding rows dropped).
 @compute @workgroup_size(WG)
 fn merge_heads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let index = linear_index(wid, nwg, lid);
+    let index = linear_index(wid, nwg, lid, WG);
     if index >= head_rows() {
         return;
     }
@@ -109,14 +111,14 @@ fn merge_heads(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     for (var e = 0u; e < params.head_dim; e++) {
-        tokens_out[row.token_offset + e] = heads_in0[row.head_offset + e];
+        out[row.token_offset + e] = heads[row.head_offset + e];
     }
 }
 
 // dq, dk, dv [B, H, Tp, hd] -> dqkv [B, T, 3·D].
 @compute @workgroup_size(WG)
 fn merge_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let index = linear_index(wid, nwg, lid);
+    let index = linear_index(wid, nwg, lid, WG);
     if index >= head_rows() {
         return;
     }
@@ -128,8 +130,8 @@ fn merge_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     for (var e = 0u; e < params.head_dim; e++) {
         let dst = row.token_offset + e;
         let src = row.head_offset + e;
-        tokens_out[dst] = heads_in0[src];
-        tokens_out[dst + width] = heads_in1[src];
-        tokens_out[dst + 2u * width] = heads_in2[src];
+        dqkv[dst] = dq[src];
+        dqkv[dst + width] = dk[src];
+        dqkv[dst + 2u * width] = dv[src];
     }
 }

@@ -1,10 +1,9 @@
 // Masking kernels (shared/method.md M3, M4); the CPU twin is src/masking/. One mask per step:
-//   patch_features -> [embedding_features] -> select_anchors -> cluster_flags -> keep_count
-//   -> select_kept            (cluster masking)
-//   random_kept               (FLIP random masking, M4)
+//   patch_features -> [embedding_features] -> select_anchors -> cluster_flags[_mixed]
+//   -> keep_count -> select_kept   (cluster masking)
+//   random_kept                    (FLIP random masking, M4)
 // Random draws come from the counter-based generator of src/masking/rng.rs, bit for bit.
-// All entry points share one buffer list (src/masking/gpu.rs MaskBuffers passes it whole); each
-// binds only what it uses.
+// Each entry point binds only the buffers it uses (src/masking/gpu.rs names them).
 
 struct Params {
     images: u32,        // N
@@ -103,7 +102,7 @@ fn pixel_transform(channel: u32) -> vec2<f32> {
 @compute @workgroup_size(WG)
 fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let row = linear_index(wid, nwg, lid, WG);
     if row >= params.images * params.patches {
         return;
     }
@@ -148,7 +147,7 @@ fn patch_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 @compute @workgroup_size(WG)
 fn embedding_features(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                       @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let row = linear_index(wid, nwg, lid, WG);
     if row >= params.images * params.patches {
         return;
     }
@@ -243,10 +242,11 @@ fn dot_embedding(image: u32, a: u32, b: u32) -> f32 {
     return acc;
 }
 
+// Pixel similarity only (no embedding mix).
 @compute @workgroup_size(WG)
 fn cluster_flags(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let row = linear_index(wid, nwg, lid, WG);
     if row >= params.images * params.patches {
         return;
     }
@@ -256,16 +256,29 @@ fn cluster_flags(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     // The union needs one witness: stop at the first anchor that covers the patch.
     for (var k = 0u; k < params.anchors && !covered; k++) {
         let anchor = anchors[image * params.anchors + k];
-        if anchor == patch_index {
-            covered = true;
-            break;
-        }
-        var sim = dot_pixels(image, anchor, patch_index);
-        if params.embed_dim > 0u {
-            let w = params.embed_weight;
-            sim = w * dot_embedding(image, anchor, patch_index) + (1.0 - w) * sim;
-        }
-        covered = sim > params.threshold;
+        covered = anchor == patch_index
+            || dot_pixels(image, anchor, patch_index) > params.threshold;
+    }
+    masked[row] = u32(covered);
+}
+
+// The similarity mixes in the embedding's (M3.7): w · embedding + (1 - w) · pixels.
+@compute @workgroup_size(WG)
+fn cluster_flags_mixed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = linear_index(wid, nwg, lid, WG);
+    if row >= params.images * params.patches {
+        return;
+    }
+    let image = row / params.patches;
+    let patch_index = row % params.patches;
+    let w = params.embed_weight;
+    var covered = false;
+    for (var k = 0u; k < params.anchors && !covered; k++) {
+        let anchor = anchors[image * params.anchors + k];
+        let pixels = dot_pixels(image, anchor, patch_index);
+        covered = anchor == patch_index
+            || w * dot_embedding(image, anchor, patch_index) + (1.0 - w) * pixels > params.threshold;
     }
     masked[row] = u32(covered);
 }

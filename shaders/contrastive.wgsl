@@ -94,7 +94,7 @@ fn line_element(line: u32, k: u32) -> u32 {
 // One workgroup per line: stats[line] = lse, stats[2B + line] = ce.
 @compute @workgroup_size(WG)
 fn line_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let line = wid.y * nwg.x + wid.x;
+    let line = workgroup_index(wid, nwg);
     let b = params.batch;
     if line >= 2u * b {
         return;
@@ -158,7 +158,7 @@ fn col_term(i: u32, j: u32, l: f32) -> f32 {
 // out[i, j] = dLoss/dS[i, j] = g · t · (P_row[i, j] + P_col[i, j] − 2δ_ij) / (2B).
 @compute @workgroup_size(WG)
 fn grad_sims(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = (wid.y * nwg.x + wid.x) * WG + lid.x;
+    let e = linear_index(wid, nwg, lid, WG);
     let b = params.batch;
     if e >= b * b {
         return;

@@ -27,14 +27,10 @@ const WG: u32 = 256u;
 
 var<workgroup> lane_totals: array<u32, WG>;
 
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // out[i, c] = src[idx[i], c]; one invocation per output element.
 @compute @workgroup_size(WG)
 fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = linear_index(wid, nwg, lid);
+    let e = linear_index(wid, nwg, lid, WG);
     if e >= params.n * params.cols {
         return;
     }
@@ -49,7 +45,7 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // counts[r] = #{i : idx[i] == r}; `counts` starts zeroed.
 @compute @workgroup_size(WG)
 fn csr_count(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid);
+    let i = linear_index(wid, nwg, lid, WG);
     if i >= params.n {
         return;
     }
@@ -135,7 +131,7 @@ fn csr_fill(@builtin(local_invocation_id) lid: vec3<u32>) {
 // out[r, c] = Σ over the segment of row r of src[i, c]; one invocation per output element.
 @compute @workgroup_size(WG)
 fn segment_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = linear_index(wid, nwg, lid);
+    let e = linear_index(wid, nwg, lid, WG);
     if e >= params.rows * params.cols {
         return;
     }

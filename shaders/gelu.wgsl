@@ -20,10 +20,6 @@ const FRAC_1_SQRT_2: f32 = 0.70710678118654752;
 // 1/sqrt(2π)
 const FRAC_1_SQRT_2PI: f32 = 0.39894228040143268;
 
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // erfc(z) for any z (Numerical Recipes' erfcc, relative error < 1.2e-7).
 fn erfc(z: f32) -> f32 {
     let a = abs(z);
@@ -49,7 +45,7 @@ fn normal_cdf(v: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid);
+    let i = linear_index(wid, nwg, lid, WG);
     if i >= params.len {
         return;
     }
@@ -60,7 +56,7 @@ fn gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
 // d gelu / dx = Φ(x) + x·φ(x).
 @compute @workgroup_size(WG)
 fn gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid);
+    let i = linear_index(wid, nwg, lid, WG);
     if i >= params.len {
         return;
     }
@@ -80,7 +76,7 @@ fn sigmoid(z: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn quick_gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid);
+    let i = linear_index(wid, nwg, lid, WG);
     if i >= params.len {
         return;
     }
@@ -91,7 +87,7 @@ fn quick_gelu_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 // d/dx x·σ(ax) = σ(ax) + a·x·σ(ax)·(1 − σ(ax)).
 @compute @workgroup_size(WG)
 fn quick_gelu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid);
+    let i = linear_index(wid, nwg, lid, WG);
     if i >= params.len {
         return;
     }

@@ -22,10 +22,6 @@ const MIN_NORM: f32 = 1e-12;
 
 var<workgroup> partial: array<f32, WG>;
 
-fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wid.y * nwg.x + wid.x;
-}
-
 // Sum of `value` over the workgroup's lanes (every lane gets it).
 fn workgroup_sum(lane: u32, value: f32) -> f32 {
     partial[lane] = value;
@@ -43,7 +39,7 @@ fn workgroup_sum(lane: u32, value: f32) -> f32 {
 
 @compute @workgroup_size(WG)
 fn l2_normalize_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg);
+    let row = workgroup_index(wid, nwg);
     if row >= params.rows {
         return;
     }
@@ -67,7 +63,7 @@ fn l2_normalize_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
 // (the clamp's gradient is zero), so dx = dy / 1e-12.
 @compute @workgroup_size(WG)
 fn l2_normalize_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg);
+    let row = workgroup_index(wid, nwg);
     if row >= params.rows {
         return;
     }

@@ -19,8 +19,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read> grad: array<f32>;
 // per row: mean, 1/sqrt(var + eps); written by the forward, read by the backward
 @group(0) @binding(5) var<storage, read_write> stats: array<f32>;
+// y (forward) or dx (backward_input)
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
-@group(0) @binding(7) var<storage, read_write> out2: array<f32>;
+// [chunks, cols] partial sums of the gain and bias gradients (backward_params)
+@group(0) @binding(7) var<storage, read_write> partial_gain: array<f32>;
+@group(0) @binding(8) var<storage, read_write> partial_bias: array<f32>;
 
 const WG: u32 = 64u;
 
@@ -28,13 +31,9 @@ const WG: u32 = 64u;
 // dearly for barriers, so a row's reductions stay in one invocation (measured 7x faster
 // than a workgroup-per-row tree at 4160x192 there). Rows are many (tokens x batch), so a
 // GPU still gets thousands of invocations.
-fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 @compute @workgroup_size(WG)
 fn layer_norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg, lid);
+    let row = linear_index(wid, nwg, lid, WG);
     if row >= params.rows {
         return;
     }
@@ -62,7 +61,7 @@ fn layer_norm_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgr
 // dx = rstd · (g - mean(g) - x̂ · mean(g · x̂)) with g = dy · gain, x̂ = (x - mean) · rstd.
 @compute @workgroup_size(WG)
 fn layer_norm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg, lid);
+    let row = linear_index(wid, nwg, lid, WG);
     if row >= params.rows {
         return;
     }
@@ -86,7 +85,7 @@ fn layer_norm_backward_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num
     }
 }
 
-// Partial column sums over chunk `wid.y` of rows: out = Σ dy · x̂ (gain), out2 = Σ dy (bias),
+// Partial column sums over chunk `wid.y` of rows: partial_gain = Σ dy · x̂, partial_bias = Σ dy,
 // both [chunks, cols]. One invocation per (column, chunk).
 @compute @workgroup_size(WG)
 fn layer_norm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -105,6 +104,6 @@ fn layer_norm_backward_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
         sum_gain += dy * xhat;
         sum_bias += dy;
     }
-    out[chunk * params.cols + col] = sum_gain;
-    out2[chunk * params.cols + col] = sum_bias;
+    partial_gain[chunk * params.cols + col] = sum_gain;
+    partial_bias[chunk * params.cols + col] = sum_bias;
 }

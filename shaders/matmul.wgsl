@@ -12,7 +12,8 @@
 // takes any shape. Rows and columns past the edge of C read clamped (valid) elements and are
 // never stored, so no shape needs padding and the inner loops have no guards. `_tn` reads whole
 // cache lines per k step and is the fastest, so large products in other layouts run as
-// `transpose_copy` + `_tn` (src/ops/matmul.rs decides).
+// `transpose_copy` + `_tn` (src/ops/matmul.rs decides). Every product entry point has a `_bias`
+// twin that adds a bias row: a kernel binds only the buffers it reads.
 
 struct Params {
     m: u32,
@@ -22,8 +23,7 @@ struct Params {
     a_batch_stride: u32,
     b_batch_stride: u32,
     c_batch_stride: u32,
-    // bit 0: A transposed, bit 1: B transposed, bit 2: add bias, bit 3: accumulate into C,
-    // bit 4: lanes over the batch (see `placement`)
+    // MATMUL_* bits of the prelude (src/gpu/prelude.rs)
     flags: u32,
 }
 
@@ -34,6 +34,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
+// [N], added to every row of C by the `_bias` entry points only: a product without bias binds
+// no buffer for it.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 // A SIMD batch of invocations should share its rows (measured: 8×1 beats 4×2 by 1.7×).
@@ -95,11 +97,11 @@ struct Placement {
 }
 
 // Where the invocation works. Normally a workgroup's lanes sit side by side along N and the
-// grid's z is the batch. With flag bit 4 (many small products, e.g. attention heads, where
+// grid's z is the batch. With MATMUL_LANES_OVER_BATCH (many small products, e.g. attention heads, where
 // N < WG_X · TILE would leave lanes idle) the lanes take consecutive batch entries at the same
 // tile instead: z counts groups of WG_X batch entries (WG_Y is 1).
 fn placement(wid: vec3<u32>, lid: vec3<u32>) -> Placement {
-    if (params.flags & 16u) != 0u {
+    if (params.flags & MATMUL_LANES_OVER_BATCH) != 0u {
         return Placement(vec2(wid.y * TILE, wid.x * TILE), wid.z * WG_X + lid.x);
     }
     return Placement(vec2((wid.y * WG_Y + lid.y) * TILE, (wid.x * WG_X + lid.x) * TILE), wid.z);
@@ -123,17 +125,14 @@ fn load_block_b(at: vec4<u32>, step: u32) -> mat4x4<f32> {
 }
 
 // Writes rows `row`..`row + 3` and columns `col`..`col + 3` of C from a tile block (column r of
-// `block` is row `row + r`), adding the bias and the old C when the flags say so.
-fn store_block(block: mat4x4<f32>, c_base: u32, row: u32, col: u32) {
+// `block` is row `row + r`) plus those columns' bias, adding the old C when the flags say so.
+fn store_block(block: mat4x4<f32>, c_base: u32, row: u32, col: u32, bias4: vec4<f32>) {
     for (var r = 0u; r < 4u; r++) {
         for (var q = 0u; q < 4u; q++) {
             if row + r < params.m && col + q < params.n {
-                var value = block[r][q];
+                var value = block[r][q] + bias4[q];
                 let index = c_base + (row + r) * params.n + col + q;
-                if (params.flags & 4u) != 0u {
-                    value += bias[col + q];
-                }
-                if (params.flags & 8u) != 0u {
+                if (params.flags & MATMUL_ACCUMULATE) != 0u {
                     value += c[index];
                 }
                 c[index] = value;
@@ -143,35 +142,45 @@ fn store_block(block: mat4x4<f32>, c_base: u32, row: u32, col: u32) {
 }
 
 // Constant block indices keep the tile in registers (a dynamic index would spill it to memory).
-fn store_tile(t: ptr<function, Tile>, batch: u32, origin: vec2<u32>) {
+fn store_tile(t: ptr<function, Tile>, batch: u32, origin: vec2<u32>, bias16: array<vec4<f32>, 4>) {
     let base = batch * params.c_batch_stride;
     let r = origin.x;
     let col = origin.y;
-    store_block((*t)[0], base, r, col);
-    store_block((*t)[1], base, r, col + 4u);
-    store_block((*t)[2], base, r, col + 8u);
-    store_block((*t)[3], base, r, col + 12u);
-    store_block((*t)[4], base, r + 4u, col);
-    store_block((*t)[5], base, r + 4u, col + 4u);
-    store_block((*t)[6], base, r + 4u, col + 8u);
-    store_block((*t)[7], base, r + 4u, col + 12u);
-    store_block((*t)[8], base, r + 8u, col);
-    store_block((*t)[9], base, r + 8u, col + 4u);
-    store_block((*t)[10], base, r + 8u, col + 8u);
-    store_block((*t)[11], base, r + 8u, col + 12u);
-    store_block((*t)[12], base, r + 12u, col);
-    store_block((*t)[13], base, r + 12u, col + 4u);
-    store_block((*t)[14], base, r + 12u, col + 8u);
-    store_block((*t)[15], base, r + 12u, col + 12u);
+    store_block((*t)[0], base, r, col, bias16[0]);
+    store_block((*t)[1], base, r, col + 4u, bias16[1]);
+    store_block((*t)[2], base, r, col + 8u, bias16[2]);
+    store_block((*t)[3], base, r, col + 12u, bias16[3]);
+    store_block((*t)[4], base, r + 4u, col, bias16[0]);
+    store_block((*t)[5], base, r + 4u, col + 4u, bias16[1]);
+    store_block((*t)[6], base, r + 4u, col + 8u, bias16[2]);
+    store_block((*t)[7], base, r + 4u, col + 12u, bias16[3]);
+    store_block((*t)[8], base, r + 8u, col, bias16[0]);
+    store_block((*t)[9], base, r + 8u, col + 4u, bias16[1]);
+    store_block((*t)[10], base, r + 8u, col + 8u, bias16[2]);
+    store_block((*t)[11], base, r + 8u, col + 12u, bias16[3]);
+    store_block((*t)[12], base, r + 12u, col, bias16[0]);
+    store_block((*t)[13], base, r + 12u, col + 4u, bias16[1]);
+    store_block((*t)[14], base, r + 12u, col + 8u, bias16[2]);
+    store_block((*t)[15], base, r + 12u, col + 12u, bias16[3]);
 }
 
+// The bias of columns `col`..`col + 3` (clamped reads past N: never stored).
+fn bias_cols(col: u32) -> vec4<f32> {
+    let last = params.n - 1u;
+    return vec4(bias[min(col, last)], bias[min(col + 1u, last)], bias[min(col + 2u, last)],
+        bias[min(col + 3u, last)]);
+}
+
+// The bias of a tile's 16 columns from `col`.
+fn bias_tile(col: u32) -> array<vec4<f32>, 4> {
+    return array(bias_cols(col), bias_cols(col + 4u), bias_cols(col + 8u), bias_cols(col + 12u));
+}
+
+const NO_BIAS: vec4<f32> = vec4(0.0);
+const NO_BIAS_TILE: array<vec4<f32>, 4> = array(NO_BIAS, NO_BIAS, NO_BIAS, NO_BIAS);
+
 // A [M, K], B [K, N].
-@compute @workgroup_size(WG_X, WG_Y)
-fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let place = placement(wid, lid);
-    if place.batch >= params.batch {
-        return;
-    }
+fn product_nn(t: ptr<function, Tile>, place: Placement) {
     let origin = place.origin;
     let batch = place.batch;
     let k4 = params.k / 4u;
@@ -183,29 +192,22 @@ fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         a_rows[g] = clamped4(origin.x + 4u * g, params.m, k4, a_base);
     }
     let b_cols = clamped4(origin.y / 4u, n4, 1u, b_base);
-    var t: Tile;
     var b_row = 0u;
     for (var kq = 0u; kq < k4; kq++) {
         let a0 = load_block_a(a_rows[0], kq);
         let a1 = load_block_a(a_rows[1], kq);
         let a2 = load_block_a(a_rows[2], kq);
         let a3 = load_block_a(a_rows[3], kq);
-        rank1_update_b(&t, a0[0], a1[0], a2[0], a3[0], b_cols + b_row);
-        rank1_update_b(&t, a0[1], a1[1], a2[1], a3[1], b_cols + (b_row + n4));
-        rank1_update_b(&t, a0[2], a1[2], a2[2], a3[2], b_cols + (b_row + 2u * n4));
-        rank1_update_b(&t, a0[3], a1[3], a2[3], a3[3], b_cols + (b_row + 3u * n4));
+        rank1_update_b(t, a0[0], a1[0], a2[0], a3[0], b_cols + b_row);
+        rank1_update_b(t, a0[1], a1[1], a2[1], a3[1], b_cols + (b_row + n4));
+        rank1_update_b(t, a0[2], a1[2], a2[2], a3[2], b_cols + (b_row + 2u * n4));
+        rank1_update_b(t, a0[3], a1[3], a2[3], a3[3], b_cols + (b_row + 3u * n4));
         b_row += 4u * n4;
     }
-    store_tile(&t, batch, origin);
 }
 
 // A [M, K], B [N, K].
-@compute @workgroup_size(WG_X, WG_Y)
-fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let place = placement(wid, lid);
-    if place.batch >= params.batch {
-        return;
-    }
+fn product_nt(t: ptr<function, Tile>, place: Placement) {
     let origin = place.origin;
     let batch = place.batch;
     let k4 = params.k / 4u;
@@ -217,7 +219,6 @@ fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         a_rows[g] = clamped4(origin.x + 4u * g, params.m, k4, a_base);
         b_rows[g] = clamped4(origin.y + 4u * g, params.n, k4, b_base);
     }
-    var t: Tile;
     for (var kq = 0u; kq < k4; kq++) {
         let a0 = load_block_a(a_rows[0], kq);
         let a1 = load_block_a(a_rows[1], kq);
@@ -227,46 +228,33 @@ fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         let b1 = load_block_b(b_rows[1], kq);
         let b2 = load_block_b(b_rows[2], kq);
         let b3 = load_block_b(b_rows[3], kq);
-        rank1_update(&t, a0[0], a1[0], a2[0], a3[0], b0[0], b1[0], b2[0], b3[0]);
-        rank1_update(&t, a0[1], a1[1], a2[1], a3[1], b0[1], b1[1], b2[1], b3[1]);
-        rank1_update(&t, a0[2], a1[2], a2[2], a3[2], b0[2], b1[2], b2[2], b3[2]);
-        rank1_update(&t, a0[3], a1[3], a2[3], a3[3], b0[3], b1[3], b2[3], b3[3]);
+        rank1_update(t, a0[0], a1[0], a2[0], a3[0], b0[0], b1[0], b2[0], b3[0]);
+        rank1_update(t, a0[1], a1[1], a2[1], a3[1], b0[1], b1[1], b2[1], b3[1]);
+        rank1_update(t, a0[2], a1[2], a2[2], a3[2], b0[2], b1[2], b2[2], b3[2]);
+        rank1_update(t, a0[3], a1[3], a2[3], a3[3], b0[3], b1[3], b2[3], b3[3]);
     }
-    store_tile(&t, batch, origin);
 }
 
 // A [K, M], B [K, N].
-@compute @workgroup_size(WG_X, WG_Y)
-fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let place = placement(wid, lid);
-    if place.batch >= params.batch {
-        return;
-    }
+fn product_tn(t: ptr<function, Tile>, place: Placement) {
     let origin = place.origin;
     let batch = place.batch;
     let m4 = params.m / 4u;
     let n4 = params.n / 4u;
     let a_cols = clamped4(origin.x / 4u, m4, 1u, batch * params.a_batch_stride / 4u);
     let b_cols = clamped4(origin.y / 4u, n4, 1u, batch * params.b_batch_stride / 4u);
-    var t: Tile;
     var a_row = 0u;
     var b_row = 0u;
     for (var kk = 0u; kk < params.k; kk++) {
         let a_at = a_cols + a_row;
-        rank1_update_b(&t, a4[a_at.x], a4[a_at.y], a4[a_at.z], a4[a_at.w], b_cols + b_row);
+        rank1_update_b(t, a4[a_at.x], a4[a_at.y], a4[a_at.z], a4[a_at.w], b_cols + b_row);
         a_row += m4;
         b_row += n4;
     }
-    store_tile(&t, batch, origin);
 }
 
 // A [K, M], B [N, K].
-@compute @workgroup_size(WG_X, WG_Y)
-fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let place = placement(wid, lid);
-    if place.batch >= params.batch {
-        return;
-    }
+fn product_tt(t: ptr<function, Tile>, place: Placement) {
     let origin = place.origin;
     let batch = place.batch;
     let m4 = params.m / 4u;
@@ -277,34 +265,27 @@ fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
     for (var g = 0u; g < 4u; g++) {
         b_rows[g] = clamped4(origin.y + 4u * g, params.n, k4, b_base);
     }
-    var t: Tile;
     var a_row = 0u;
     for (var kq = 0u; kq < k4; kq++) {
         let b0 = load_block_b(b_rows[0], kq);
         let b1 = load_block_b(b_rows[1], kq);
         let b2 = load_block_b(b_rows[2], kq);
         let b3 = load_block_b(b_rows[3], kq);
-        rank1_update_a(&t, a_cols + a_row, b0[0], b1[0], b2[0], b3[0]);
-        rank1_update_a(&t, a_cols + (a_row + m4), b0[1], b1[1], b2[1], b3[1]);
-        rank1_update_a(&t, a_cols + (a_row + 2u * m4), b0[2], b1[2], b2[2], b3[2]);
-        rank1_update_a(&t, a_cols + (a_row + 3u * m4), b0[3], b1[3], b2[3], b3[3]);
+        rank1_update_a(t, a_cols + a_row, b0[0], b1[0], b2[0], b3[0]);
+        rank1_update_a(t, a_cols + (a_row + m4), b0[1], b1[1], b2[1], b3[1]);
+        rank1_update_a(t, a_cols + (a_row + 2u * m4), b0[2], b1[2], b2[2], b3[2]);
+        rank1_update_a(t, a_cols + (a_row + 3u * m4), b0[3], b1[3], b2[3], b3[3]);
         a_row += 4u * m4;
     }
-    store_tile(&t, batch, origin);
 }
 
 // Any shape and layout: scalar loads at row·row_stride + k·k_stride (the strides encode the
 // transposes), 16 rows × 16 columns per invocation as in the vec4 entry points.
-@compute @workgroup_size(WG_X, WG_Y)
-fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let place = placement(wid, lid);
-    if place.batch >= params.batch {
-        return;
-    }
+fn product_strided(t: ptr<function, Tile>, place: Placement) {
     let origin = place.origin;
     let batch = place.batch;
-    let trans_a = (params.flags & 1u) != 0u;
-    let trans_b = (params.flags & 2u) != 0u;
+    let trans_a = (params.flags & MATMUL_TRANS_A) != 0u;
+    let trans_b = (params.flags & MATMUL_TRANS_B) != 0u;
     let a_row_stride = select(params.k, 1u, trans_a);
     let a_k_stride = select(1u, params.m, trans_a);
     let b_col_stride = select(1u, params.k, trans_b);
@@ -317,7 +298,6 @@ fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         a_rows[g] = clamped4(origin.x + 4u * g, params.m, a_row_stride, a_base);
         b_cols[g] = clamped4(origin.y + 4u * g, params.n, b_col_stride, b_base);
     }
-    var t: Tile;
     var a_k = 0u;
     var b_k = 0u;
     for (var kk = 0u; kk < params.k; kk++) {
@@ -329,11 +309,121 @@ fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
             av[g] = vec4(a[ar.x], a[ar.y], a[ar.z], a[ar.w]);
             bv[g] = vec4(b[bc.x], b[bc.y], b[bc.z], b[bc.w]);
         }
-        rank1_update(&t, av[0], av[1], av[2], av[3], bv[0], bv[1], bv[2], bv[3]);
+        rank1_update(t, av[0], av[1], av[2], av[3], bv[0], bv[1], bv[2], bv[3]);
         a_k += a_k_stride;
         b_k += b_k_stride;
     }
-    store_tile(&t, batch, origin);
+}
+
+// The entry points: each product with and without a bias (the `_bias` twins bind one).
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_nn(&t, place);
+    store_tile(&t, place.batch, place.origin, NO_BIAS_TILE);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_nn_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_nn(&t, place);
+    store_tile(&t, place.batch, place.origin, bias_tile(place.origin.y));
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_nt(&t, place);
+    store_tile(&t, place.batch, place.origin, NO_BIAS_TILE);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_nt_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_nt(&t, place);
+    store_tile(&t, place.batch, place.origin, bias_tile(place.origin.y));
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_tn(&t, place);
+    store_tile(&t, place.batch, place.origin, NO_BIAS_TILE);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_tn_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_tn(&t, place);
+    store_tile(&t, place.batch, place.origin, bias_tile(place.origin.y));
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_tt(&t, place);
+    store_tile(&t, place.batch, place.origin, NO_BIAS_TILE);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_tt_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_tt(&t, place);
+    store_tile(&t, place.batch, place.origin, bias_tile(place.origin.y));
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_strided(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_strided(&t, place);
+    store_tile(&t, place.batch, place.origin, NO_BIAS_TILE);
+}
+
+@compute @workgroup_size(WG_X, WG_Y)
+fn matmul_strided_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let place = placement(wid, lid);
+    if place.batch >= params.batch {
+        return;
+    }
+    var t: Tile;
+    product_strided(&t, place);
+    store_tile(&t, place.batch, place.origin, bias_tile(place.origin.y));
 }
 
 // C[b] = A[b]ᵀ for A [M, K] (M = params.m rows, K = params.k columns): lets the fast `_tn`
@@ -397,13 +487,13 @@ fn stage_slot(e: u32, outer0: u32, outer: u32, k0: u32, k_major: bool, base: u32
     return StageSlot(kk * TILED_MN + o, index, go < outer && gk < params.k);
 }
 
-@compute @workgroup_size(16, 16)
-fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+// The invocation's 4 × 4 block of C (column r is row r of the block, as `store_block` expects).
+fn product_tiled(wid: vec3<u32>, lid: vec3<u32>, lane: u32) -> mat4x4<f32> {
     let batch = wid.z;
     let row0 = wid.y * TILED_MN;
     let col0 = wid.x * TILED_MN;
-    let trans_a = (params.flags & 1u) != 0u;
-    let trans_b = (params.flags & 2u) != 0u;
+    let trans_a = (params.flags & MATMUL_TRANS_A) != 0u;
+    let trans_b = (params.flags & MATMUL_TRANS_B) != 0u;
     let a_base = batch * params.a_batch_stride;
     let b_base = batch * params.b_batch_stride;
     var acc0 = vec4(0.0);
@@ -441,7 +531,20 @@ fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         }
         workgroupBarrier();
     }
-    // Column r of the block is row r of C (as `store_block` expects).
-    let block = mat4x4(acc0, acc1, acc2, acc3);
-    store_block(block, batch * params.c_batch_stride, row0 + lid.y * 4u, col0 + lid.x * 4u);
+    return mat4x4(acc0, acc1, acc2, acc3);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let block = product_tiled(wid, lid, lane);
+    let col = wid.x * TILED_MN + lid.x * 4u;
+    store_block(block, wid.z * params.c_batch_stride, wid.y * TILED_MN + lid.y * 4u, col, NO_BIAS);
+}
+
+@compute @workgroup_size(16, 16)
+fn matmul_tiled_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let block = product_tiled(wid, lid, lane);
+    let col = wid.x * TILED_MN + lid.x * 4u;
+    store_block(block, wid.z * params.c_batch_stride, wid.y * TILED_MN + lid.y * 4u, col,
+        bias_cols(col));
 }

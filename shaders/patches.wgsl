@@ -23,10 +23,6 @@ struct Params {
 
 const WG: u32 = 256u;
 
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // Index into images [N, C, H, W] of element `k` of patch `l` of image `n`.
 fn image_index(n: u32, l: u32, k: u32) -> u32 {
     let p = params.patch_size;
@@ -42,7 +38,7 @@ fn image_index(n: u32, l: u32, k: u32) -> u32 {
 // out [N, L, C·p·p] gathered from src = images [N, C, H, W].
 @compute @workgroup_size(WG)
 fn patchify(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let o = linear_index(wid, nwg, lid);
+    let o = linear_index(wid, nwg, lid, WG);
     if o >= params.len {
         return;
     }
@@ -59,7 +55,7 @@ fn patchify(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // src = d patches [N, L, C·p·p].
 @compute @workgroup_size(WG)
 fn unpatchify(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = linear_index(wid, nwg, lid);
+    let e = linear_index(wid, nwg, lid, WG);
     if e >= params.len {
         return;
     }
@@ -77,7 +73,7 @@ fn unpatchify(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // out [N, 1+L, D]: row [D] first, then src [N, L, D]. Params: n = N, height = L, width = D.
 @compute @workgroup_size(WG)
 fn prepend_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let o = linear_index(wid, nwg, lid);
+    let o = linear_index(wid, nwg, lid, WG);
     if o >= params.len {
         return;
     }
@@ -96,7 +92,7 @@ fn prepend_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 // d x [N, L, D] = d out [N, 1+L, D] without its first row (src = d out).
 @compute @workgroup_size(WG)
 fn prepend_row_grad_rest(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = linear_index(wid, nwg, lid);
+    let e = linear_index(wid, nwg, lid, WG);
     if e >= params.len {
         return;
     }
@@ -111,7 +107,7 @@ fn prepend_row_grad_rest(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
 // d row [D] = Σ over sequences of d out[n, 0, :]; one invocation per column.
 @compute @workgroup_size(WG)
 fn prepend_row_grad_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let col = linear_index(wid, nwg, lid);
+    let col = linear_index(wid, nwg, lid, WG);
     if col >= params.len {
         return;
     }

@@ -16,14 +16,10 @@ const WG: u32 = 256u;
 
 var<workgroup> partial: array<f32, WG>;
 
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // One invocation per output element (many outputs, short axis): reads coalesce along inner.
 @compute @workgroup_size(WG)
 fn sum_axis(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let o = linear_index(wid, nwg, lid);
+    let o = linear_index(wid, nwg, lid, WG);
     if o >= params.outer * params.inner {
         return;
     }
@@ -44,7 +40,7 @@ fn sum_axis(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
 // One workgroup per output element (few outputs, long axis): a strided sum per lane, then a tree.
 @compute @workgroup_size(WG)
 fn sum_axis_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let o = wid.y * nwg.x + wid.x;
+    let o = workgroup_index(wid, nwg);
     if o >= params.outer * params.inner {
         return;
     }
@@ -69,7 +65,7 @@ fn sum_axis_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 // Backward: out[o, j, i] = factor * x[o, i] for every j.
 @compute @workgroup_size(WG)
 fn broadcast_axis(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let e = linear_index(wid, nwg, lid);
+    let e = linear_index(wid, nwg, lid, WG);
     if e >= params.outer * params.n * params.inner {
         return;
     }

@@ -25,10 +25,6 @@ struct Params {
 
 const WG: u32 = 64u;
 
-fn row_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid.x;
-}
-
 // Columns of row `row` that take part: the keys, or 0..=i of them under the causal mask.
 fn live_cols(row: u32) -> u32 {
     if params.causal != 0u {
@@ -39,7 +35,7 @@ fn live_cols(row: u32) -> u32 {
 
 @compute @workgroup_size(WG)
 fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg, lid);
+    let row = linear_index(wid, nwg, lid, WG);
     if row >= params.rows {
         return;
     }
@@ -66,7 +62,7 @@ fn softmax_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
 // x holds the forward output y here.
 @compute @workgroup_size(WG)
 fn softmax_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = row_index(wid, nwg, lid);
+    let row = linear_index(wid, nwg, lid, WG);
     if row >= params.rows {
         return;
     }

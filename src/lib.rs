@@ -19,3 +19,25 @@ pub mod cli;
 #[cfg(feature = "cli")]
 pub mod study;
 pub use graph::{Backend, Graph, Tensor};
+
+/// Every kernel params struct with the shader it feeds, for tests/shaders.rs to hold against
+/// the WGSL uniform structs.
+pub fn params_layouts() -> Vec<gpu::ParamsLayout> {
+    use gpu::KernelParams;
+    vec![
+        ops::attention::Params::layout(),
+        ops::contrastive::Params::layout(),
+        ops::elementwise::Params::layout(),
+        ops::gather::Params::layout(),
+        ops::gelu::Params::layout(),
+        ops::l2_normalize::Params::layout(),
+        ops::layer_norm::Params::layout(),
+        ops::matmul::Params::layout(),
+        ops::patches::Params::layout(),
+        ops::reduce::Params::layout(),
+        ops::softmax::Params::layout(),
+        masking::gpu::Params::layout(),
+        train::optimizer::AdamParams::layout(),
+        train::optimizer::FlatParams::layout(),
+    ]
+}

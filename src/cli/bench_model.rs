@@ -462,8 +462,11 @@ pub fn run_step(args: StepArgs) -> CliResult {
         })
         .collect();
     let batch = args.batch_size;
+    let pool = gpu.pool_stats();
     if args.json {
         let mut out = times[0].json(batch);
+        out["pool_peak_bytes"] = pool.peak_bytes.into();
+        out["pool_peak_buffers"] = pool.peak_buffers.into();
         out["preset"] = args.preset.clone().into();
         out["batch_size"] = batch.into();
         out["adapter"] = gpu.info.name.clone().into();
@@ -492,6 +495,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
                 a.seconds / b.seconds
             );
         }
+        println!("  {}", pool_line(&pool));
     }
     Ok(())
 }
@@ -514,4 +518,17 @@ pub fn print_profile(rows: &[(String, crate::gpu::KernelTime)]) {
         "",
         ""
     );
+}
+
+/// The buffer pool's high-water mark, for `bench step`.
+fn pool_line(pool: &crate::gpu::PoolStats) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    format!(
+        "buffer pool: peak {:.1} MiB in {} buffers (held at the end: {:.1} MiB in {}; {} created)",
+        mib(pool.peak_bytes),
+        pool.peak_buffers,
+        mib(pool.bytes_held()),
+        pool.buffers_held(),
+        pool.created
+    )
 }

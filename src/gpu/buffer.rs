@@ -16,9 +16,33 @@ pub(super) struct BufferPool {
     /// Idle buffers by size class, with the recorder epoch in which they were last bound: a
     /// buffer freed inside the open encoder must not take a queue write (see `Gpu::write`).
     free: HashMap<u64, Vec<(wgpu::Buffer, u64)>>,
+    pub stats: PoolStats,
+}
+
+/// What the pool holds. Buffers are only created when no idle one fits, so in a steady state
+/// (the same step again and again) the peaks stop moving.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
     pub bytes_in_use: u64,
     pub bytes_free: u64,
+    pub buffers_in_use: u64,
+    pub buffers_free: u64,
+    /// High-water mark of the bytes held (in use + idle) since the device opened.
+    pub peak_bytes: u64,
+    /// High-water mark of the buffers held (in use + idle).
+    pub peak_buffers: u64,
+    /// Buffers created since the device opened.
     pub created: u64,
+}
+
+impl PoolStats {
+    pub fn bytes_held(&self) -> u64 {
+        self.bytes_in_use + self.bytes_free
+    }
+
+    pub fn buffers_held(&self) -> u64 {
+        self.buffers_in_use + self.buffers_free
+    }
 }
 
 /// Size classes: four per doubling, so at most 25% of a buffer is slack.
@@ -31,12 +55,17 @@ pub(super) fn size_class(bytes: u64) -> u64 {
 
 impl BufferPool {
     pub(super) fn take(&mut self, device: &wgpu::Device, class: u64) -> (wgpu::Buffer, u64) {
-        self.bytes_in_use += class;
+        let stats = &mut self.stats;
+        stats.bytes_in_use += class;
+        stats.buffers_in_use += 1;
         if let Some(entry) = self.free.get_mut(&class).and_then(|list| list.pop()) {
-            self.bytes_free -= class;
+            stats.bytes_free -= class;
+            stats.buffers_free -= 1;
             return entry;
         }
-        self.created += 1;
+        stats.created += 1;
+        stats.peak_bytes = stats.peak_bytes.max(stats.bytes_held());
+        stats.peak_buffers = stats.peak_buffers.max(stats.buffers_held());
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("pooled"),
             size: class,
@@ -49,8 +78,10 @@ impl BufferPool {
     }
 
     fn give_back(&mut self, class: u64, buffer: wgpu::Buffer, last_bound_epoch: u64) {
-        self.bytes_in_use -= class;
-        self.bytes_free += class;
+        self.stats.bytes_in_use -= class;
+        self.stats.buffers_in_use -= 1;
+        self.stats.bytes_free += class;
+        self.stats.buffers_free += 1;
         self.free
             .entry(class)
             .or_default()
@@ -60,7 +91,8 @@ impl BufferPool {
     /// Frees every idle buffer (e.g. after a change of batch size).
     pub(super) fn trim(&mut self) {
         self.free.clear();
-        self.bytes_free = 0;
+        self.stats.bytes_free = 0;
+        self.stats.buffers_free = 0;
     }
 }
 

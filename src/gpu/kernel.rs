@@ -27,14 +27,16 @@ macro_rules! shader {
     };
 }
 
-/// Parses and validates WGSL with naga, as wgpu will; the error names the line.
+/// Parses and validates a shader file's WGSL with the prelude appended (see
+/// [`super::prelude`]), as wgpu will; an error names `path` and the line in that file.
 pub fn validate_wgsl(
-    name: &str,
+    path: &str,
     source: &str,
 ) -> Result<(naga::Module, naga::valid::ModuleInfo), GpuError> {
-    let module = naga::front::wgsl::parse_str(source).map_err(|e| GpuError::Shader {
-        name: name.to_string(),
-        message: e.emit_to_string(source),
+    let full = super::prelude::with_prelude(source);
+    let module = naga::front::wgsl::parse_str(&full).map_err(|e| GpuError::Shader {
+        name: path.to_string(),
+        message: e.emit_to_string_with_path(&full, path),
     })?;
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
@@ -42,8 +44,8 @@ pub fn validate_wgsl(
     )
     .validate(&module)
     .map_err(|e| GpuError::Shader {
-        name: name.to_string(),
-        message: e.emit_to_string(source),
+        name: path.to_string(),
+        message: e.emit_to_string_with_path(&full, path),
     })?;
     Ok((module, info))
 }
@@ -61,6 +63,16 @@ enum BindingKind {
     StorageReadWrite,
 }
 
+/// A storage binding an entry point uses.
+#[derive(Debug)]
+pub(super) struct StorageBinding {
+    pub index: u32,
+    pub writes: bool,
+    /// The WGSL globals declared at this binding: one, or views of one buffer as different
+    /// element types (`a` and `a4` in `shaders/matmul.wgsl`). Callers bind by any of them.
+    pub names: Vec<String>,
+}
+
 /// A compiled entry point.
 pub struct Kernel {
     pub name: String,
@@ -68,8 +80,12 @@ pub struct Kernel {
     pub workgroup_size: [u32; 3],
     pub(super) pipeline: wgpu::ComputePipeline,
     pub(super) layout: wgpu::BindGroupLayout,
-    /// (binding index, kind) of every binding the entry point uses, ascending.
-    bindings: Vec<(u32, BindingKind)>,
+    /// Whether the entry point reads the uniform params at binding 0.
+    pub(super) uses_params: bool,
+    /// The storage bindings the entry point uses, ascending.
+    pub(super) storage: Vec<StorageBinding>,
+    /// The shader's named `u32` constants (`const TILE: u32 = 16u;`), from naga's reflection.
+    constants: Vec<(String, u32)>,
 }
 
 impl Kernel {
@@ -78,43 +94,54 @@ impl Kernel {
         self.workgroup_size.iter().product()
     }
 
-    pub(super) fn uses_params(&self) -> bool {
-        self.bindings
-            .first()
-            .is_some_and(|(b, kind)| *b == 0 && *kind == BindingKind::Uniform)
+    /// The value of the shader's `const NAME: u32`, as compiled (a swapped shader file
+    /// included). Panics when the shader declares no such constant: shaders are part of the
+    /// program.
+    pub fn constant(&self, name: &str) -> u32 {
+        self.constants
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{}: the shader declares no `const {name}: u32`", self.name))
     }
 
-    /// Storage binding indices (1-based positions in the caller's buffer list).
-    pub(super) fn storage_bindings(&self) -> impl Iterator<Item = u32> + '_ {
-        self.bindings
-            .iter()
-            .filter(|(b, _)| *b > 0)
-            .map(|(b, _)| *b)
-    }
-
-    pub(super) fn writes(&self, binding: u32) -> bool {
-        self.bindings
-            .iter()
-            .any(|(b, kind)| *b == binding && *kind == BindingKind::StorageReadWrite)
+    /// The names callers bind buffers by, one per binding (for messages).
+    pub fn binding_names(&self) -> Vec<&str> {
+        self.storage.iter().map(|b| b.names[0].as_str()).collect()
     }
 }
 
-/// The WGSL of `shader`: the embedded copy, or with `CLUSTERCLIP_SHADER_DIR=DIR` (kernel
-/// development: edit and rerun without rebuilding) `DIR/NAME.wgsl` where that file exists.
-fn shader_source(shader: &Shader) -> Result<std::borrow::Cow<'static, str>, GpuError> {
+/// Every named `u32` constant of `module`.
+fn u32_constants(module: &naga::Module) -> Vec<(String, u32)> {
+    module
+        .constants
+        .iter()
+        .filter_map(|(_, c)| match module.global_expressions[c.init] {
+            naga::Expression::Literal(naga::Literal::U32(value)) => Some((c.name.clone()?, value)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The WGSL of `shader` and the path its error messages name: the embedded copy of
+/// `shaders/NAME.wgsl`, or with `CLUSTERCLIP_SHADER_DIR=DIR` (kernel development: edit and rerun
+/// without rebuilding) `DIR/NAME.wgsl` where that file exists.
+fn shader_source(shader: &Shader) -> Result<(String, std::borrow::Cow<'static, str>), GpuError> {
     #[cfg(not(target_arch = "wasm32"))]
     if let Some(dir) = std::env::var_os("CLUSTERCLIP_SHADER_DIR") {
         let path = std::path::Path::new(&dir).join(format!("{}.wgsl", shader.name));
         if path.exists() {
-            return std::fs::read_to_string(&path)
-                .map(Into::into)
-                .map_err(|e| GpuError::Shader {
-                    name: shader.name.to_string(),
-                    message: format!("{}: {e}", path.display()),
-                });
+            let text = std::fs::read_to_string(&path).map_err(|e| GpuError::Shader {
+                name: shader.name.to_string(),
+                message: format!("{}: {e}", path.display()),
+            })?;
+            return Ok((path.display().to_string(), text.into()));
         }
     }
-    Ok(shader.source.into())
+    Ok((
+        format!("shaders/{}.wgsl", shader.name),
+        shader.source.into(),
+    ))
 }
 
 impl Gpu {
@@ -122,11 +149,11 @@ impl Gpu {
         if let Some(module) = self.modules.lock().unwrap().get(shader.name) {
             return Ok(module.clone());
         }
-        let source = shader_source(shader)?;
-        let (naga_module, info) = validate_wgsl(shader.name, &source)?;
+        let (path, source) = shader_source(shader)?;
+        let (naga_module, info) = validate_wgsl(&path, &source)?;
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(source),
+            source: wgpu::ShaderSource::Wgsl(super::prelude::with_prelude(&source).into()),
         };
         let wgpu_module = if self.bounds_checks {
             self.device.create_shader_module(desc)
@@ -207,6 +234,22 @@ impl Gpu {
             bindings.push((binding.binding, kind));
         }
         bindings.sort_by_key(|(b, _)| *b);
+        bindings.dedup_by_key(|(b, _)| *b);
+        let storage = bindings
+            .iter()
+            .filter(|(_, kind)| *kind != BindingKind::Uniform)
+            .map(|&(index, kind)| StorageBinding {
+                index,
+                writes: kind == BindingKind::StorageReadWrite,
+                names: module
+                    .naga_module
+                    .global_variables
+                    .iter()
+                    .filter(|(_, g)| g.binding.as_ref().is_some_and(|b| b.binding == index))
+                    .filter_map(|(_, g)| g.name.clone())
+                    .collect(),
+            })
+            .collect();
         let entries: Vec<wgpu::BindGroupLayoutEntry> = bindings
             .iter()
             .map(|(binding, kind)| wgpu::BindGroupLayoutEntry {
@@ -261,7 +304,9 @@ impl Gpu {
             workgroup_size: entry_point.workgroup_size,
             pipeline,
             layout,
-            bindings,
+            uses_params: bindings.first().is_some_and(|(b, _)| *b == 0),
+            storage,
+            constants: u32_constants(&module.naga_module),
         });
         self.kernels.lock().unwrap().insert(key, kernel.clone());
         Ok(kernel)

@@ -3,9 +3,13 @@
 //!
 //! Conventions every WGSL file follows (see `shaders/`):
 //! - `@group(0) @binding(0) var<uniform> params: ...` holds the dispatch's small parameters;
-//! - storage buffers sit at `@binding(1)`, `@binding(2)`, ... in the order the Rust side passes them;
-//! - workgroup sizes are WGSL `const`s, read back through naga reflection (one source of truth);
-//! - 1-D kernels index with [`linear_index`]'s rule (a 2-D grid past 65,535 workgroups).
+//! - storage buffers sit at `@binding(1)`, `@binding(2)`, ...; an entry point's layout holds
+//!   just the bindings it uses, and callers bind buffers by the WGSL global's name
+//!   ([`Gpu::dispatch`]);
+//! - workgroup sizes and tile sizes are WGSL `const`s, read back through naga reflection (one
+//!   source of truth);
+//! - 1-D kernels index with [`linear_grid`]'s rule (a 2-D grid past 65,535 workgroups), the
+//!   prelude's `linear_index` ([`prelude`], appended to every shader).
 //!
 //! The runtime is single-threaded in spirit but `Sync` on native so test threads can share one
 //! device and one pipeline cache; the locks are never contended in the training loop.
@@ -13,16 +17,20 @@
 mod adapter;
 mod buffer;
 mod kernel;
+mod params;
+pub mod prelude;
 mod readback;
 mod recorder;
 
 pub use adapter::{AdapterSummary, BackendChoice, GpuOptions};
 #[cfg(not(target_arch = "wasm32"))]
 pub use adapter::{adapter_summaries, quiet_mesa_device_select};
-pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf};
+pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf, PoolStats};
 pub use kernel::{Kernel, Shader, validate_wgsl};
+pub use params::{KernelParams, ParamsLayout};
 #[cfg(not(target_arch = "wasm32"))]
 pub use readback::block_on;
+pub use recorder::Binding;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -248,15 +256,9 @@ impl Gpu {
         )
     }
 
-    /// Bytes currently held by the buffer pool (in use and free).
-    pub fn pool_bytes(&self) -> (u64, u64) {
-        let pool = self.pool.lock().unwrap();
-        (pool.bytes_in_use, pool.bytes_free)
-    }
-
-    /// Number of buffers ever created by the pool: constant in steady state.
-    pub fn buffers_created(&self) -> u64 {
-        self.pool.lock().unwrap().created
+    /// What the buffer pool holds now, and its high-water marks.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pool.lock().unwrap().stats
     }
 
     /// Dispatches recorded since the device was opened.

@@ -6,6 +6,9 @@ use std::sync::atomic::Ordering;
 
 use super::{Gpu, GpuBuf, Kernel, linear_grid};
 
+/// A buffer and the name of the WGSL global it binds to: `("out", &out)`.
+pub type Binding<'a> = (&'a str, &'a GpuBuf);
+
 /// Uniform-buffer offsets must be multiples of 256 bytes (WebGPU default).
 const PARAM_SLOT: u64 = 256;
 const ARENA_CHUNK_SLOTS: u64 = 4096;
@@ -200,16 +203,18 @@ impl Gpu {
         dst.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
     }
 
-    /// Records one dispatch of `kernel` with `params` at binding 0 and `buffers[i]` at binding
-    /// `i + 1` (bindings the entry point does not use are skipped). Nothing runs until a read
-    /// or [`Gpu::flush`].
+    /// Records one dispatch of `kernel` with `params` at binding 0 and each of `buffers` at the
+    /// binding of the WGSL global it names: `&[("x", &x), ("out", &out)]`. Every binding the
+    /// entry point uses is given exactly once, and nothing else (a panic names the kernel).
+    /// Nothing runs until a read or [`Gpu::flush`].
     pub fn dispatch<P: bytemuck::Pod>(
         &self,
         kernel: &Kernel,
         params: &P,
-        buffers: &[&GpuBuf],
+        buffers: &[Binding],
         groups: [u32; 3],
     ) {
+        let buffers = in_binding_order(kernel, buffers);
         if groups.contains(&0) {
             return;
         }
@@ -220,16 +225,16 @@ impl Gpu {
             kernel.name
         );
         // Before any lock: a panic here leaves the device usable.
-        if let Some(binding) = aliased_write(kernel, buffers) {
+        if let Some(name) = aliased_write(kernel, &buffers) {
             // WebGPU refuses a buffer bound read_write beside another binding of one dispatch
             // (a usage conflict, reported late and without the kernel's name).
             panic!(
-                "{}: a written binding ({binding}) aliases another binding of the same dispatch",
+                "{}: a written binding (`{name}`) aliases another binding of the same dispatch",
                 kernel.name
             );
         }
         let binding_limit = self.binding_limit_words();
-        for buf in buffers {
+        for buf in &buffers {
             assert!(
                 buf.len() <= binding_limit,
                 "{}: a {:.1} MiB tensor exceeds this GPU's {:.1} MiB per storage binding; \
@@ -244,7 +249,7 @@ impl Gpu {
             // Everything recorded before (uploads, clears) is not this kernel's time.
             self.sync();
         }
-        self.record_dispatch(kernel, params, buffers, groups);
+        self.record_dispatch(kernel, params, &buffers, groups);
         if profiling {
             let start = web_time_now();
             self.sync();
@@ -275,7 +280,7 @@ impl Gpu {
             kernel.name
         );
         let slot = rec.arena_cursor;
-        if kernel.uses_params() {
+        if kernel.uses_params {
             let chunk = (slot / ARENA_CHUNK_SLOTS) as usize;
             while rec.arena.len() <= chunk {
                 let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -293,7 +298,7 @@ impl Gpu {
         let params_size = (params_bytes.len() as u64).next_multiple_of(16).max(16);
         let chunk = (slot / ARENA_CHUNK_SLOTS) as usize;
         let offset = (slot % ARENA_CHUNK_SLOTS) * PARAM_SLOT;
-        if kernel.uses_params() {
+        if kernel.uses_params {
             self.queue
                 .write_buffer(&rec.arena[chunk], offset, &padded[..params_size as usize]);
             entries.push(wgpu::BindGroupEntry {
@@ -305,18 +310,10 @@ impl Gpu {
                 }),
             });
         }
-        for binding in kernel.storage_bindings() {
-            let buf = buffers.get(binding as usize - 1).unwrap_or_else(|| {
-                panic!(
-                    "{}: uses binding {binding} but only {} buffers were passed",
-                    kernel.name,
-                    buffers.len()
-                )
-            });
-
+        for (binding, buf) in kernel.storage.iter().zip(buffers) {
             buf.inner.last_bound_epoch.store(epoch, Ordering::Relaxed);
             entries.push(wgpu::BindGroupEntry {
-                binding,
+                binding: binding.index,
                 resource: buf.binding(),
             });
         }
@@ -337,7 +334,7 @@ impl Gpu {
         &self,
         kernel: &Kernel,
         params: &P,
-        buffers: &[&GpuBuf],
+        buffers: &[Binding],
         threads: usize,
     ) {
         if threads == 0 {
@@ -388,22 +385,46 @@ fn web_time_now() -> f64 {
     0.0
 }
 
-/// The first binding `kernel` writes whose buffer is also passed at another of its bindings.
-/// A few bindings per dispatch: cheap enough to check on every dispatch, release builds included.
-fn aliased_write(kernel: &Kernel, buffers: &[&GpuBuf]) -> Option<u32> {
-    let buffer = |b: u32| {
-        buffers
-            .get(b as usize - 1)
-            .and_then(|buf| buf.inner.buffer.as_ref())
-    };
-    kernel
-        .storage_bindings()
-        .filter(|&b| kernel.writes(b))
-        .find(|&b| {
-            buffer(b).is_some_and(|written| {
-                kernel
-                    .storage_bindings()
-                    .any(|o| o != b && buffer(o) == Some(written))
+/// `buffers` in the order of `kernel`'s storage bindings. Panics, naming the kernel, when a
+/// name is not one of its bindings, a binding is given twice, or one is left out.
+fn in_binding_order<'a>(kernel: &Kernel, buffers: &[Binding<'a>]) -> Vec<&'a GpuBuf> {
+    let mut slots: Vec<Option<&GpuBuf>> = vec![None; kernel.storage.len()];
+    for &(name, buf) in buffers {
+        let Some(at) = kernel
+            .storage
+            .iter()
+            .position(|b| b.names.iter().any(|n| n == name))
+        else {
+            panic!(
+                "{}: no binding named `{name}` (it binds {})",
+                kernel.name,
+                kernel.binding_names().join(", ")
+            );
+        };
+        assert!(
+            slots[at].replace(buf).is_none(),
+            "{}: binding `{name}` given twice",
+            kernel.name
+        );
+    }
+    slots
+        .into_iter()
+        .zip(&kernel.storage)
+        .map(|(slot, binding)| {
+            slot.unwrap_or_else(|| {
+                panic!("{}: binding `{}` not given", kernel.name, binding.names[0])
             })
         })
+        .collect()
+}
+
+/// The first binding `kernel` writes whose buffer is also bound elsewhere in the dispatch
+/// (`buffers` in binding order). A few bindings per dispatch: cheap enough to check on every
+/// dispatch, release builds included.
+fn aliased_write<'k>(kernel: &'k Kernel, buffers: &[&GpuBuf]) -> Option<&'k str> {
+    let buffer = |i: usize| buffers[i].inner.buffer.as_ref();
+    (0..buffers.len())
+        .filter(|&i| kernel.storage[i].writes)
+        .find(|&i| (0..buffers.len()).any(|o| o != i && buffer(o) == buffer(i)))
+        .map(|i| kernel.storage[i].names[0].as_str())
 }

@@ -5,7 +5,7 @@
 use super::MaskResult;
 use super::config::{ClusterMaskConfig, MaskError, check_ratio, random_keep_count};
 use super::rng::MaskRng;
-use crate::gpu::{Gpu, GpuBuf, GpuError, MAX_GROUPS_PER_DIM, Shader};
+use crate::gpu::{Binding, Gpu, GpuBuf, GpuError, MAX_GROUPS_PER_DIM, Shader};
 
 /// Largest patch count L the selection kernels hold in workgroup memory (`MAX_PATCHES` in the
 /// shader; `tests/masking_gpu.rs` checks the two agree).
@@ -15,31 +15,36 @@ fn shader() -> Shader {
     crate::shader!("cluster_mask")
 }
 
-/// The shader's `Params`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    images: u32,
-    patches: u32,
-    height: u32,
-    width: u32,
-    patch_size: u32,
-    grid_cols: u32,
-    embed_dim: u32,
-    embed_tokens: u32,
-    embed_first: u32,
-    anchors: u32,
-    keep_floor: u32,
-    keep_cap: u32,
-    random_keep: u32,
-    threshold: f32,
-    embed_weight: f32,
-    seed_lo: u32,
-    seed_hi: u32,
-    step: u32,
-    /// Per channel x · scale + shift before standardising (`pixel_transform`, M3.1).
-    pixel_scale: [f32; 3],
-    pixel_shift: [f32; 3],
+crate::kernel_params! {
+    /// The shader's `Params`, field for field.
+    #[derive(Default)]
+    pub(crate) struct Params for "cluster_mask" {
+        images: u32,
+        patches: u32,
+        height: u32,
+        width: u32,
+        patch_size: u32,
+        grid_cols: u32,
+        embed_dim: u32,
+        embed_tokens: u32,
+        embed_first: u32,
+        anchors: u32,
+        keep_floor: u32,
+        keep_cap: u32,
+        random_keep: u32,
+        threshold: f32,
+        embed_weight: f32,
+        seed_lo: u32,
+        seed_hi: u32,
+        step: u32,
+        /// Per channel x · scale + shift before standardising (`pixel_transform`, M3.1).
+        scale_r: f32,
+        scale_g: f32,
+        scale_b: f32,
+        shift_r: f32,
+        shift_g: f32,
+        shift_b: f32,
+    }
 }
 
 impl Params {
@@ -102,16 +107,6 @@ pub struct GpuMask {
 }
 
 /// The shader's buffer list, bindings 1..=8, passed whole to every dispatch.
-struct MaskBuffers {
-    list: [GpuBuf; 8],
-}
-
-impl MaskBuffers {
-    fn refs(&self) -> Vec<&GpuBuf> {
-        self.list.iter().collect()
-    }
-}
-
 fn check_patches(patches: usize) -> Result<(), MaskError> {
     if patches == 0 || patches > MAX_GPU_PATCHES {
         return Err(MaskError::Shape(format!(
@@ -171,9 +166,9 @@ pub fn cluster_mask_gpu(
         ..Params::new(n, l, rng)
     };
     let transform = super::features::pixel_transform(config.features);
-    params.pixel_scale = transform.map(|(scale, _)| scale);
-    params.pixel_shift = transform.map(|(_, shift)| shift);
-    let (tokens, embed_features) = match embedding {
+    [params.scale_r, params.scale_g, params.scale_b] = transform.map(|(scale, _)| scale);
+    [params.shift_r, params.shift_g, params.shift_b] = transform.map(|(_, shift)| shift);
+    let embedding = match embedding {
         Some(e) => {
             if e.dim == 0
                 || e.first_patch + l > e.tokens_per_image
@@ -194,49 +189,64 @@ pub fn cluster_mask_gpu(
             params.embed_tokens = e.tokens_per_image as u32;
             params.embed_first = e.first_patch as u32;
             params.embed_weight = e.weight;
-            (e.tokens.clone(), gpu.alloc(n * l * e.dim))
+            Some((e.tokens.clone(), gpu.alloc(n * l * e.dim)))
         }
-        None => (gpu.alloc(1), gpu.alloc(1)),
+        None => None,
     };
-    let buffers = MaskBuffers {
-        list: [
-            batch.pixels.clone(),
-            gpu.alloc(n * l * 3 * p * p),
-            tokens,
-            embed_features,
-            gpu.alloc(n * anchor_count),
-            gpu.alloc(n * l),
-            gpu.alloc(1),
-            gpu.alloc(n * l),
-        ],
-    };
+    let pixel_features = gpu.alloc(n * l * 3 * p * p);
+    let anchors = gpu.alloc(n * anchor_count);
+    let masked = gpu.alloc(n * l);
+    let keep_count = gpu.alloc(1);
+    let kept = gpu.alloc(n * l);
     let shader = shader();
-    let refs = buffers.refs();
-    let per_patch = |entry: &str| {
-        gpu.dispatch_linear(&gpu.kernel(&shader, entry), &params, &refs, n * l);
+    let per_patch = |entry: &str, buffers: &[Binding]| {
+        gpu.dispatch_linear(&gpu.kernel(&shader, entry), &params, buffers, n * l);
     };
-    let per_image = |entry: &str| {
-        gpu.dispatch(
-            &gpu.kernel(&shader, entry),
-            &params,
-            &refs,
-            [n as u32, 1, 1],
+    let per_image = |entry: &str, buffers: &[Binding]| {
+        let groups = [n as u32, 1, 1];
+        gpu.dispatch(&gpu.kernel(&shader, entry), &params, buffers, groups);
+    };
+    per_patch(
+        "patch_features",
+        &[
+            ("images", batch.pixels),
+            ("pixel_features", &pixel_features),
+        ],
+    );
+    if let Some((tokens, embed_features)) = &embedding {
+        per_patch(
+            "embedding_features",
+            &[("embeddings", tokens), ("embed_features", embed_features)],
         );
-    };
-    per_patch("patch_features");
-    if embedding.is_some() {
-        per_patch("embedding_features");
     }
-    per_image("select_anchors");
-    per_patch("cluster_flags");
+    per_image("select_anchors", &[("anchors", &anchors)]);
+    let flags = [
+        ("pixel_features", &pixel_features),
+        ("anchors", &anchors),
+        ("masked", &masked),
+    ];
+    match &embedding {
+        Some((_, embed_features)) => per_patch(
+            "cluster_flags_mixed",
+            &[
+                flags[0],
+                flags[1],
+                flags[2],
+                ("embed_features", embed_features),
+            ],
+        ),
+        None => per_patch("cluster_flags", &flags),
+    }
     gpu.dispatch(
         &gpu.kernel(&shader, "keep_count"),
         &params,
-        &refs,
+        &[("masked", &masked), ("keep", &keep_count)],
         [1, 1, 1],
     );
-    per_image("select_kept");
-    let [_, _, _, _, anchors, masked, keep_count, kept] = buffers.list;
+    per_image(
+        "select_kept",
+        &[("masked", &masked), ("keep", &keep_count), ("kept", &kept)],
+    );
     Ok(GpuMask {
         images: n,
         patches: l,
@@ -293,10 +303,7 @@ pub fn random_mask_gpu(
         ..Params::new(images, patches, rng)
     };
     let kept = gpu.alloc(images * keep_count);
-    let unused = gpu.alloc(1);
-    let mut refs = vec![&unused; 7];
-    refs.push(&kept);
     let kernel = gpu.kernel(&shader(), "random_kept");
-    gpu.dispatch(&kernel, &params, &refs, [images as u32, 1, 1]);
+    gpu.dispatch(&kernel, &params, &[("kept", &kept)], [images as u32, 1, 1]);
     Ok((keep_count, kept))
 }

@@ -9,7 +9,7 @@ mod cluster;
 mod config;
 mod content;
 mod features;
-mod gpu;
+pub(crate) mod gpu;
 mod random;
 mod rng;
 mod strategy;

@@ -86,15 +86,17 @@ impl Graph {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    tokens: u32,
-    heads: u32,
-    head_dim: u32,
-    padded: u32,
-    _pad: [u32; 3],
+crate::kernel_params! {
+    pub(crate) struct Params for "attention" {
+        batch: u32,
+        tokens: u32,
+        heads: u32,
+        head_dim: u32,
+        padded: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 impl AttentionDims {
@@ -120,7 +122,7 @@ impl AttentionDims {
             heads: self.heads as u32,
             head_dim: self.head_dim as u32,
             padded: self.padded_tokens() as u32,
-            _pad: [0; 3],
+            ..bytemuck::Zeroable::zeroed()
         }
     }
 
@@ -160,7 +162,7 @@ fn split_qkv(gpu: &Gpu, qkv: &Storage, d: AttentionDims) -> [Storage; 3] {
     gpu.dispatch_linear(
         &kernel(gpu, "split_qkv"),
         &d.params(),
-        &[qkv.gpu(), &q, &k, &v],
+        &[("qkv", qkv.gpu()), ("q", &q), ("k", &k), ("v", &v)],
         d.head_rows(),
     );
     [q, k, v].map(Storage::Gpu)
@@ -190,11 +192,10 @@ pub fn forward(backend: &Backend, qkv: &Storage, d: AttentionDims) -> (Storage, 
                 d.per_head(tp, hd, tp, false, false),
             );
             let out = gpu.alloc(d.batch * d.tokens * d.width());
-            let h = heads.gpu();
             gpu.dispatch_linear(
                 &kernel(gpu, "merge_heads"),
                 &d.params(),
-                &[h, h, h, h, &out, h],
+                &[("heads", heads.gpu()), ("out", &out)],
                 d.head_rows(),
             );
             (Storage::Gpu(out), probs)
@@ -219,7 +220,7 @@ pub fn backward(g: &mut Graph, op: &AttentionOp, grad: &Storage) {
             gpu.dispatch_linear(
                 &kernel(gpu, "split_heads"),
                 &d.params(),
-                &[grad.gpu(), &d_heads],
+                &[("d_out", grad.gpu()), ("d_heads", &d_heads)],
                 d.head_rows(),
             );
             let d_heads = Storage::Gpu(d_heads);
@@ -244,11 +245,15 @@ pub fn backward(g: &mut Graph, op: &AttentionOp, grad: &Storage) {
             let dq = matmul::forward(backend, &ds, &k, None, d.per_head(tp, hd, tp, false, false));
             let dk = matmul::forward(backend, &ds, &q, None, d.per_head(tp, hd, tp, true, false));
             let dqkv = gpu.alloc(qkv.len());
-            let (dq, dk, dv) = (dq.gpu(), dk.gpu(), dv.gpu());
             gpu.dispatch_linear(
                 &kernel(gpu, "merge_qkv"),
                 &d.params(),
-                &[dq, dq, dq, dq, &dqkv, dq, dk, dv],
+                &[
+                    ("dq", dq.gpu()),
+                    ("dk", dk.gpu()),
+                    ("dv", dv.gpu()),
+                    ("dqkv", &dqkv),
+                ],
                 d.head_rows(),
             );
             Storage::Gpu(dqkv)

@@ -142,17 +142,19 @@ pub fn backward(g: &mut Graph, op: &ContrastiveOp, grad: &Storage) {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    batch: u32,
-    _pad: [u32; 3],
+crate::kernel_params! {
+    pub(crate) struct Params for "contrastive" {
+        batch: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 fn params(batch: usize) -> Params {
     Params {
         batch: batch as u32,
-        _pad: [0; 3],
+        ..bytemuck::Zeroable::zeroed()
     }
 }
 
@@ -182,8 +184,15 @@ pub fn loss_storage(
             let lines = 2 * batch;
             let max = MAX_GROUPS_PER_DIM as usize;
             let groups = [lines.min(max) as u32, lines.div_ceil(max) as u32, 1];
-            let buffers = [sims.gpu(), logit_scale.gpu(), &stats, sims.gpu(), &loss];
-            gpu.dispatch(&kernel(gpu, "line_stats"), &params(batch), &buffers, groups);
+            let inputs = [("sims", sims.gpu()), ("logit_scale", logit_scale.gpu())];
+            let line_stats = [inputs[0], inputs[1], ("stats", &stats)];
+            gpu.dispatch(
+                &kernel(gpu, "line_stats"),
+                &params(batch),
+                &line_stats,
+                groups,
+            );
+            let buffers = [("stats", &stats), ("out", &loss)];
             gpu.dispatch(&kernel(gpu, "loss"), &params(batch), &buffers, [1, 1, 1]);
             (Storage::Gpu(loss), Storage::Gpu(stats))
         }
@@ -208,12 +217,8 @@ pub fn grad_sims_storage(
             batch,
         ))),
         Backend::Gpu(gpu) => {
-            let out = gpu.alloc(batch * batch);
-            let k = kernel(gpu, "grad_sims");
-            let buffers = [sims.gpu(), logit_scale.gpu(), stats.gpu(), grad.gpu(), &out];
-            let groups = linear_grid(batch * batch, k.lanes());
-            gpu.dispatch(&k, &params(batch), &buffers, groups);
-            Storage::Gpu(out)
+            let inputs = [sims, logit_scale, stats, grad];
+            dispatch_backward(gpu, "grad_sims", inputs, batch, Some(batch * batch))
         }
     }
 }
@@ -235,17 +240,33 @@ pub fn grad_logit_scale_storage(
             batch,
         )])),
         Backend::Gpu(gpu) => {
-            let out = gpu.alloc(1);
-            let buffers = [sims.gpu(), logit_scale.gpu(), stats.gpu(), grad.gpu(), &out];
-            gpu.dispatch(
-                &kernel(gpu, "grad_logit_scale"),
-                &params(batch),
-                &buffers,
-                [1, 1, 1],
-            );
-            Storage::Gpu(out)
+            let inputs = [sims, logit_scale, stats, grad];
+            dispatch_backward(gpu, "grad_logit_scale", inputs, batch, None)
         }
     }
+}
+
+/// Records backward kernel `entry` on (sims, logit_scale, stats, upstream gradient): one
+/// invocation per element of its `outputs`, or one workgroup for a single output.
+fn dispatch_backward(
+    gpu: &Gpu,
+    entry: &str,
+    [sims, logit_scale, stats, upstream]: [&Storage; 4],
+    batch: usize,
+    outputs: Option<usize>,
+) -> Storage {
+    let out = gpu.alloc(outputs.unwrap_or(1));
+    let k = kernel(gpu, entry);
+    let buffers = [
+        ("sims", sims.gpu()),
+        ("logit_scale", logit_scale.gpu()),
+        ("stats", stats.gpu()),
+        ("upstream", upstream.gpu()),
+        ("out", &out),
+    ];
+    let groups = outputs.map_or([1, 1, 1], |n| linear_grid(n, k.lanes()));
+    gpu.dispatch(&k, &params(batch), &buffers, groups);
+    Storage::Gpu(out)
 }
 
 /// Plain-Rust references in f64.

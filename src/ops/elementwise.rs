@@ -143,15 +143,17 @@ pub fn scale_backward(g: &mut Graph, op: &ScaleOp, grad: &Storage) {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    len: u32,
-    b_len: u32,
-    rows: u32,
-    cols: u32,
-    factor: f32,
-    _pad: [u32; 3],
+crate::kernel_params! {
+    pub(crate) struct Params for "elementwise" {
+        len: u32,
+        b_len: u32,
+        rows: u32,
+        cols: u32,
+        factor: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 impl Params {
@@ -162,7 +164,7 @@ impl Params {
             rows: 0,
             cols: 0,
             factor,
-            _pad: [0; 3],
+            ..bytemuck::Zeroable::zeroed()
         }
     }
 }
@@ -177,7 +179,7 @@ fn binary(gpu: &Gpu, entry: &str, a: &Storage, b: &Storage) -> Storage {
     gpu.dispatch_linear(
         &kernel(gpu, entry),
         &Params::linear(a.len(), b.len(), 0.0),
-        &[a.gpu(), b.gpu(), &out],
+        &[("a", a.gpu()), ("b", b.gpu()), ("out", &out)],
         a.len(),
     );
     Storage::Gpu(out)
@@ -208,7 +210,7 @@ pub fn scale_storage(backend: &Backend, a: &Storage, factor: f32) -> Storage {
             gpu.dispatch_linear(
                 &kernel(gpu, "scale"),
                 &Params::linear(a.len(), 1, factor),
-                &[a.gpu(), a.gpu(), &out],
+                &[("a", a.gpu()), ("out", &out)],
                 a.len(),
             );
             Storage::Gpu(out)
@@ -230,7 +232,7 @@ pub fn sum_rows(backend: &Backend, x: &Storage, rows: usize, cols: usize) -> Sto
             gpu.dispatch_linear(
                 &kernel(gpu, "sum_rows"),
                 &params,
-                &[x.gpu(), x.gpu(), &out],
+                &[("a", x.gpu()), ("out", &out)],
                 cols,
             );
             Storage::Gpu(out)

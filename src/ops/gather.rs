@@ -123,13 +123,13 @@ pub fn scatter_add_rows_backward(g: &mut Graph, op: &ScatterAddRowsOp, grad: &St
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    rows: u32,
-    cols: u32,
-    _pad: u32,
+crate::kernel_params! {
+    pub(crate) struct Params for "gather" {
+        n: u32,
+        rows: u32,
+        cols: u32,
+        _pad: u32,
+    }
 }
 
 fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
@@ -158,12 +158,12 @@ pub fn gather_storage(
                 n: n as u32,
                 rows: rows as u32,
                 cols: cols as u32,
-                _pad: 0,
+                ..bytemuck::Zeroable::zeroed()
             };
             gpu.dispatch_linear(
                 &kernel(gpu, "gather_rows"),
                 &params,
-                &[idx.gpu(), src.gpu(), &out],
+                &[("idx", idx.gpu()), ("src", src.gpu()), ("out", &out)],
                 n * cols,
             );
             Storage::Gpu(out)
@@ -197,14 +197,22 @@ pub fn scatter_add_storage(
                 n: n as u32,
                 rows: rows as u32,
                 cols: cols as u32,
-                _pad: 0,
+                ..bytemuck::Zeroable::zeroed()
             };
-            let (idx, src) = (idx.gpu(), src.gpu());
-            let buffers = [idx, src, &out, &counts, &offsets, &order];
-            gpu.dispatch_linear(&kernel(gpu, "csr_count"), &params, &buffers, n);
-            gpu.dispatch(&kernel(gpu, "csr_scan"), &params, &buffers, [1, 1, 1]);
-            gpu.dispatch(&kernel(gpu, "csr_fill"), &params, &buffers, [1, 1, 1]);
-            gpu.dispatch_linear(&kernel(gpu, "segment_sum"), &params, &buffers, rows * cols);
+            let (idx, src) = (("idx", idx.gpu()), ("src", src.gpu()));
+            let (counts, offsets, order) = (
+                ("counts", &counts),
+                ("offsets", &offsets),
+                ("order", &order),
+            );
+            let count = [idx, counts];
+            gpu.dispatch_linear(&kernel(gpu, "csr_count"), &params, &count, n);
+            let scan = [counts, offsets];
+            gpu.dispatch(&kernel(gpu, "csr_scan"), &params, &scan, [1, 1, 1]);
+            let fill = [idx, counts, offsets, order];
+            gpu.dispatch(&kernel(gpu, "csr_fill"), &params, &fill, [1, 1, 1]);
+            let sum = [src, offsets, order, ("out", &out)];
+            gpu.dispatch_linear(&kernel(gpu, "segment_sum"), &params, &sum, rows * cols);
             Storage::Gpu(out)
         }
     }

@@ -49,11 +49,13 @@ impl Graph {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    len: u32,
-    _pad: [u32; 3],
+crate::kernel_params! {
+    pub(crate) struct Params for "gelu" {
+        len: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 /// An activation or its derivative on one f64 (the CPU reference).
@@ -84,10 +86,11 @@ fn run(backend: &Backend, entry: &str, x: &Storage, grad: Option<&Storage>) -> S
             let out = gpu.alloc(x.len());
             let params = Params {
                 len: x.len() as u32,
-                _pad: [0; 3],
+                ..bytemuck::Zeroable::zeroed()
             };
-            let grad = grad.unwrap_or(x);
-            gpu.dispatch_linear(&kernel, &params, &[x.gpu(), grad.gpu(), &out], x.len());
+            let mut buffers = vec![("x", x.gpu()), ("out", &out)];
+            buffers.extend(grad.map(|grad| ("grad", grad.gpu())));
+            gpu.dispatch_linear(&kernel, &params, &buffers, x.len());
             Storage::Gpu(out)
         }
     }

@@ -51,7 +51,7 @@ impl Graph {
                 gpu.dispatch(
                     &kernel(gpu, "l2_normalize_forward"),
                     &Params::new(rows, cols),
-                    &[xs, xs, &norms, &out],
+                    &[("x", xs), ("norms", &norms), ("out", &out)],
                     linear_grid(rows, 1),
                 );
                 (Storage::Gpu(out), Storage::Gpu(norms))
@@ -67,12 +67,13 @@ impl Graph {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    _pad: [u32; 2],
+crate::kernel_params! {
+    pub(crate) struct Params for "l2_normalize" {
+        rows: u32,
+        cols: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
 impl Params {
@@ -80,7 +81,7 @@ impl Params {
         Params {
             rows: rows as u32,
             cols: cols as u32,
-            _pad: [0; 2],
+            ..bytemuck::Zeroable::zeroed()
         }
     }
 }
@@ -101,7 +102,12 @@ pub fn backward(g: &mut Graph, op: &L2NormalizeOp, grad: &Storage) {
             gpu.dispatch(
                 &kernel(gpu, "l2_normalize_backward"),
                 &Params::new(op.rows, op.cols),
-                &[x.gpu(), grad.gpu(), op.norms.gpu(), &dx],
+                &[
+                    ("x", x.gpu()),
+                    ("grad", grad.gpu()),
+                    ("norms", op.norms.gpu()),
+                    ("out", &dx),
+                ],
                 linear_grid(op.rows, 1),
             );
             Storage::Gpu(dx)

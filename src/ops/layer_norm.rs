@@ -74,13 +74,13 @@ impl Graph {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    chunk_rows: u32,
-    eps: f32,
+crate::kernel_params! {
+    pub(crate) struct Params for "layer_norm" {
+        rows: u32,
+        cols: u32,
+        chunk_rows: u32,
+        eps: f32,
+    }
 }
 
 fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
@@ -114,7 +114,13 @@ pub fn forward(
             gpu.dispatch(
                 &k,
                 &params,
-                &[x.gpu(), gain.gpu(), bias.gpu(), x.gpu(), &stats, &out],
+                &[
+                    ("x", x.gpu()),
+                    ("gain", gain.gpu()),
+                    ("bias", bias.gpu()),
+                    ("stats", &stats),
+                    ("out", &out),
+                ],
                 linear_grid(rows, k.lanes()),
             );
             (Storage::Gpu(out), Storage::Gpu(stats))
@@ -150,7 +156,13 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
                 gpu.dispatch(
                     &k,
                     &params,
-                    &[x.gpu(), gain.gpu(), x.gpu(), grad.gpu(), stats, &dx],
+                    &[
+                        ("x", x.gpu()),
+                        ("gain", gain.gpu()),
+                        ("grad", grad.gpu()),
+                        ("stats", stats),
+                        ("out", &dx),
+                    ],
                     linear_grid(rows, k.lanes()),
                 );
                 g.accumulate(op.x, Storage::Gpu(dx));
@@ -167,13 +179,11 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
                     &k,
                     &params,
                     &[
-                        x.gpu(),
-                        gain.gpu(),
-                        x.gpu(),
-                        grad.gpu(),
-                        stats,
-                        &partial_gain,
-                        &partial_bias,
+                        ("x", x.gpu()),
+                        ("grad", grad.gpu()),
+                        ("stats", stats),
+                        ("partial_gain", &partial_gain),
+                        ("partial_bias", &partial_bias),
                     ],
                     [(cols as u32).div_ceil(k.lanes()), chunks as u32, 1],
                 );

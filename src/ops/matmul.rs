@@ -2,6 +2,7 @@
 //! Shader: `shaders/matmul.wgsl`.
 
 use crate::gpu::Gpu;
+use crate::gpu::prelude::matmul_flags;
 use crate::graph::{Backend, Graph, Op, OpResult, Storage, Tensor, shape_error};
 
 /// Sizes of one (batched) product C = op(A) · op(B) (+ bias), row-major.
@@ -165,17 +166,17 @@ pub fn forward(
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n: u32,
-    k: u32,
-    batch: u32,
-    a_batch_stride: u32,
-    b_batch_stride: u32,
-    c_batch_stride: u32,
-    flags: u32,
+crate::kernel_params! {
+    pub(crate) struct Params for "matmul" {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch: u32,
+        a_batch_stride: u32,
+        b_batch_stride: u32,
+        c_batch_stride: u32,
+        flags: u32,
+    }
 }
 
 impl Params {
@@ -230,20 +231,6 @@ pub fn entry_point(dims: &MatmulDims) -> &'static str {
         (true, false) => "matmul_tn",
         (true, true) => "matmul_tt",
     }
-}
-
-/// Rows and columns of C per invocation: `TILE` in `shaders/matmul.wgsl`.
-fn tile_size() -> u32 {
-    static TILE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *TILE.get_or_init(|| {
-        let source = crate::shader!("matmul").source;
-        let value = source
-            .split("const TILE: u32 = ")
-            .nth(1)
-            .and_then(|rest| rest.split('u').next())
-            .and_then(|digits| digits.trim().parse().ok());
-        value.expect("shaders/matmul.wgsl declares `const TILE: u32 = <n>u;`")
-    })
 }
 
 /// Products of at least this many multiply-adds run as `matmul_tn` on transposed copies when
@@ -306,7 +293,12 @@ fn transpose(gpu: &Gpu, src: &Storage, batch: usize, rows: usize, cols: usize) -
         (rows as u32).div_ceil(4 * wy),
         batch as u32,
     ];
-    gpu.dispatch(&kernel, &params, &[src.gpu(), src.gpu(), dst.gpu()], groups);
+    gpu.dispatch(
+        &kernel,
+        &params,
+        &[("a", src.gpu()), ("c", dst.gpu())],
+        groups,
+    );
     dst
 }
 
@@ -340,21 +332,26 @@ pub fn dispatch(
         let (a, b) = (a_t.as_ref().unwrap_or(a), b_t.as_ref().unwrap_or(b));
         return dispatch(gpu, a, b, bias, c, dims, accumulate);
     }
-    let entry = if tiled {
+    let product = if tiled {
         "matmul_tiled"
     } else {
         entry_point(&dims)
     };
-    let kernel = gpu.kernel(&crate::shader!("matmul"), entry);
+    let entry = match bias {
+        Some(_) => format!("{product}_bias"),
+        None => product.to_string(),
+    };
+    let kernel = gpu.kernel(&crate::shader!("matmul"), &entry);
     let [wx, wy, _] = kernel.workgroup_size;
-    // Rows and columns of C per invocation: 4 in `matmul_tiled`, TILE in the others.
-    let tile = if tiled { 4 } else { tile_size() };
+    // Rows and columns of C per invocation: 4 in `matmul_tiled`, TILE in the others (as
+    // compiled, so a swapped shader file cannot leave the grid behind).
+    let tile = if tiled { 4 } else { kernel.constant("TILE") };
     let lanes_over_batch = !tiled && lanes_over_batch(&dims, tile, wx, wy);
-    let flags = u32::from(dims.trans_a)
-        | u32::from(dims.trans_b) << 1
-        | u32::from(bias.is_some()) << 2
-        | u32::from(accumulate) << 3
-        | u32::from(lanes_over_batch) << 4;
+    let flag = |on: bool, bit: u32| if on { bit } else { 0 };
+    let flags = flag(dims.trans_a, matmul_flags::TRANS_A)
+        | flag(dims.trans_b, matmul_flags::TRANS_B)
+        | flag(accumulate, matmul_flags::ACCUMULATE)
+        | flag(lanes_over_batch, matmul_flags::LANES_OVER_BATCH);
     let params = Params {
         flags,
         ..Params::new(&dims)
@@ -372,14 +369,9 @@ pub fn dispatch(
             dims.batch as u32,
         ]
     };
-    // The kernel always binds a bias; without one, A stands in (never read).
-    let bias = bias.unwrap_or(a);
-    gpu.dispatch(
-        &kernel,
-        &params,
-        &[a.gpu(), b.gpu(), c.gpu(), bias.gpu()],
-        groups,
-    );
+    let mut buffers = vec![("a", a.gpu()), ("b", b.gpu()), ("c", c.gpu())];
+    buffers.extend(bias.map(|bias| ("bias", bias.gpu())));
+    gpu.dispatch(&kernel, &params, &buffers, groups);
 }
 
 /// Gradients of A, B and the bias from dC (see the derivation in each branch).

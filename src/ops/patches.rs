@@ -107,16 +107,17 @@ impl Graph {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    n: u32,
-    channels: u32,
-    height: u32,
-    width: u32,
-    patch: u32,
-    len: u32,
-    _pad: [u32; 2],
+crate::kernel_params! {
+    pub(crate) struct Params for "patches" {
+        n: u32,
+        channels: u32,
+        height: u32,
+        width: u32,
+        patch_size: u32,
+        len: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
 }
 
 impl Params {
@@ -126,9 +127,9 @@ impl Params {
             channels: d.channels as u32,
             height: d.height as u32,
             width: d.width as u32,
-            patch: d.patch as u32,
+            patch_size: d.patch as u32,
             len: len as u32,
-            _pad: [0; 2],
+            ..bytemuck::Zeroable::zeroed()
         }
     }
 
@@ -138,9 +139,9 @@ impl Params {
             channels: 0,
             height: rows as u32,
             width: cols as u32,
-            patch: 0,
+            patch_size: 0,
             len: len as u32,
-            _pad: [0; 2],
+            ..bytemuck::Zeroable::zeroed()
         }
     }
 }
@@ -149,13 +150,9 @@ impl Params {
 fn run(gpu: &Gpu, entry: &str, params: Params, src: &Storage, row: Option<&Storage>) -> Storage {
     let kernel = gpu.kernel(&crate::shader!("patches"), entry);
     let out = gpu.alloc(params.len as usize);
-    let row = row.unwrap_or(src);
-    gpu.dispatch_linear(
-        &kernel,
-        &params,
-        &[src.gpu(), row.gpu(), &out],
-        params.len as usize,
-    );
+    let mut buffers = vec![("src", src.gpu()), ("out", &out)];
+    buffers.extend(row.map(|row| ("row", row.gpu())));
+    gpu.dispatch_linear(&kernel, &params, &buffers, params.len as usize);
     Storage::Gpu(out)
 }
 

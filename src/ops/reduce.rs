@@ -116,13 +116,13 @@ pub fn backward(g: &mut Graph, op: &ReduceOp, grad: &Storage) {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    outer: u32,
-    n: u32,
-    inner: u32,
-    factor: f32,
+crate::kernel_params! {
+    pub(crate) struct Params for "reduce" {
+        outer: u32,
+        n: u32,
+        inner: u32,
+        factor: f32,
+    }
 }
 
 impl From<ReduceDims> for Params {
@@ -157,11 +157,12 @@ pub fn reduce_storage(backend: &Backend, x: &Storage, dims: ReduceDims) -> Stora
                 gpu.dispatch(
                     &kernel(gpu, "sum_axis_wide"),
                     &params,
-                    &[x.gpu(), &out],
+                    &[("x", x.gpu()), ("out", &out)],
                     groups,
                 );
             } else {
-                gpu.dispatch_linear(&kernel(gpu, "sum_axis"), &params, &[x.gpu(), &out], outputs);
+                let buffers = [("x", x.gpu()), ("out", &out)];
+                gpu.dispatch_linear(&kernel(gpu, "sum_axis"), &params, &buffers, outputs);
             }
             Storage::Gpu(out)
         }
@@ -178,7 +179,7 @@ pub fn broadcast_storage(backend: &Backend, x: &Storage, dims: ReduceDims) -> St
             gpu.dispatch_linear(
                 &kernel(gpu, "broadcast_axis"),
                 &Params::from(dims),
-                &[x.gpu(), &out],
+                &[("x", x.gpu()), ("out", &out)],
                 len,
             );
             Storage::Gpu(out)

@@ -72,15 +72,17 @@ pub fn backward(g: &mut Graph, op: &SoftmaxOp, grad: &Storage) {
     }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    rows: u32,
-    cols: u32,
-    causal: u32,
-    scale: f32,
-    keys: u32,
-    _pad: [u32; 3],
+crate::kernel_params! {
+    pub(crate) struct Params for "softmax" {
+        rows: u32,
+        cols: u32,
+        causal: u32,
+        scale: f32,
+        keys: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
 }
 
 impl From<SoftmaxDims> for Params {
@@ -91,20 +93,24 @@ impl From<SoftmaxDims> for Params {
             causal: u32::from(d.causal),
             scale: d.scale,
             keys: d.keys.min(d.cols) as u32,
-            _pad: [0; 3],
+            ..bytemuck::Zeroable::zeroed()
         }
     }
 }
 
-fn dispatch_rows(gpu: &Gpu, entry: &str, dims: SoftmaxDims, x: &Storage, dy: &Storage) -> Storage {
+/// Runs `entry` over the rows of `x` (and `dy`, for the backward).
+fn dispatch_rows(
+    gpu: &Gpu,
+    entry: &str,
+    dims: SoftmaxDims,
+    x: &Storage,
+    dy: Option<&Storage>,
+) -> Storage {
     let out = gpu.alloc(dims.rows * dims.cols);
     let kernel = gpu.kernel(&crate::shader!("softmax"), entry);
-    gpu.dispatch_linear(
-        &kernel,
-        &Params::from(dims),
-        &[x.gpu(), dy.gpu(), &out],
-        dims.rows,
-    );
+    let mut buffers = vec![("x", x.gpu()), ("out", &out)];
+    buffers.extend(dy.map(|dy| ("dy", dy.gpu())));
+    gpu.dispatch_linear(&kernel, &Params::from(dims), &buffers, dims.rows);
     Storage::Gpu(out)
 }
 
@@ -112,7 +118,7 @@ fn dispatch_rows(gpu: &Gpu, entry: &str, dims: SoftmaxDims, x: &Storage, dy: &St
 pub fn forward(backend: &Backend, x: &Storage, dims: SoftmaxDims) -> Storage {
     match backend {
         Backend::Cpu => Storage::Cpu(Arc::new(cpu::forward(x.cpu(), dims))),
-        Backend::Gpu(gpu) => dispatch_rows(gpu, "softmax_forward", dims, x, x),
+        Backend::Gpu(gpu) => dispatch_rows(gpu, "softmax_forward", dims, x, None),
     }
 }
 
@@ -125,7 +131,7 @@ pub fn backward_storage(
 ) -> Storage {
     match backend {
         Backend::Cpu => Storage::Cpu(Arc::new(cpu::backward(y.cpu(), dy.cpu(), dims))),
-        Backend::Gpu(gpu) => dispatch_rows(gpu, "softmax_backward", dims, y, dy),
+        Backend::Gpu(gpu) => dispatch_rows(gpu, "softmax_backward", dims, y, Some(dy)),
     }
 }
 

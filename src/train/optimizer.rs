@@ -56,30 +56,29 @@ pub struct Optimizer {
     clip: Storage,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct AdamParams {
-    offset: u32,
-    len: u32,
-    lr: f32,
-    weight_decay: f32,
-    beta1: f32,
-    beta2: f32,
-    eps: f32,
-    correction1: f32,
-    correction2: f32,
-    use_clip: u32,
-    lo: f32,
-    hi: f32,
+crate::kernel_params! {
+    pub(crate) struct AdamParams for "adamw" {
+        offset: u32,
+        len: u32,
+        lr: f32,
+        weight_decay: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        correction1: f32,
+        correction2: f32,
+        lo: f32,
+        hi: f32,
+    }
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct FlatParams {
-    offset: u32,
-    len: u32,
-    max_norm: f32,
-    parts: u32,
+crate::kernel_params! {
+    pub(crate) struct FlatParams for "grad_flat" {
+        offset: u32,
+        len: u32,
+        max_norm: f32,
+        parts: u32,
+    }
 }
 
 /// Workgroups of the first pass of the gradient norm.
@@ -174,7 +173,7 @@ impl Optimizer {
                         gpu.dispatch_linear(
                             &kernel,
                             &params,
-                            &[&chunk.view(flat), &source],
+                            &[("flat", &chunk.view(flat)), ("piece", &source)],
                             chunk.len,
                         );
                     }
@@ -202,7 +201,8 @@ impl Optimizer {
                         max_norm: factor,
                         parts: 0,
                     };
-                    gpu.dispatch_linear(&kernel, &params, &[&chunk.view(flat)], chunk.len);
+                    let flat = [("flat", &chunk.view(flat))];
+                    gpu.dispatch_linear(&kernel, &params, &flat, chunk.len);
                 }
             }
         }
@@ -268,7 +268,10 @@ impl Optimizer {
                         gpu.dispatch(
                             &gpu.kernel(&shader, "norm_partial"),
                             &params,
-                            &[&view, &view, &partial.view(c * NORM_PARTS, NORM_PARTS)],
+                            &[
+                                ("flat", &view),
+                                ("partial", &partial.view(c * NORM_PARTS, NORM_PARTS)),
+                            ],
                             [NORM_PARTS as u32, 1, 1],
                         );
                     }
@@ -281,12 +284,15 @@ impl Optimizer {
                     gpu.dispatch(
                         &gpu.kernel(&shader, "norm_final"),
                         &params,
-                        &[partial, partial, partial, result],
+                        &[("partial", partial), ("clip", result)],
                         [1, 1, 1],
                     );
                 }
                 let shader = crate::shader!("adamw");
-                let kernel = gpu.kernel(&shader, "adamw");
+                let kernel = match c.grad_clip_norm {
+                    Some(_) => gpu.kernel(&shader, "adamw_clipped"),
+                    None => gpu.kernel(&shader, "adamw"),
+                };
                 let p = params.values.gpu();
                 for (run, chunk) in self.runs.iter().flat_map(|run| {
                     gpu.binding_chunks(run.offset, run.len)
@@ -303,17 +309,21 @@ impl Optimizer {
                         eps: c.eps,
                         correction1: correction1 as f32,
                         correction2: correction2 as f32,
-                        use_clip: u32::from(c.grad_clip_norm.is_some()),
                         lo: 0.0,
                         hi: 0.0,
                     };
-                    let buffers = [
-                        &chunk.view(p),
-                        &chunk.view(self.grads.values.gpu()),
-                        &chunk.view(self.moment1.values.gpu()),
-                        &chunk.view(self.moment2.values.gpu()),
-                        self.clip.gpu(),
+                    let (param, grad) = (chunk.view(p), chunk.view(self.grads.values.gpu()));
+                    let moment1 = chunk.view(self.moment1.values.gpu());
+                    let moment2 = chunk.view(self.moment2.values.gpu());
+                    let mut buffers = vec![
+                        ("param", &param),
+                        ("grad", &grad),
+                        ("moment1", &moment1),
+                        ("moment2", &moment2),
                     ];
+                    if c.grad_clip_norm.is_some() {
+                        buffers.push(("clip", self.clip.gpu()));
+                    }
                     gpu.dispatch_linear(&kernel, &adam, &buffers, chunk.len);
                 }
                 if let Some(at) = self.logit_scale_offset {
@@ -333,7 +343,7 @@ impl Optimizer {
                     gpu.dispatch(
                         &gpu.kernel(&shader, "clamp_value"),
                         &clamp,
-                        &[&view],
+                        &[("param", &view)],
                         [1, 1, 1],
                     );
                 }

@@ -2,6 +2,7 @@
 
 #[cfg(feature = "cli")]
 pub mod checkpoint;
+pub mod gather;
 #[cfg(feature = "cli")]
 pub mod logs;
 pub mod mask_step;

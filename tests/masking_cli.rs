@@ -456,6 +456,13 @@ fn bench_step_compares_two_strategies_at_equal_compute() {
     let expected = report["seconds_per_step"].as_f64().unwrap()
         / report["versus"]["seconds_per_step"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-12, "{report}");
+    // Today a cluster step waits once mid-step for the keep count and kept indices (one read,
+    // its submit) and submits the rest at the end; issue 15's target is 1 submit and 0 reads.
+    assert_eq!(
+        (&report["submits_per_step"], &report["host_reads_per_step"]),
+        (&Value::from(2), &Value::from(1)),
+        "{report}"
+    );
 
     let bad = common::cli::clusterclip(&["bench", "step", "--versus", "blocks"]);
     let stderr = String::from_utf8_lossy(&bad.stderr);

@@ -443,9 +443,14 @@ pub fn run_step(args: StepArgs) -> CliResult {
             times.push(step(which, i)?);
         }
     }
+    // Submits and host reads of one step as training runs it (profiling submits per kernel);
+    // the harness's closing sync is the step's one submit when nothing read before it.
+    let (submits, reads) = (gpu.submit_count(), gpu.read_count());
+    step(0, args.repeats as u32 + 1)?;
+    let per_step = (gpu.submit_count() - submits, gpu.read_count() - reads);
     if args.profile {
         gpu.set_profiling(true);
-        step(0, args.repeats as u32 + 1)?;
+        step(0, args.repeats as u32 + 2)?;
         let rows = gpu.profile();
         gpu.set_profiling(false);
         print_profile(&rows);
@@ -467,6 +472,8 @@ pub fn run_step(args: StepArgs) -> CliResult {
         let mut out = times[0].json(batch);
         out["pool_peak_bytes"] = pool.peak_bytes.into();
         out["pool_peak_buffers"] = pool.peak_buffers.into();
+        out["submits_per_step"] = per_step.0.into();
+        out["host_reads_per_step"] = per_step.1.into();
         out["preset"] = args.preset.clone().into();
         out["batch_size"] = batch.into();
         out["adapter"] = gpu.info.name.clone().into();
@@ -496,6 +503,10 @@ pub fn run_step(args: StepArgs) -> CliResult {
             );
         }
         println!("  {}", pool_line(&pool));
+        println!(
+            "  per step ({}): {} submits, {} host reads",
+            times[0].name, per_step.0, per_step.1
+        );
     }
     Ok(())
 }

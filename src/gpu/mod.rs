@@ -339,4 +339,9 @@ impl Gpu {
     pub fn submit_count(&self) -> u64 {
         self.recorder.lock().unwrap().submits
     }
+
+    /// Reads back to the host since the device was opened (each is a wait for the GPU).
+    pub fn read_count(&self) -> u64 {
+        self.recorder.lock().unwrap().reads
+    }
 }

@@ -89,6 +89,7 @@ impl Gpu {
                 0,
                 size,
             );
+            rec.reads += 1;
             rec.submit(&self.queue)
         };
         let (mapped, complete) = MapFuture::new();

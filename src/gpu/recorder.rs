@@ -22,6 +22,8 @@ pub(super) struct Recorder {
     pub epoch: u64,
     pub dispatches: u64,
     pub submits: u64,
+    /// Reads back to the host (each waits for the GPU).
+    pub reads: u64,
 }
 
 impl Recorder {
@@ -34,6 +36,7 @@ impl Recorder {
             epoch: 0,
             dispatches: 0,
             submits: 0,
+            reads: 0,
         }
     }
 

@@ -438,19 +438,22 @@ pub fn run_step(args: StepArgs) -> CliResult {
         step(which, 0)?; // warm-up: kernels compiled, pool filled
     }
     let mut runs = vec![Vec::new(); count];
+    // Submits and host reads of the first strategy's last timed step (uninstrumented: profiling
+    // submits per kernel); the harness's closing sync is the step's one submit when nothing read
+    // before it.
+    let mut per_step = (0, 0);
     for i in 1..=args.repeats.max(1) as u32 {
         for (which, times) in runs.iter_mut().enumerate() {
+            let (submits, reads) = (gpu.submit_count(), gpu.read_count());
             times.push(step(which, i)?);
+            if which == 0 {
+                per_step = (gpu.submit_count() - submits, gpu.read_count() - reads);
+            }
         }
     }
-    // Submits and host reads of one step as training runs it (profiling submits per kernel);
-    // the harness's closing sync is the step's one submit when nothing read before it.
-    let (submits, reads) = (gpu.submit_count(), gpu.read_count());
-    step(0, args.repeats as u32 + 1)?;
-    let per_step = (gpu.submit_count() - submits, gpu.read_count() - reads);
     if args.profile {
         gpu.set_profiling(true);
-        step(0, args.repeats as u32 + 2)?;
+        step(0, args.repeats as u32 + 1)?;
         let rows = gpu.profile();
         gpu.set_profiling(false);
         print_profile(&rows);

@@ -39,8 +39,8 @@ pub struct EmbedArgs {
     #[arg(long, requires = "data")]
     pub out: Option<PathBuf>,
     /// Element type of the .npy files: float16 (clip-retrieval's) or float32.
-    #[arg(long, default_value = "float16", value_parser = ["float16", "float32"])]
-    pub dtype: String,
+    #[arg(long, value_enum, default_value_t = NpyType::Float16)]
+    pub dtype: NpyType,
     /// Records per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -78,7 +78,7 @@ pub fn run(args: EmbedArgs) -> CliResult {
             DataSource::ImageFolder(_)
         );
         let set = caption_set(spec, &clip, None, &read).map_err(|e| format!("--data: {e}"))?;
-        let dtype = NpyType::parse(&args.dtype);
+        let dtype = args.dtype;
         let dim = clip.config.embed_dim;
         let mut image_npy = NpyWriter::create(&out.join("img_emb/img_emb_0.npy"), dim, dtype)?;
         let mut text_npy = if with_text {
@@ -123,7 +123,7 @@ pub fn run(args: EmbedArgs) -> CliResult {
             } else {
                 "img_emb, metadata"
             },
-            args.dtype
+            dtype.name()
         );
         return Ok(());
     }
@@ -152,19 +152,18 @@ pub fn run(args: EmbedArgs) -> CliResult {
     Ok(())
 }
 
-/// The element types of [`NpyWriter`].
-#[derive(Clone, Copy)]
+/// The element types of [`NpyWriter`] (`--dtype float16|float32`).
+#[derive(Clone, Copy, clap::ValueEnum)]
 pub enum NpyType {
     Float16,
     Float32,
 }
 
 impl NpyType {
-    fn parse(name: &str) -> NpyType {
-        if name == "float32" {
-            NpyType::Float32
-        } else {
-            NpyType::Float16
+    fn name(self) -> &'static str {
+        match self {
+            NpyType::Float16 => "float16",
+            NpyType::Float32 => "float32",
         }
     }
 

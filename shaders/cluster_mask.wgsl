@@ -33,6 +33,10 @@ struct Params {
     shift_r: f32,
     shift_g: f32,
     shift_b: f32,
+    first_image: u32,   // global index of image 0 (rng.rs MaskRng::first_image)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -78,7 +82,7 @@ fn bits24(image: u32, stream: u32, index: u32) -> u32 {
     var h = hash_u32(CHAIN_START ^ params.seed_lo);
     h = hash_u32(h ^ params.seed_hi);
     h = hash_u32(h ^ params.step);
-    h = hash_u32(h ^ image);
+    h = hash_u32(h ^ (params.first_image + image));
     h = hash_u32(h ^ stream);
     h = hash_u32(h ^ index);
     return hash_u32(h) >> (32u - UNIFORM_BITS);

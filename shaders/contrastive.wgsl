@@ -1,14 +1,16 @@
 // Symmetric InfoNCE (M1) on raw similarities S = img · txtᵀ [B, B] with logits t·S, t = exp(logit_scale):
-// loss = (Σ_i CE(row i, target i) + Σ_j CE(column j, target j)) / (2B).
+// loss = (Σ_i CE(row i, target i) + Σ_j CE(column j, target j)) / (2n), the sums over the n
+// "own" lines first ≤ i, j < first + n: all B in one process; one rank's slice of a global batch
+// for OpenCLIP's --local-loss (its images against every caption, its captions against every image).
 // A "line" is a row (line < B) or a column (line - B). Per line we keep
 // lse = log Σ exp(t·S) and ce = lse − t·S_diag, computed as (max − t·S_diag) + log1p(rest) so
 // that a well-aligned batch (loss ≈ 1e-6) keeps its relative precision.
 
 struct Params {
     batch: u32,
+    first: u32, // first own line
+    count: u32, // own lines (n)
     _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -125,23 +127,33 @@ fn line_stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
-// One workgroup: out[0] = Σ ce / (2B).
+// Whether row or column `index` is one of the own lines.
+fn own(index: u32) -> bool {
+    return index - params.first < params.count; // wraps below `first`
+}
+
+// One workgroup: out[0] = Σ own ce / (2n).
 @compute @workgroup_size(WG)
 fn loss(@builtin(local_invocation_id) lid: vec3<u32>) {
-    let lines = 2u * params.batch;
+    let b = params.batch;
+    let n = params.count;
     var acc = 0.0;
-    for (var k = lid.x; k < lines; k += WG) {
-        acc += stats[lines + k];
+    for (var k = lid.x; k < 2u * n; k += WG) {
+        // Own rows, then own columns (lines b + first ...).
+        acc += stats[2u * b + params.first + k + select(0u, b - n, k >= n)];
     }
     let total = reduce_sum(lid.x, acc);
     if lid.x == 0u {
-        out[0] = total / f32(lines);
+        out[0] = total / f32(2u * params.count);
     }
 }
 
-// Softmax of row i at column j, minus 1 on the diagonal.
+// Softmax of row i at column j, minus 1 on the diagonal; 0 for a row that is not own.
 // On the diagonal P − 1 = exp(−ce) − 1, exact where lse − l would round.
 fn row_term(i: u32, j: u32, l: f32) -> f32 {
+    if !own(i) {
+        return 0.0;
+    }
     if i == j {
         return expm1(-stats[2u * params.batch + i]);
     }
@@ -149,13 +161,16 @@ fn row_term(i: u32, j: u32, l: f32) -> f32 {
 }
 
 fn col_term(i: u32, j: u32, l: f32) -> f32 {
+    if !own(j) {
+        return 0.0;
+    }
     if i == j {
         return expm1(-stats[3u * params.batch + j]);
     }
     return exp(l - stats[params.batch + j]);
 }
 
-// out[i, j] = dLoss/dS[i, j] = g · t · (P_row[i, j] + P_col[i, j] − 2δ_ij) / (2B).
+// out[i, j] = dLoss/dS[i, j] = g · t · ([i own](P_row[i, j] − δ_ij) + [j own](P_col[i, j] − δ_ij)) / (2n).
 @compute @workgroup_size(WG)
 fn grad_sims(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let e = linear_index(wid, nwg, lid, WG);
@@ -167,11 +182,12 @@ fn grad_sims(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let j = e % b;
     let t = exp(logit_scale[0]);
     let l = t * sims[e];
-    let coef = upstream[0] * t / f32(2u * b);
+    let coef = upstream[0] * t / f32(2u * params.count);
     out[e] = coef * (row_term(i, j, l) + col_term(i, j, l));
 }
 
-// One workgroup: out[0] = dLoss/dlogit_scale = g/(2B) · Σ_ij t·(P_row (S_ij − S_ii) + P_col (S_ij − S_jj)),
+// One workgroup: out[0] = dLoss/dlogit_scale
+//   = g/(2n) · Σ_ij t·([i own] P_row (S_ij − S_ii) + [j own] P_col (S_ij − S_jj)),
 // the same as Σ_ij dLoss/dlogits_ij · logits_ij but with no cancellation against the diagonal.
 @compute @workgroup_size(WG)
 fn grad_logit_scale(@builtin(local_invocation_id) lid: vec3<u32>) {
@@ -184,11 +200,13 @@ fn grad_logit_scale(@builtin(local_invocation_id) lid: vec3<u32>) {
         if i != j {
             let s = sims[e];
             let l = t * s;
-            acc += exp(l - stats[i]) * (s - sims[i * b + i]) + exp(l - stats[b + j]) * (s - sims[j * b + j]);
+            let row = select(0.0, exp(l - stats[i]) * (s - sims[i * b + i]), own(i));
+            let col = select(0.0, exp(l - stats[b + j]) * (s - sims[j * b + j]), own(j));
+            acc += row + col;
         }
     }
     let total = reduce_sum(lid.x, acc);
     if lid.x == 0u {
-        out[0] = upstream[0] * t * total / f32(2u * b);
+        out[0] = upstream[0] * t * total / f32(2u * params.count);
     }
 }

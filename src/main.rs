@@ -65,7 +65,10 @@ fn main() {
         Command::Embed(args) => cli::embed::run(args),
     };
     if let Err(err) = result {
-        eprintln!("error: {err}");
+        // A rank other than 0 whose error rank 0 has reported exits without repeating it.
+        if !err.is::<cli::ReportedByRankZero>() {
+            eprintln!("error: {err}");
+        }
         std::process::exit(1);
     }
 }

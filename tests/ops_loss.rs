@@ -1,6 +1,7 @@
 //! The contrastive loss (M1): GPU vs the CPU reference, both against a direct f64 formula,
 //! the closed form for orthonormal identical features at logit_scale = ln(1/0.07), finite
-//! differences of the CPU backward, and shape errors.
+//! differences of the CPU backward, and shape errors; the local loss of OpenCLIP's
+//! `--local-loss` (a rank's own lines) on both backends and against the full loss.
 
 mod common;
 
@@ -162,6 +163,108 @@ fn cpu_gradcheck() {
 }
 
 #[test]
+fn local_loss_gpu_matches_cpu_and_cpu_gradcheck() {
+    let mut rng = Rng::new(25);
+    // Own lines at the start, middle and end, one line, and across a 256-lane workgroup.
+    for (b, d, own) in [
+        (8, 6, 0..4),
+        (37, 24, 9..21),
+        (37, 24, 36..37),
+        (300, 20, 150..300),
+    ] {
+        let inputs = vec![
+            (unit_rows(&mut rng, b, d), vec![b, d]),
+            (unit_rows(&mut rng, b, d), vec![b, d]),
+            (vec![(1.0f32 / 0.07).ln() + rng.signed()], vec![1]),
+        ];
+        let lines = own.clone();
+        compare_backends(
+            &format!("local contrastive B={b} own {own:?}"),
+            &inputs,
+            move |g, v| {
+                g.local_contrastive_loss(v[0], v[1], v[2], lines.clone())
+                    .unwrap()
+            },
+            1e-5,
+        );
+    }
+    let (b, d) = (4, 6);
+    let inputs = vec![
+        (unit_rows(&mut rng, b, d), vec![b, d]),
+        (unit_rows(&mut rng, b, d), vec![b, d]),
+        (vec![0.8], vec![1]),
+    ];
+    gradcheck(
+        "local contrastive_loss",
+        &inputs,
+        |g, v| g.local_contrastive_loss(v[0], v[1], v[2], 1..3).unwrap(),
+        1e-2,
+    );
+}
+
+/// Loss and gradients (image, text, logit_scale) of the loss over `own` lines.
+fn local_loss_and_grads(
+    g: &mut Graph,
+    img: &[f32],
+    txt: &[f32],
+    scale: f32,
+    (b, d): (usize, usize),
+    own: std::ops::Range<usize>,
+) -> (f32, Vec<f32>, Vec<f32>, f32) {
+    let i = g.variable(img, &[b, d]).unwrap();
+    let t = g.variable(txt, &[b, d]).unwrap();
+    let s = g.variable(&[scale], &[1]).unwrap();
+    let loss = g.local_contrastive_loss(i, t, s, own).unwrap();
+    g.backward(loss).unwrap();
+    let grad = |x| g.grad_vec(x).unwrap();
+    (g.to_vec(loss)[0], grad(i), grad(t), grad(s)[0])
+}
+
+#[test]
+fn local_losses_of_all_ranks_average_to_the_full_loss() {
+    // R ranks of n lines: the mean of their losses is the full loss, and the sum of their
+    // gradients is R times the full loss's (what --gather-with-grad --local-loss relies on).
+    let mut rng = Rng::new(26);
+    let (ranks, n, d) = (3, 5, 16);
+    let b = ranks * n;
+    let (img, txt) = (unit_rows(&mut rng, b, d), unit_rows(&mut rng, b, d));
+    let scale = 2.1;
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let name = g.backend.name();
+        let (full, full_i, full_t, full_s) =
+            local_loss_and_grads(&mut g, &img, &txt, scale, (b, d), 0..b);
+        let mut mean = 0.0;
+        let (mut sum_i, mut sum_t, mut sum_s) = (vec![0.0; b * d], vec![0.0; b * d], 0.0);
+        for r in 0..ranks {
+            let mut g = Graph::new(g.backend.clone());
+            let (loss, di, dt, ds) =
+                local_loss_and_grads(&mut g, &img, &txt, scale, (b, d), r * n..(r + 1) * n);
+            mean += loss / ranks as f32;
+            sum_i.iter_mut().zip(&di).for_each(|(a, x)| *a += x);
+            sum_t.iter_mut().zip(&dt).for_each(|(a, x)| *a += x);
+            sum_s += ds;
+        }
+        assert!(
+            (mean - full).abs() < 1e-5 * full,
+            "{name}: {mean} vs {full}"
+        );
+        assert!(
+            (sum_s - ranks as f32 * full_s).abs() < 1e-4 * full_s.abs(),
+            "{name}: dscale {sum_s} vs {ranks} x {full_s}"
+        );
+        for (sum, full) in [(&sum_i, &full_i), (&sum_t, &full_t)] {
+            let largest = full.iter().fold(0f32, |m, x| m.max(x.abs()));
+            for (k, (s, f)) in sum.iter().zip(full).enumerate() {
+                assert!(
+                    (s - ranks as f32 * f).abs() < 1e-5 * largest * ranks as f32,
+                    "{name}: element {k}: {s} vs {ranks} x {f}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn bad_shapes_name_the_op_and_the_shapes() {
     for mut g in [cpu_graph(), gpu_graph()] {
         let a = g.variable(&[0.0; 6], &[2, 3]).unwrap();
@@ -174,6 +277,10 @@ fn bad_shapes_name_the_op_and_the_shapes() {
                 && err.contains("[2, 4]"),
             "{err}"
         );
+        for own in [0..0, 1..3] {
+            let err = g.local_contrastive_loss(a, a, s, own).unwrap_err();
+            assert!(err.to_string().contains("own lines"), "{err}");
+        }
         let s2 = g.variable(&[0.0; 2], &[2]).unwrap();
         let err = g.contrastive_loss(a, a, s2).unwrap_err().to_string();
         assert!(

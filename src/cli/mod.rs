@@ -17,6 +17,19 @@ pub mod verify;
 /// Errors reach the user as one line.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
+/// The error of a rank other than 0 when every rank stopped for the same reason (a bad flag, a
+/// start-up check): rank 0 prints it, the others exit with code 1 and say nothing.
+#[derive(Debug)]
+pub struct ReportedByRankZero;
+
+impl std::fmt::Display for ReportedByRankZero {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped; rank 0 reports why")
+    }
+}
+
+impl std::error::Error for ReportedByRankZero {}
+
 /// The adapter flags every GPU subcommand shares; they override `CLUSTERCLIP_BACKEND` /
 /// `CLUSTERCLIP_ADAPTER`.
 #[derive(clap::Args, Clone, Debug, Default)]

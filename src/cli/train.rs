@@ -8,12 +8,17 @@ use crate::data::image_ops::Normalisation;
 use crate::graph::Backend;
 use crate::masking::{MaskFlags, MaskKind, check_ratio};
 use crate::model::openclip::model_config;
-use crate::train::run::{ResumeFrom, TrainConfig, default_eval_data, epoch_samples, train};
+use std::rc::Rc;
+
+use crate::train::ranks::{Ranks, ranks_of_launch};
+use crate::train::run::{
+    ResumeFrom, TrainConfig, agree_on_start, default_eval_data, epoch_samples, train_on,
+};
 use crate::train::tensorboard::tensorboard_requested;
 use crate::train::{AdamWConfig, LrScheduler};
 
 use super::data::DataFlags;
-use super::{CliResult, GpuArgs};
+use super::{CliResult, GpuArgs, ReportedByRankZero};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
@@ -76,6 +81,14 @@ pub struct TrainArgs {
     /// batch-size × accum-freq with cached features (OpenCLIP's --accum-freq).
     #[arg(long, default_value_t = TrainConfig::DEFAULT_ACCUM_FREQ)]
     pub accum_freq: usize,
+    /// With several ranks (mpirun, srun): each rank's loss covers only its own samples against
+    /// the gathered batch (OpenCLIP's --local-loss).
+    #[arg(long)]
+    pub local_loss: bool,
+    /// With several ranks: gradients flow back through the feature all-gather, so the step
+    /// equals one process on the whole batch (OpenCLIP's --gather-with-grad).
+    #[arg(long)]
+    pub gather_with_grad: bool,
     #[arg(long, default_value_t = TrainConfig::DEFAULT_SEED)]
     pub seed: u64,
     #[arg(long, default_value = TrainConfig::DEFAULT_LOGS)]
@@ -192,6 +205,11 @@ fn optional_spec(flag: Option<&String>, default: Option<String>) -> Option<Strin
 impl TrainArgs {
     /// The run's settings; the error is one line naming the flag.
     pub fn to_config(&self) -> Result<TrainConfig, String> {
+        self.to_config_for(1)
+    }
+
+    /// The run's settings for `world_size` data-parallel ranks.
+    pub fn to_config_for(&self, world_size: usize) -> Result<TrainConfig, String> {
         let model = model_config(&self.model).map_err(|e| format!("--model: {e}"))?;
         let mut mask_flags = self.mask.clone();
         if let Some(ratio) = self.force_patch_dropout {
@@ -259,6 +277,9 @@ impl TrainArgs {
             mask: mask.strategy,
             target_mask_ratio: mask.target_mask_ratio,
             eval_limit: self.eval_samples,
+            world_size,
+            gather_with_grad: self.gather_with_grad,
+            local_loss: self.local_loss,
         };
         config.validate()?;
         Ok(config)
@@ -266,17 +287,43 @@ impl TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> CliResult {
-    let config = args.to_config()?;
-    if let Some(note) = args.precision_note() {
+    // Under mpirun or srun (with the `mpi` feature): one rank of a data-parallel run.
+    let ranks: Rc<dyn Ranks> = Rc::from(ranks_of_launch()?);
+    let leader = ranks.rank() == 0;
+    let config = args.to_config_for(ranks.size());
+    let config = match config {
+        Ok(config) => config,
+        // Every rank parses the same flags: rank 0 alone says why they all stop.
+        Err(_) if !leader => return Err(ReportedByRankZero.into()),
+        Err(e) => return Err(e.into()),
+    };
+    if let (Some(note), true) = (args.precision_note(), leader) {
         eprintln!("{note}");
     }
     let backend = if args.cpu {
-        Backend::Cpu
+        Ok(Backend::Cpu)
     } else {
-        Backend::Gpu(crate::gpu::Gpu::new(&args.gpu.options()?)?)
+        args.gpu.options().and_then(|mut options| {
+            options.local_rank = (ranks.size() > 1).then(|| ranks.local_rank());
+            let gpu = crate::gpu::Gpu::new(&options).map_err(|e| e.to_string())?;
+            Ok(Backend::Gpu(gpu))
+        })
     };
-    let summary = train(&config, backend)?;
-    if let Some(metrics) = &summary.last_metrics {
+    // A rank without an adapter stops them all (`agree_on_start` names it).
+    let started = agree_on_start(&*ranks, backend.as_ref().map(|_| ()).map_err(String::clone));
+    let backend = match (started, backend) {
+        (Ok(()), Ok(backend)) => backend,
+        (Err(_), _) if !leader => return Err(ReportedByRankZero.into()),
+        (Err(e), _) => return Err(e.into()),
+        (Ok(()), Err(e)) => return Err(e.into()),
+    };
+    let summary = match train_on(&config, backend, ranks.clone()) {
+        Ok(summary) => summary,
+        // Start-up errors are agreed by all ranks (`TrainRun::open_on`): rank 0 reports.
+        Err(_) if !leader => return Err(ReportedByRankZero.into()),
+        Err(e) => return Err(e.into()),
+    };
+    if let (Some(metrics), true) = (&summary.last_metrics, leader) {
         println!("{metrics}");
     }
     Ok(())

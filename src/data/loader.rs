@@ -6,8 +6,8 @@
 use super::error::DataError;
 use super::image_ops::{Normalisation, SampleRng};
 use super::records::{
-    BadKind, RawRecord, ReadOrder, RecordKeys, RecordStream, Sample, SampleShape, process_record,
-    record_stream,
+    BadKind, RankShare, RawRecord, ReadOrder, RecordKeys, RecordStream, Sample, SampleShape,
+    process_record, record_stream,
 };
 use super::spec::{BuiltinSplit, DataSource, DatasetType, resolve_spec};
 use std::collections::BTreeMap;
@@ -109,6 +109,8 @@ pub struct LoaderConfig {
     pub shuffle_buffer: usize,
     pub keys: RecordKeys,
     pub normalisation: Normalisation,
+    /// This rank's share of the records (training with several ranks).
+    pub share: RankShare,
 }
 
 impl LoaderConfig {
@@ -143,6 +145,7 @@ impl LoaderConfig {
             shuffle_buffer: 1000,
             keys,
             normalisation,
+            share: RankShare::ALL,
         }
     }
 
@@ -384,7 +387,7 @@ pub fn open_loader(cfg: &LoaderConfig) -> Result<Loader, DataError> {
         (false, true) => ReadOrder::Shuffled { seed: cfg.seed },
         (false, false) => ReadOrder::Sequential,
     };
-    let stream = record_stream(&source, &cfg.keys, order)?;
+    let stream = record_stream(&source, &cfg.keys, order, cfg.share)?;
     let buffer = match source {
         DataSource::WebDataset { .. } if cfg.train => cfg.shuffle_buffer,
         _ => 0,

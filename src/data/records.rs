@@ -311,15 +311,82 @@ pub enum ReadOrder {
 
 pub type RecordStream = Box<dyn Iterator<Item = RawRecord> + Send>;
 
+/// One rank's share of a training pass (issue 14). WebDataset shards are dealt out whole:
+/// the k-th shard of the (seeded, rank-independent) shard order goes to rank k mod R, as
+/// OpenCLIP splits shards over ranks. Other sources deal out records in blocks: record i of
+/// the pass goes to rank (i / block) mod R, so with `block` the per-rank batch a global batch
+/// is the one process's batch of the same records, ranks in order, and a run continues on
+/// another rank count from the same position. A pass of known length ends at its last whole
+/// global batch (OpenCLIP's drop_last), so no rank reads a batch the others do not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RankShare {
+    pub rank: usize,
+    pub ranks: usize,
+    pub block: usize,
+}
+
+impl RankShare {
+    /// The whole pass (one process).
+    pub const ALL: RankShare = RankShare {
+        rank: 0,
+        ranks: 1,
+        block: 1,
+    };
+
+    /// Whether item `index` of a pass (a record, or a shard) belongs to this rank.
+    fn owns(self, index: usize, block: usize) -> bool {
+        (index / block.max(1)) % self.ranks.max(1) == self.rank
+    }
+
+    /// `items` keeping this rank's: blocks of `block` (1 for shards).
+    fn filter<T: Send + 'static>(
+        self,
+        items: impl Iterator<Item = T> + Send + 'static,
+        block: usize,
+    ) -> Box<dyn Iterator<Item = T> + Send> {
+        if self.ranks <= 1 {
+            return Box::new(items);
+        }
+        Box::new(
+            items
+                .enumerate()
+                .filter(move |(i, _)| self.owns(*i, block))
+                .map(|(_, item)| item),
+        )
+    }
+}
+
 /// The records of a resolved source in `order`. CSV files are read and their headers checked here.
 pub fn record_stream(
     source: &DataSource,
     keys: &RecordKeys,
     order: ReadOrder,
+    share: RankShare,
 ) -> Result<RecordStream, DataError> {
+    if let DataSource::WebDataset { shards, .. } = source {
+        if shards.len() < share.ranks {
+            return Err(DataError::Config(format!(
+                "{} shards for {} ranks: each rank reads whole shards, so it needs at least one",
+                shards.len(),
+                share.ranks
+            )));
+        }
+    } else {
+        let records = record_stream(source, keys, order, RankShare::ALL)?;
+        if share.ranks <= 1 {
+            return Ok(records);
+        }
+        let records: RecordStream = match records.size_hint() {
+            (n, Some(upper)) if n == upper => {
+                Box::new(records.take(n - n % (share.ranks * share.block.max(1))))
+            }
+            _ => records,
+        };
+        return Ok(share.filter(records, share.block));
+    }
     match source {
         DataSource::WebDataset { shards, .. } => {
-            let shard_order = index_order(shards.len(), order);
+            let shard_order = share.filter(index_order(shards.len(), order), 1);
             let expected = shard_sizes(shards);
             let shards = shards.clone();
             Ok(Box::new(WebDatasetRecords {

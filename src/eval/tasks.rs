@@ -36,7 +36,7 @@ enum Source {
     },
     /// A data spec, read in stored order by a fresh loader per pass, at most `limit` records.
     Spec {
-        loader: LoaderConfig,
+        loader: Box<LoaderConfig>,
         limit: Option<usize>,
     },
     /// Images [n, 3, S, S] and labels in memory: small sets a caller builds.
@@ -104,7 +104,7 @@ impl Source {
             Source::Spec { loader, limit } => {
                 let config = LoaderConfig {
                     batch_size,
-                    ..loader.clone()
+                    ..(**loader).clone()
                 };
                 let mut loader = open_loader(&config).map_err(|e| e.to_string())?;
                 let mut batch = Batch::empty();
@@ -149,7 +149,7 @@ fn spec_source(
         .map_err(|e| e.to_string())?
         .class_names()
         .map(<[String]>::to_vec);
-    Ok((Source::Spec { loader, limit }, classes))
+    Ok((Source::Spec { loader: Box::new(loader), limit }, classes))
 }
 
 /// Records per loader batch while a set is checked (evaluation reads in its own batch size).

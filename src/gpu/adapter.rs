@@ -59,6 +59,9 @@ pub struct GpuOptions {
     /// the register-tile kernels for CPU drivers, `None` by adapter type
     /// (`CLUSTERCLIP_MATMUL=tiled|register`).
     pub tiled_matmul: Option<bool>,
+    /// One rank of several on this machine: take adapter `local_rank` mod n of the n best of
+    /// one kind (or of those `adapter` matches), so the ranks spread over the machine's GPUs.
+    pub local_rank: Option<usize>,
 }
 
 impl GpuOptions {
@@ -176,6 +179,13 @@ pub(super) async fn choose(options: &GpuOptions) -> Result<wgpu::Adapter, GpuErr
         }
     }
     adapters.sort_by_key(|a| rank(&a.get_info()));
+    if let (Some(local_rank), Some(best)) = (options.local_rank, adapters.first()) {
+        // Spread over the adapters of the best kind only (not onto a GL twin of the same device).
+        let best = rank(&best.get_info());
+        adapters.retain(|a| rank(&a.get_info()) == best);
+        let pick = local_rank % adapters.len();
+        adapters.rotate_left(pick);
+    }
     adapters.into_iter().next().ok_or_else(|| {
         GpuError::NoAdapter(format!("backend {:?} reports no adapter", options.backend))
     })

@@ -44,6 +44,11 @@ crate::kernel_params! {
         shift_r: f32,
         shift_g: f32,
         shift_b: f32,
+        /// Global index of image 0 (`MaskRng::first_image`).
+        first_image: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -56,6 +61,7 @@ impl Params {
             seed_lo,
             seed_hi,
             step: rng.step,
+            first_image: rng.first_image,
             ..Default::default()
         }
     }

@@ -33,16 +33,31 @@ pub fn hash_u32(mut x: u32) -> u32 {
     x
 }
 
-/// The generator of one training step: seed of the run and the step counter.
+/// The generator of one training step: seed of the run, the step counter, and the index of
+/// the batch's first image in the step's global batch, so that with several ranks an image is
+/// keyed by its global index and a run's masks do not depend on the number of ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaskRng {
     pub seed: u64,
     pub step: u32,
+    pub first_image: u32,
 }
 
 impl MaskRng {
     pub fn new(seed: u64, step: u32) -> Self {
-        Self { seed, step }
+        Self {
+            seed,
+            step,
+            first_image: 0,
+        }
+    }
+
+    /// This generator for the part of a global batch that starts at image `first_image`.
+    pub fn from_image(self, first_image: u32) -> Self {
+        Self {
+            first_image,
+            ..self
+        }
     }
 
     /// The seed as the two u32 words the shaders receive: (low, high).
@@ -54,6 +69,7 @@ impl MaskRng {
     /// neighbouring indices are fully mixed.
     pub fn bits24(&self, image: u32, stream: Stream, index: u32) -> u32 {
         let [seed_lo, seed_hi] = self.seed_words();
+        let image = self.first_image.wrapping_add(image);
         let key = [seed_lo, seed_hi, self.step, image, stream as u32, index];
         let chained = key.iter().fold(CHAIN_START, |h, &word| hash_u32(h ^ word));
         hash_u32(chained) >> (32 - UNIFORM_BITS)

@@ -2,7 +2,12 @@
 //! loss = (CE(logits, arange) + CE(logitsᵀ, arange)) / 2. The similarity matrix comes from the
 //! matmul kernel; a fused kernel takes row and column log-sum-exps, the loss, and the
 //! gradients of the similarities and of logit_scale. Shader: `shaders/contrastive.wgsl`.
+//!
+//! OpenCLIP's `--local-loss` is the same loss over a rank's own lines of the global batch (its
+//! images against every caption and its captions against every image), divided by 2n for n own
+//! lines: [`Graph::local_contrastive_loss`]. Averaged over ranks it is the full loss.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::gpu::{Gpu, MAX_GROUPS_PER_DIM, linear_grid};
@@ -20,6 +25,8 @@ pub struct ContrastiveOp {
     pub stats: Storage,
     pub batch: usize,
     pub dim: usize,
+    /// The lines (rows and columns) the loss averages: all B, or one rank's with --local-loss.
+    pub own: Range<usize>,
 }
 
 impl std::fmt::Debug for ContrastiveOp {
@@ -30,6 +37,7 @@ impl std::fmt::Debug for ContrastiveOp {
             .field("logit_scale", &self.logit_scale)
             .field("batch", &self.batch)
             .field("dim", &self.dim)
+            .field("own", &self.own)
             .finish()
     }
 }
@@ -43,6 +51,19 @@ impl Graph {
         image_features: Tensor,
         text_features: Tensor,
         logit_scale: Tensor,
+    ) -> OpResult {
+        let batch = self.shape(image_features).first().copied().unwrap_or(0);
+        self.local_contrastive_loss(image_features, text_features, logit_scale, 0..batch)
+    }
+
+    /// [`Graph::contrastive_loss`] averaged over the `own` rows and columns only (OpenCLIP's
+    /// `--local-loss`: `own` is this rank's slice of the gathered batch).
+    pub fn local_contrastive_loss(
+        &mut self,
+        image_features: Tensor,
+        text_features: Tensor,
+        logit_scale: Tensor,
+        own: Range<usize>,
     ) -> OpResult {
         let (si, st) = (
             self.shape(image_features).to_vec(),
@@ -64,6 +85,12 @@ impl Graph {
             ));
         }
         let (batch, dim) = (si[0], si[1]);
+        if own.is_empty() || own.end > batch {
+            return Err(shape_error(
+                "contrastive_loss",
+                format!("own lines {own:?} must be a non-empty part of 0..{batch}"),
+            ));
+        }
         let sims = matmul::forward(
             &self.backend,
             self.storage(image_features),
@@ -79,7 +106,13 @@ impl Graph {
                 shared_b: false,
             },
         );
-        let (loss, stats) = loss_storage(&self.backend, &sims, self.storage(logit_scale), batch);
+        let (loss, stats) = loss_storage(
+            &self.backend,
+            &sims,
+            self.storage(logit_scale),
+            batch,
+            own.clone(),
+        );
         let op = Op::ContrastiveLoss(ContrastiveOp {
             image: image_features,
             text: text_features,
@@ -88,6 +121,7 @@ impl Graph {
             stats,
             batch,
             dim,
+            own,
         });
         Ok(self.push_op(
             loss,
@@ -98,7 +132,7 @@ impl Graph {
     }
 }
 
-/// dS = g·t·(P_row + P_col − 2I)/(2B); d img = dS · txt, d txt = dSᵀ · img, d logit_scale =
+/// dS = g·t·(P_row + P_col − 2I)/(2B) (own rows and columns only, over 2n); d img = dS · txt, d txt = dSᵀ · img, d logit_scale =
 /// Σ dLoss/dlogits ∘ logits.
 pub fn backward(g: &mut Graph, op: &ContrastiveOp, grad: &Storage) {
     let backend = g.backend.clone();
@@ -106,7 +140,8 @@ pub fn backward(g: &mut Graph, op: &ContrastiveOp, grad: &Storage) {
     let (b, d) = (op.batch, op.dim);
     let needs_features = g.requires_grad(op.image) || g.requires_grad(op.text);
     if needs_features {
-        let dsims = grad_sims_storage(&backend, &op.sims, &scale, &op.stats, grad, b);
+        let own = op.own.clone();
+        let dsims = grad_sims_storage(&backend, &op.sims, &scale, &op.stats, grad, b, own);
         if g.requires_grad(op.image) {
             let text = g.storage(op.text).clone();
             let dims = MatmulDims {
@@ -137,7 +172,8 @@ pub fn backward(g: &mut Graph, op: &ContrastiveOp, grad: &Storage) {
         }
     }
     if g.requires_grad(op.logit_scale) {
-        let ds = grad_logit_scale_storage(&backend, &op.sims, &scale, &op.stats, grad, b);
+        let own = op.own.clone();
+        let ds = grad_logit_scale_storage(&backend, &op.sims, &scale, &op.stats, grad, b, own);
         g.accumulate(op.logit_scale, ds);
     }
 }
@@ -145,15 +181,17 @@ pub fn backward(g: &mut Graph, op: &ContrastiveOp, grad: &Storage) {
 crate::kernel_params! {
     pub(crate) struct Params for "contrastive" {
         batch: u32,
+        first: u32,
+        count: u32,
         _pad0: u32,
-        _pad1: u32,
-        _pad2: u32,
     }
 }
 
-fn params(batch: usize) -> Params {
+fn params(batch: usize, own: &Range<usize>) -> Params {
     Params {
         batch: batch as u32,
+        first: own.start as u32,
+        count: own.len() as u32,
         ..bytemuck::Zeroable::zeroed()
     }
 }
@@ -162,17 +200,18 @@ fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
     gpu.kernel(&crate::shader!("contrastive"), entry)
 }
 
-/// (loss [1], per-line statistics [4B]) from the similarities [B, B].
+/// (loss [1] over the `own` lines, per-line statistics [4B]) from the similarities [B, B].
 pub fn loss_storage(
     backend: &Backend,
     sims: &Storage,
     logit_scale: &Storage,
     batch: usize,
+    own: Range<usize>,
 ) -> (Storage, Storage) {
     match backend {
         Backend::Cpu => {
             let stats = cpu::line_stats(sims.cpu(), logit_scale.cpu()[0], batch);
-            let loss = cpu::loss(&stats, batch);
+            let loss = cpu::loss(&stats, batch, own);
             (
                 Storage::Cpu(Arc::new(vec![loss])),
                 Storage::Cpu(Arc::new(stats)),
@@ -188,12 +227,13 @@ pub fn loss_storage(
             let line_stats = [inputs[0], inputs[1], ("stats", &stats)];
             gpu.dispatch(
                 &kernel(gpu, "line_stats"),
-                &params(batch),
+                &params(batch, &own),
                 &line_stats,
                 groups,
             );
             let buffers = [("stats", &stats), ("out", &loss)];
-            gpu.dispatch(&kernel(gpu, "loss"), &params(batch), &buffers, [1, 1, 1]);
+            let params = params(batch, &own);
+            gpu.dispatch(&kernel(gpu, "loss"), &params, &buffers, [1, 1, 1]);
             (Storage::Gpu(loss), Storage::Gpu(stats))
         }
     }
@@ -207,6 +247,7 @@ pub fn grad_sims_storage(
     stats: &Storage,
     grad: &Storage,
     batch: usize,
+    own: Range<usize>,
 ) -> Storage {
     match backend {
         Backend::Cpu => Storage::Cpu(Arc::new(cpu::grad_sims(
@@ -215,10 +256,12 @@ pub fn grad_sims_storage(
             stats.cpu(),
             grad.cpu()[0],
             batch,
+            own,
         ))),
         Backend::Gpu(gpu) => {
             let inputs = [sims, logit_scale, stats, grad];
-            dispatch_backward(gpu, "grad_sims", inputs, batch, Some(batch * batch))
+            let outputs = Some(batch * batch);
+            dispatch_backward(gpu, "grad_sims", inputs, batch, own, outputs)
         }
     }
 }
@@ -231,6 +274,7 @@ pub fn grad_logit_scale_storage(
     stats: &Storage,
     grad: &Storage,
     batch: usize,
+    own: Range<usize>,
 ) -> Storage {
     match backend {
         Backend::Cpu => Storage::Cpu(Arc::new(vec![cpu::grad_logit_scale(
@@ -238,10 +282,11 @@ pub fn grad_logit_scale_storage(
             logit_scale.cpu()[0],
             grad.cpu()[0],
             batch,
+            own,
         )])),
         Backend::Gpu(gpu) => {
             let inputs = [sims, logit_scale, stats, grad];
-            dispatch_backward(gpu, "grad_logit_scale", inputs, batch, None)
+            dispatch_backward(gpu, "grad_logit_scale", inputs, batch, own, None)
         }
     }
 }
@@ -253,6 +298,7 @@ fn dispatch_backward(
     entry: &str,
     [sims, logit_scale, stats, upstream]: [&Storage; 4],
     batch: usize,
+    own: Range<usize>,
     outputs: Option<usize>,
 ) -> Storage {
     let out = gpu.alloc(outputs.unwrap_or(1));
@@ -265,12 +311,14 @@ fn dispatch_backward(
         ("out", &out),
     ];
     let groups = outputs.map_or([1, 1, 1], |n| linear_grid(n, k.lanes()));
-    gpu.dispatch(&k, &params(batch), &buffers, groups);
+    gpu.dispatch(&k, &params(batch, &own), &buffers, groups);
     Storage::Gpu(out)
 }
 
 /// Plain-Rust references in f64.
 pub mod cpu {
+    use std::ops::Range;
+
     /// Logit (i, j) of line `line` at position k (rows first, then columns).
     fn line_logits(sims: &[f32], t: f64, b: usize, line: usize) -> Vec<f64> {
         (0..b)
@@ -301,8 +349,13 @@ pub mod cpu {
         stats
     }
 
-    pub fn loss(stats: &[f32], b: usize) -> f32 {
-        (stats[2 * b..].iter().map(|&x| x as f64).sum::<f64>() / (2 * b) as f64) as f32
+    /// Mean cross-entropy of the `own` rows, then columns.
+    pub fn loss(stats: &[f32], b: usize, own: Range<usize>) -> f32 {
+        let n = own.len();
+        let rows = &stats[2 * b + own.start..2 * b + own.end];
+        let cols = &stats[3 * b + own.start..3 * b + own.end];
+        let sum: f64 = rows.iter().chain(cols).map(|&x| x as f64).sum();
+        (sum / (2 * n) as f64) as f32
     }
 
     /// Row softmax P_row and column softmax P_col of the logits, in f64.
@@ -331,30 +384,52 @@ pub mod cpu {
         _stats: &[f32],
         grad: f32,
         b: usize,
+        own: Range<usize>,
     ) -> Vec<f32> {
         let t = (logit_scale as f64).exp();
         let (rows, cols) = softmaxes(sims, t, b);
-        let coef = grad as f64 * t / (2 * b) as f64;
+        let coef = grad as f64 * t / (2 * own.len()) as f64;
         (0..b * b)
             .map(|e| {
-                let diag = if e / b == e % b { 2.0 } else { 0.0 };
-                (coef * (rows[e] + cols[e] - diag)) as f32
+                let (i, j) = (e / b, e % b);
+                let diag = if i == j { 1.0 } else { 0.0 };
+                let row = if own.contains(&i) {
+                    rows[e] - diag
+                } else {
+                    0.0
+                };
+                let col = if own.contains(&j) {
+                    cols[e] - diag
+                } else {
+                    0.0
+                };
+                (coef * (row + col)) as f32
             })
             .collect()
     }
 
     /// Σ_ij dLoss/dlogits_ij · logits_ij (d logits / d logit_scale = logits).
-    pub fn grad_logit_scale(sims: &[f32], logit_scale: f32, grad: f32, b: usize) -> f32 {
+    pub fn grad_logit_scale(
+        sims: &[f32],
+        logit_scale: f32,
+        grad: f32,
+        b: usize,
+        own: Range<usize>,
+    ) -> f32 {
         let t = (logit_scale as f64).exp();
         let (rows, cols) = softmaxes(sims, t, b);
         let mut acc = 0f64;
         for i in 0..b {
             for j in 0..b {
                 let s = sims[i * b + j] as f64;
-                acc += rows[i * b + j] * (s - sims[i * b + i] as f64)
-                    + cols[i * b + j] * (s - sims[j * b + j] as f64);
+                if own.contains(&i) {
+                    acc += rows[i * b + j] * (s - sims[i * b + i] as f64);
+                }
+                if own.contains(&j) {
+                    acc += cols[i * b + j] * (s - sims[j * b + j] as f64);
+                }
             }
         }
-        (grad as f64 * t * acc / (2 * b) as f64) as f32
+        (grad as f64 * t * acc / (2 * own.len()) as f64) as f32
     }
 }

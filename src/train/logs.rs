@@ -179,8 +179,10 @@ pub struct RunLogs {
     terminal: bool,
     /// A progress line is drawn on the terminal and must be cleared before other output.
     line_open: bool,
-    /// Held until the run ends (dropped with the logs).
-    _lock: RunLock,
+    /// Held until the run ends (dropped with the logs); `None` for silent logs.
+    _lock: Option<RunLock>,
+    /// Prints and writes nothing: a rank other than 0 (rank 0 logs the run).
+    silent: bool,
 }
 
 impl RunLogs {
@@ -207,7 +209,8 @@ impl RunLogs {
             out_log: Some(out_log),
             terminal: std::io::stderr().is_terminal(),
             line_open: false,
-            _lock: lock,
+            _lock: Some(lock),
+            silent: false,
         };
         if let Some(pid) = dead_holder {
             logs.message(&format!(
@@ -221,18 +224,36 @@ impl RunLogs {
         Ok(logs)
     }
 
+    /// Logs of `dir` that print and write nothing (a rank other than 0).
+    pub fn silent(dir: &Path) -> RunLogs {
+        RunLogs {
+            dir: dir.to_path_buf(),
+            out_log: None,
+            terminal: false,
+            line_open: false,
+            _lock: None,
+            silent: true,
+        }
+    }
+
     pub fn checkpoint_dir(&self) -> PathBuf {
         self.dir.join("checkpoints")
     }
 
     /// Writes `params.json` (atomically: it is the record of the run's settings).
     pub fn write_params(&self, params: &serde_json::Value) -> Result<(), String> {
+        if self.silent {
+            return Ok(());
+        }
         let text = serde_json::to_string_pretty(params).map_err(|e| e.to_string())?;
         crate::model::io::write_bytes_atomic(&self.dir.join("params.json"), text.as_bytes())
     }
 
     /// A message: stderr and `out.log`.
     pub fn message(&mut self, line: &str) {
+        if self.silent {
+            return;
+        }
         self.clear_line();
         eprintln!("{line}");
         self.log_only(line);
@@ -247,6 +268,9 @@ impl RunLogs {
     /// A progress line: redrawn in place on a terminal (every step), a plain line otherwise
     /// (only when `milestone`, every `--log-every-n-steps`); `out.log` gets the milestones.
     pub fn progress(&mut self, line: &str, milestone: bool) {
+        if self.silent {
+            return;
+        }
         if self.terminal {
             eprint!("\r\x1b[2K{line}");
             let _ = std::io::stderr().flush();
@@ -268,6 +292,9 @@ impl RunLogs {
 
     /// Appends one evaluation to `results.jsonl`.
     pub fn append_result(&self, result: &serde_json::Value) -> Result<(), String> {
+        if self.silent {
+            return Ok(());
+        }
         let path = self.dir.join("results.jsonl");
         let mut file = OpenOptions::new()
             .create(true)

@@ -7,10 +7,52 @@
 use crate::graph::{Backend, Graph};
 pub use crate::masking::MaskStrategy;
 use crate::masking::{
-    GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures, cluster_mask,
-    cluster_mask_gpu, embedding_features, patch_features_of, random_mask,
+    ClusterMaskConfig, GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures,
+    cluster_mask, cluster_mask_gpu, embedding_features, patch_features_of, random_mask,
 };
 use crate::model::{Clip, vision};
+
+use super::ranks::Ranks;
+
+/// [`compute_mask`] for this rank's part of a global batch (`rng` keyed from its first image).
+/// M3.4's one keep count per batch is the global batch's: the smallest of every rank's (k is
+/// monotone in the fewest unmasked patches), and a rank above it masks again pinned to it.
+/// So a run's masks do not depend on how many ranks share the batch.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn compute_mask_on_ranks(
+    clip: &Clip,
+    backend: &Backend,
+    strategy: &MaskStrategy,
+    (images, batch): (&[f32], usize),
+    rng: MaskRng,
+    progress: f32,
+    ranks: &dyn Ranks,
+) -> Result<Option<MaskResult>, MaskError> {
+    let mask = compute_mask(clip, backend, strategy, images, batch, rng, progress)?;
+    let (Some(local), MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c)) = (&mask, strategy)
+    else {
+        return Ok(mask);
+    };
+    if ranks.size() == 1 {
+        return Ok(mask);
+    }
+    let k = ranks.all_reduce_min(local.keep_count as u64) as usize;
+    if k == local.keep_count {
+        return Ok(mask);
+    }
+    // min = max mask ratio = 1 − k/L: keep_bounds gives round(L · k/L) = k both ways.
+    let ratio = 1.0 - k as f64 / local.patches as f64;
+    let pinned = ClusterMaskConfig {
+        min_mask_ratio: ratio,
+        max_mask_ratio: ratio,
+        ..*c
+    };
+    let pinned = match strategy {
+        MaskStrategy::ClusterEmbed(_) => MaskStrategy::ClusterEmbed(pinned),
+        _ => MaskStrategy::Cluster(pinned),
+    };
+    compute_mask(clip, backend, &pinned, images, batch, rng, progress)
+}
 
 /// Blocking [`compute_mask_async`] (native only).
 #[cfg(not(target_arch = "wasm32"))]

@@ -9,6 +9,7 @@ pub mod mask_step;
 pub mod optimizer;
 #[cfg(feature = "cli")]
 pub mod plot;
+pub mod ranks;
 #[cfg(feature = "cli")]
 pub mod run;
 pub mod schedule;

@@ -1,15 +1,45 @@
 //! One training step: forward, loss, backward, gradients into the flat buffer, AdamW — all
 //! recorded into one command encoder and one submit; the loss is read back only on request.
+//! With several ranks (issue 14) the features are all-gathered and the gradients all-reduced
+//! in between (see [`DataParallel`]).
 
-use crate::graph::{Backend, Graph, ShapeError, Storage};
+use std::ops::Range;
+use std::rc::Rc;
+
+use crate::graph::{Backend, Graph, ShapeError, Storage, Tensor};
+use crate::model::params::BoundParams;
 use crate::model::{Clip, ClipInputs};
 
 use super::optimizer::{AdamWConfig, Optimizer};
+use super::ranks::Ranks;
 
 pub struct Trainer {
     pub clip: Clip,
     pub optimizer: Optimizer,
     pub backend: Backend,
+    /// The other ranks of a data-parallel run; `None` trains alone.
+    pub parallel: Option<DataParallel>,
+}
+
+/// How the ranks of a data-parallel run share a step, with OpenCLIP's flags and semantics
+/// (src/train/gather.rs derives them and tests/gather_semantics.rs checks the derivation):
+///
+/// - Every rank's image and text features are all-gathered, in rank order, and the contrastive
+///   loss runs over the global batch (`local_loss`: over this rank's rows and columns only).
+/// - The gradient reaching this rank's own features is that loss's gradient of its own rows
+///   (OpenCLIP's default: the gathered copies of other ranks are constants), or with
+///   `gather_with_grad` the sum over ranks of every rank's loss gradient of these rows (the
+///   backward of a differentiable all-gather).
+/// - The flat gradients are then averaged over ranks (DDP's mean) and AdamW runs identically
+///   on every rank.
+///
+/// So `gather_with_grad`, with or without `local_loss`, gives exactly the gradient of one
+/// process on the whole batch; the default gives the logit scale's exactly and 1/R of the
+/// towers' (AdamW is nearly blind to that scale); `local_loss` alone drops the column terms.
+pub struct DataParallel {
+    pub ranks: Rc<dyn Ranks>,
+    pub gather_with_grad: bool,
+    pub local_loss: bool,
 }
 
 /// What one step reports.
@@ -26,7 +56,13 @@ impl Trainer {
             clip,
             optimizer,
             backend,
+            parallel: None,
         }
+    }
+
+    /// The ranks this trainer shares steps with, if more than one.
+    fn ranks(&self) -> Option<&DataParallel> {
+        self.parallel.as_ref().filter(|p| p.ranks.size() > 1)
     }
 
     /// Forward + backward of one micro-batch into the flat gradients (added when `accumulate`).
@@ -70,6 +106,7 @@ impl Trainer {
     ) -> Result<StepReport, ShapeError> {
         let loss = match micro_batches {
             [] => return Ok(StepReport { loss: None }),
+            _ if self.ranks().is_some() => self.accumulate_across_ranks(micro_batches).await?,
             [one] => self.accumulate_gradients(one, false)?,
             many => self.accumulate_feature_cached(many)?,
         };
@@ -77,7 +114,14 @@ impl Trainer {
             .step(&mut self.clip.params, &self.backend, lr);
         // The read submits the whole step at once; otherwise submit without waiting.
         let loss = if read_loss {
-            Some(read_storage_async(&self.backend, &loss).await[0])
+            let mut loss = read_storage_async(&self.backend, &loss).await;
+            if let Some(parallel) = self.ranks() {
+                // The mean over ranks: the global loss also under --local-loss (OpenCLIP
+                // logs rank 0's own).
+                parallel.ranks.all_reduce_sum(&mut loss);
+                loss[0] /= parallel.ranks.size() as f32;
+            }
+            Some(loss[0])
         } else {
             if let Backend::Gpu(gpu) = &self.backend {
                 gpu.flush();
@@ -124,16 +168,42 @@ impl Trainer {
             _ => unreachable!("the contrastive loss reaches both feature sets"),
         };
         let loss_graph = (g, params);
-        // Pass 2: per micro-batch, back-propagate its rows of the feature gradients through the
-        // towers: the gradient of Σ features ∘ d_features (a constant) is exactly that.
-        let mut row = 0;
+        // Pass 2: per micro-batch, back-propagate its rows of the feature gradients.
+        self.backprop_features(micro_batches, None, [&d_image, &d_text], 0)?;
+        // Only logit_scale has a gradient in the loss graph: added to what the towers left.
+        let (g, params) = loss_graph;
+        self.optimizer.gather_grads(&g, &params, true);
+        Ok(g.storage(loss).clone())
+    }
+
+    /// Back-propagates rows `first_row..` of the feature gradients `[d_image, d_text]` through
+    /// the towers into the flat gradients, micro-batch by micro-batch: the gradient of
+    /// Σ features ∘ d_features (a constant) is exactly that. A graph `kept` from the forward of
+    /// a single micro-batch is reused instead of a second forward.
+    fn backprop_features(
+        &mut self,
+        micro_batches: &[ClipInputs],
+        kept: Option<FeatureGraph>,
+        [d_image, d_text]: [&Storage; 2],
+        first_row: usize,
+    ) -> Result<(), ShapeError> {
+        let backend = self.backend.clone();
+        let dim = self.clip.config.embed_dim;
+        let mut kept = kept;
+        let mut row = first_row;
         for inputs in micro_batches {
-            let mut g = Graph::new(backend.clone());
-            let (params, image, text) = self.clip.features(&mut g, inputs)?;
+            let (mut g, params, image, text) = match kept.take() {
+                Some(features) => features,
+                None => {
+                    let mut g = Graph::new(backend.clone());
+                    let (params, image, text) = self.clip.features(&mut g, inputs)?;
+                    (g, params, image, text)
+                }
+            };
             let n = inputs.batch * dim;
             let seeds = [
-                backend.slice(&d_image, row * dim, n),
-                backend.slice(&d_text, row * dim, n),
+                backend.slice(d_image, row * dim, n),
+                backend.slice(d_text, row * dim, n),
             ];
             let mut surrogate = None;
             for (features, seed) in [image, text].into_iter().zip(seeds) {
@@ -146,14 +216,106 @@ impl Trainer {
                 });
             }
             g.backward(surrogate.expect("two feature sets"))?;
-            self.optimizer.gather_grads(&g, &params, row > 0);
+            self.optimizer.gather_grads(&g, &params, row > first_row);
             row += inputs.batch;
         }
-        // Only logit_scale has a gradient in the loss graph: added to what the towers left.
-        let (g, params) = loss_graph;
+        Ok(())
+    }
+
+    /// The gradients of one data-parallel step (see [`DataParallel`]): features of this rank's
+    /// micro-batches, all-gathered; the loss over the global batch; this rank's rows of its
+    /// gradient (summed over ranks with `gather_with_grad`) back-propagated; the flat gradients
+    /// averaged over ranks. Returns this rank's loss, on the device.
+    async fn accumulate_across_ranks(
+        &mut self,
+        micro_batches: &[ClipInputs<'_>],
+    ) -> Result<Storage, ShapeError> {
+        let backend = self.backend.clone();
+        let dim = self.clip.config.embed_dim;
+        let parallel = self.ranks().expect("several ranks");
+        let (ranks, gather_with_grad, local_loss) = (
+            parallel.ranks.clone(),
+            parallel.gather_with_grad,
+            parallel.local_loss,
+        );
+        let (rank, size) = (ranks.rank(), ranks.size());
+        // Pass 1: features; a single micro-batch keeps its graph for the backward.
+        let mut kept = None;
+        let mut parts = Vec::with_capacity(2 * micro_batches.len());
+        let mut text_parts = Vec::with_capacity(micro_batches.len());
+        for inputs in micro_batches {
+            let mut g = Graph::new(backend.clone());
+            let (params, image, text) = self.clip.features(&mut g, inputs)?;
+            parts.push(g.storage(image).clone());
+            text_parts.push(g.storage(text).clone());
+            if micro_batches.len() == 1 {
+                kept = Some((g, params, image, text));
+            }
+        }
+        parts.extend(text_parts);
+        let local: usize = micro_batches.iter().map(|m| m.batch).sum();
+        let (global, own) = (local * size, rank * local..(rank + 1) * local);
+        // This rank's [images; texts] in one read, gathered in rank order.
+        let mine = backend.concat(&parts.iter().collect::<Vec<_>>());
+        let gathered = ranks.all_gather(&read_storage_async(&backend, &mine).await);
+        let (images, texts) = split_by_rank(&gathered, size, local * dim);
+        let mut g = Graph::new(backend.clone());
+        let params = self.clip.params.bind(&mut g);
+        let image = g.variable(&images, &[global, dim])?;
+        let text = g.variable(&texts, &[global, dim])?;
+        let scale = params.get("logit_scale");
+        let lines = if local_loss { own.clone() } else { 0..global };
+        let loss = g.local_contrastive_loss(image, text, scale, lines)?;
+        g.backward(loss)?;
+        let (d_image, d_text) = match (g.grad(image), g.grad(text)) {
+            (Some(a), Some(b)) => (a.clone(), b.clone()),
+            _ => unreachable!("the contrastive loss reaches both feature sets"),
+        };
+        let (d_image, d_text, first_row) = if gather_with_grad {
+            // The backward of a differentiable all-gather: every rank's loss gradient of these
+            // rows, summed (a reduce-scatter, done as an all-reduce of [d_image; d_text]).
+            let both = backend.concat(&[&d_image, &d_text]);
+            let mut both = read_storage_async(&backend, &both).await;
+            ranks.all_reduce_sum(&mut both);
+            let mine = own_rows(&both, global * dim, own.clone(), dim);
+            let (d_image, d_text) = mine.split_at(local * dim);
+            (backend.upload(d_image), backend.upload(d_text), 0)
+        } else {
+            (d_image, d_text, own.start)
+        };
+        self.backprop_features(micro_batches, kept, [&d_image, &d_text], first_row)?;
         self.optimizer.gather_grads(&g, &params, true);
+        // DDP's mean over ranks.
+        let mut flat = read_storage_async(&backend, &self.optimizer.grads.values).await;
+        ranks.all_reduce_sum(&mut flat);
+        let inverse = 1.0 / size as f32;
+        flat.iter_mut().for_each(|x| *x *= inverse);
+        self.optimizer.grads.values = backend.upload(&flat);
         Ok(g.storage(loss).clone())
     }
+}
+
+/// A forward graph kept for its backward: the graph, its bound parameters, and the image and
+/// text features.
+type FeatureGraph = (Graph, BoundParams, Tensor, Tensor);
+
+/// The gathered [images; texts] blocks of `ranks` ranks (`per_rank` words each) as all images
+/// then all texts, in rank order.
+fn split_by_rank(gathered: &[f32], ranks: usize, per_rank: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut images = Vec::with_capacity(ranks * per_rank);
+    let mut texts = Vec::with_capacity(ranks * per_rank);
+    for block in gathered.chunks(2 * per_rank) {
+        images.extend_from_slice(&block[..per_rank]);
+        texts.extend_from_slice(&block[per_rank..]);
+    }
+    (images, texts)
+}
+
+/// Rows `own` of both halves of [d_images; d_texts] (`half` words each), as [images; texts].
+fn own_rows(both: &[f32], half: usize, own: Range<usize>, dim: usize) -> Vec<f32> {
+    let rows = own.start * dim..own.end * dim;
+    let (images, texts) = both.split_at(half);
+    [&images[rows.clone()], &texts[rows]].concat()
 }
 
 /// `inputs` cut into micro-batches of at most `size` images, in order (a kept-patch list has

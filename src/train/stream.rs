@@ -3,6 +3,10 @@
 //! anywhere at once (worker threads render whole batches, delivered in order); other sources
 //! go through the data loader, one seeded pass after another (the partial last batch of a pass
 //! is dropped, as OpenCLIP's drop_last), skipping to the position on resume.
+//!
+//! With several ranks each stream delivers its rank's part of every global batch
+//! (`LoaderConfig::share`), and the position counts the samples of all ranks, so a checkpoint
+//! resumes on any number of ranks with the same global batch.
 
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
@@ -27,13 +31,15 @@ enum Source {
     },
     Loader {
         loader: Box<Loader>,
-        config: LoaderConfig,
+        config: Box<LoaderConfig>,
     },
 }
 
 pub struct TrainStream {
     source: Source,
     batch_size: usize,
+    /// Samples of one batch over all ranks (`batch_size` × ranks).
+    global_batch: usize,
     /// Pass over a finite set (always 0 for the endless built-in stream).
     pub pass: u64,
     /// Samples of this pass already delivered.
@@ -49,6 +55,7 @@ impl TrainStream {
     /// The stream of `config` (training order, seeded) at (`pass`, `position`).
     pub fn open(config: &LoaderConfig, pass: u64, position: u64) -> Result<TrainStream, String> {
         let batch_size = config.batch_size;
+        let global_batch = batch_size * config.share.ranks.max(1);
         let source = resolve_spec(&config.spec, config.dataset_type)
             .map_err(|e| format!("--train-data: {e}"))?;
         let source = match source {
@@ -58,7 +65,7 @@ impl TrainStream {
                 loader_config.seed = config.seed.wrapping_add(pass);
                 let mut loader =
                     open_loader(&loader_config).map_err(|e| format!("--train-data: {e}"))?;
-                for _ in 0..position / batch_size as u64 {
+                for _ in 0..position / global_batch as u64 {
                     loader
                         .next_batch()
                         .map_err(|e| format!("--train-data: {e}"))?;
@@ -67,13 +74,14 @@ impl TrainStream {
                 loader.take_recent_stats();
                 Source::Loader {
                     loader: Box::new(loader),
-                    config: config.clone(),
+                    config: Box::new(config.clone()),
                 }
             }
         };
         Ok(TrainStream {
             source,
             batch_size,
+            global_batch,
             pass,
             position,
             wait_seconds: 0.0,
@@ -129,7 +137,7 @@ impl TrainStream {
                 }
             }
         };
-        self.position += self.batch_size as u64;
+        self.position += self.global_batch as u64;
         self.wait_seconds += started.elapsed().as_secs_f64();
         Ok(batch)
     }
@@ -155,12 +163,16 @@ fn builtin_source(config: &LoaderConfig, start: u64) -> Source {
     };
     let count = config.workers.max(1);
     let batch = config.batch_size as u64;
+    let (global, offset) = (
+        batch * config.share.ranks.max(1) as u64,
+        batch * config.share.rank as u64,
+    );
     let workers = (0..count)
         .map(|w| {
             let (sender, receiver) = sync_channel::<TrainBatch>(2);
             let handle = std::thread::spawn(move || {
                 for b in (w as u64..).step_by(count) {
-                    let first = start + b * batch;
+                    let first = start + b * global + offset;
                     let mut images = Vec::with_capacity(
                         batch as usize * 3 * shape.image_size * shape.image_size,
                     );

@@ -77,6 +77,12 @@ pub struct TrainConfig {
     pub target_mask_ratio: Option<f64>,
     /// Images of the zero-shot set and samples of the validation set used per evaluation.
     pub eval_limit: Option<usize>,
+    /// Data-parallel processes (OpenCLIP's world size, `mpirun -np`): a step reads
+    /// `batch_size` samples on each, so the contrastive batch is `world_size` × `batch_size`.
+    pub world_size: usize,
+    /// OpenCLIP's `--gather-with-grad` and `--local-loss` (see `train::step::DataParallel`).
+    pub gather_with_grad: bool,
+    pub local_loss: bool,
 }
 
 impl TrainConfig {
@@ -134,12 +140,15 @@ impl TrainConfig {
             mask: MaskStrategy::Cluster(ClusterMaskConfig::default()),
             target_mask_ratio: None,
             eval_limit: None,
+            world_size: 1,
+            gather_with_grad: false,
+            local_loss: false,
         }
     }
 
     /// Samples per optimizer step.
     pub fn step_samples(&self) -> u64 {
-        (self.batch_size * self.accum_freq) as u64
+        (self.batch_size * self.accum_freq * self.world_size.max(1)) as u64
     }
 
     pub fn steps_per_epoch(&self) -> u64 {
@@ -168,7 +177,7 @@ impl TrainConfig {
         }
         if self.steps_per_epoch() == 0 {
             return Err(format!(
-                "--train-num-samples {} is less than one step ({} = --batch-size × --accum-freq)",
+                "--train-num-samples {} is less than one step ({} = --batch-size × --accum-freq × ranks)",
                 self.train_num_samples,
                 self.step_samples()
             ));
@@ -297,6 +306,9 @@ impl TrainConfig {
         params["save_most_recent"] = self.save_most_recent.into();
         params["delete_previous_checkpoint"] = self.delete_previous_checkpoint.into();
         params["report_to"] = if self.tensorboard { "tensorboard" } else { "" }.into();
+        params["world_size"] = self.world_size.into();
+        params["gather_with_grad"] = self.gather_with_grad.into();
+        params["local_loss"] = self.local_loss.into();
         // A second object: one json! of every setting exceeds the macro recursion limit.
         let reader = serde_json::json!({
             "dataset_type": d.dataset_type.to_string(), "csv_separator": (d.keys.csv_separator as char).to_string(),

@@ -82,6 +82,16 @@ impl EvalSets {
         })
     }
 
+    /// No evaluation sets: what a rank other than 0 holds.
+    pub(super) fn none() -> EvalSets {
+        EvalSets {
+            val: None,
+            zeroshot: None,
+            imagenet: None,
+            batch: 1,
+        }
+    }
+
     /// Which evaluations are due after `completed` epochs: `(validation, zero-shot)`. Every
     /// evaluation with a set and a frequency runs at the end of the run.
     pub(super) fn due(

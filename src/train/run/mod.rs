@@ -9,6 +9,7 @@ mod evals;
 mod open;
 
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Instant;
 
 use crate::eval::tasks::logit_scale;
@@ -18,7 +19,8 @@ use crate::model::ClipInputs;
 
 use super::checkpoint::{CheckpointError, LATEST, TrainState, save_checkpoint, state_path};
 use super::logs::{RunLogs, format_duration};
-use super::mask_step::{MaskStrategy, compute_mask};
+use super::mask_step::{MaskStrategy, compute_mask_on_ranks};
+use super::ranks::{OneProcess, Ranks};
 use super::schedule::learning_rate;
 use super::step::{Trainer, split_inputs};
 use super::stream::TrainStream;
@@ -112,14 +114,60 @@ fn val_scalars(metrics: &serde_json::Value) -> Vec<(String, f32)> {
 
 /// Runs training as `config` says on `backend`.
 pub fn train(config: &TrainConfig, backend: Backend) -> Result<TrainSummary, TrainError> {
-    let mut run = TrainRun::open(config, backend)?;
-    while !run.is_done() {
-        run.step()?;
-        if run.at_epoch_end() {
-            run.end_epoch()?;
+    train_on(config, backend, Rc::new(OneProcess))
+}
+
+/// [`train`] as one of `ranks` (data-parallel, issue 14). A start-up error is agreed by all
+/// ranks and returned on each; an error of one rank mid-run is printed with its rank and ends
+/// every rank (the others would wait for it in the next collective).
+pub fn train_on(
+    config: &TrainConfig,
+    backend: Backend,
+    ranks: Rc<dyn Ranks>,
+) -> Result<TrainSummary, TrainError> {
+    let mut run = TrainRun::open_on(config, backend, ranks.clone())?;
+    let result = (|| {
+        while !run.is_done() {
+            run.step()?;
+            if run.at_epoch_end() {
+                run.end_epoch()?;
+            }
         }
+        Ok(())
+    })();
+    match result {
+        Err(e) if ranks.size() > 1 => {
+            eprintln!("error: rank {} of {}: {e}", ranks.rank(), ranks.size());
+            ranks.abort(1)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(run.finish()),
     }
-    Ok(run.finish())
+}
+
+/// Every rank's start-up `result`, agreed: Ok when all are, else the same error on every rank:
+/// the failing rank's message, prefixed with its rank unless all ranks failed alike. One
+/// collective; one process returns `result` as it is.
+pub fn agree_on_start(ranks: &dyn Ranks, result: Result<(), String>) -> Result<(), TrainError> {
+    if ranks.size() == 1 {
+        return result.map_err(TrainError::Config);
+    }
+    let mine = result.err().unwrap_or_default();
+    let all: Vec<String> = ranks
+        .all_gather_bytes(mine.as_bytes())
+        .into_iter()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .collect();
+    let Some((first, error)) = all.iter().enumerate().find(|(_, e)| !e.is_empty()) else {
+        return Ok(());
+    };
+    if all.iter().all(|e| e == error) {
+        return Err(TrainError::Config(error.clone()));
+    }
+    Err(TrainError::Config(format!(
+        "rank {first} of {}: {error}",
+        all.len()
+    )))
 }
 
 /// The steps since the last progress milestone: the throughput and mask ratio a line shows.
@@ -140,11 +188,12 @@ impl Window {
 }
 
 /// One training run between `open` and `finish`: the model and optimizer, the data stream, the
-/// run folder, and the running statistics its log lines and summary report.
-// Ranks (MPI, later) would go here: `open` would take a rank and world size, shard the stream
-// by rank, all-reduce gradients inside `step`, and let only rank 0 write logs and checkpoints.
+/// run folder, and the running statistics its log lines and summary report. With several
+/// ranks, each reads its share of the data and trains a replica; the trainer exchanges
+/// features and gradients; only rank 0 evaluates and writes logs, results and checkpoints.
 pub struct TrainRun<'a> {
     config: &'a TrainConfig,
+    ranks: Rc<dyn Ranks>,
     run_dir: PathBuf,
     /// `params.json` as one string, stored in every checkpoint.
     run_config: String,
@@ -205,20 +254,23 @@ impl TrainRun<'_> {
         let progress = (step / steps_per_epoch) as f32 / config.epochs as f32;
         let step_started = Instant::now();
         let mut batches = Vec::with_capacity(config.accum_freq);
+        // This rank's images are keyed by their index in the global batch.
+        let first_image = (self.ranks.rank() * config.batch_size) as u32;
         for micro in 0..config.accum_freq as u64 {
             let batch = self.stream.next_batch().map_err(run_err)?;
             let rng = MaskRng::new(
                 self.state.seed,
                 (step * config.accum_freq as u64 + micro) as u32,
-            );
-            let mask = compute_mask(
+            )
+            .from_image(first_image);
+            let mask = compute_mask_on_ranks(
                 &self.trainer.clip,
                 &self.trainer.backend,
                 &self.strategy,
-                &batch.images,
-                config.batch_size,
+                (&batch.images, config.batch_size),
                 rng,
                 progress,
+                &*self.ranks,
             )
             .map_err(run_err)?;
             batches.push((batch, mask));
@@ -386,6 +438,11 @@ impl TrainRun<'_> {
         // epoch_N before epoch_latest: a crash between the two must not leave a latest past an
         // epoch_N that was never written (a resume would start after it).
         let latest = self.logs.checkpoint_dir().join(LATEST);
+        if self.ranks.rank() != 0 {
+            // Rank 0 writes the checkpoints of the run.
+            self.last_checkpoint = Some(latest);
+            return Ok(());
+        }
         let mut paths = Vec::with_capacity(2);
         if keep_epoch {
             let epoch = self.state.epoch;

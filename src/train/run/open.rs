@@ -1,9 +1,11 @@
 //! Opening a run: settings checked, the model built or restored from a checkpoint, the mask
 //! threshold calibrated, the data and evaluation sets opened, and only then the run folder taken.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::Instant;
 
+use crate::data::records::RankShare;
 use crate::eval::tasks::{backend_name, logit_scale};
 use crate::graph::Backend;
 use crate::masking::calibrate_on_images;
@@ -12,12 +14,26 @@ use crate::model::openclip::load_pretrained;
 use crate::train::checkpoint::{Checkpoint, LATEST, TrainState, load_checkpoint};
 use crate::train::logs::{RunLogs, check_new_run_folder};
 use crate::train::mask_step::MaskStrategy;
-use crate::train::step::Trainer;
+use crate::train::ranks::{OneProcess, Ranks};
+use crate::train::step::{DataParallel, Trainer, read_storage};
 use crate::train::stream::TrainStream;
 use crate::train::tensorboard::{EventWriter, TENSORBOARD_DIR};
 
 use super::evals::EvalSets;
-use super::{ResumeFrom, TrainConfig, TrainError, TrainRun, Window, run_err};
+use super::{ResumeFrom, TrainConfig, TrainError, TrainRun, Window, agree_on_start, run_err};
+
+/// What a rank has opened before the run folder is taken: everything that can fail for a bad
+/// flag or input.
+struct Prepared {
+    run_dir: PathBuf,
+    resume_path: Option<PathBuf>,
+    micro_batch: usize,
+    trainer: Trainer,
+    state: TrainState,
+    strategy: MaskStrategy,
+    evals: EvalSets,
+    stream: TrainStream,
+}
 
 /// Batches `--threshold auto` bisects over (M3.6: "on the first batches").
 const CALIBRATION_BATCHES: usize = 2;
@@ -26,10 +42,193 @@ impl<'a> TrainRun<'a> {
     /// Checks `config`, builds (or restores, with `--resume`) everything a step needs, and takes
     /// the run folder; every refusal is a `TrainError::Config` naming its flag.
     pub fn open(config: &'a TrainConfig, backend: Backend) -> Result<TrainRun<'a>, TrainError> {
+        Self::open_on(config, backend, Rc::new(OneProcess))
+    }
+
+    /// [`TrainRun::open`] as one of `ranks`. The ranks agree at each stage (settings, inputs,
+    /// run folder, parameters), so one that fails stops them all with one error instead of
+    /// leaving the others waiting; ranks started with different settings or weights stop here.
+    pub fn open_on(
+        config: &'a TrainConfig,
+        backend: Backend,
+        ranks: Rc<dyn Ranks>,
+    ) -> Result<TrainRun<'a>, TrainError> {
+        agree_on_start(&*ranks, same_settings(config, &*ranks))?;
+        let prepared = prepare(config, backend, &ranks);
+        let failed = prepared.as_ref().err().map(ToString::to_string);
+        agree_on_start(&*ranks, failed.map_or(Ok(()), Err))?;
+        let prepared = prepared?;
+        let run = Self::take_folder(config, prepared, ranks.clone());
+        let failed = run.as_ref().err().map(ToString::to_string);
+        agree_on_start(&*ranks, failed.map_or(Ok(()), Err))?;
+        let run = run?;
+        if ranks.size() > 1 {
+            agree_on_start(&*ranks, same_parameters(&run.trainer, &*ranks))?;
+        }
+        Ok(run)
+    }
+
+    /// Takes the run folder (rank 0; the others write nothing) and starts the logs.
+    fn take_folder(
+        config: &'a TrainConfig,
+        prepared: Prepared,
+        ranks: Rc<dyn Ranks>,
+    ) -> Result<TrainRun<'a>, TrainError> {
+        let Prepared {
+            run_dir,
+            resume_path,
+            micro_batch,
+            trainer,
+            state,
+            strategy,
+            evals,
+            stream,
+        } = prepared;
+        let backend = trainer.backend.clone();
+        let leader = ranks.rank() == 0;
+        // The folder is taken only once every input has opened, so a run refused for a bad flag
+        // or file leaves no folder that would refuse its corrected rerun.
+        let mut logs = if leader {
+            RunLogs::open(&run_dir, config.resume.is_some()).map_err(TrainError::Config)?
+        } else {
+            RunLogs::silent(&run_dir)
+        };
+        let tensorboard = config
+            .tensorboard
+            .then_some(leader)
+            .filter(|&l| l)
+            .map(|_| EventWriter::create(&run_dir.join(TENSORBOARD_DIR)))
+            .transpose()
+            .map_err(run_err)?;
+        let mut params = config.to_json();
+        params["calibrated_threshold"] = state.calibrated_threshold.into();
+        logs.write_params(&params).map_err(run_err)?;
+
+        let total_steps = config.total_steps();
+        let stop_at = config.steps.map_or(total_steps, |s| s.min(total_steps));
+        let ranks_note = if ranks.size() > 1 {
+            format!(" on each of {} ranks", ranks.size())
+        } else {
+            String::new()
+        };
+        logs.message(&format!(
+            "clusterclip train: {} ({} parameters) on {}, mask {}, batch {}×{}{ranks_note}, {} steps ({} per epoch × {} epochs){}; logs in {}",
+            config.model_name,
+            trainer.clip.params.numel(),
+            backend_name(&backend),
+            strategy.name(),
+            config.batch_size,
+            config.accum_freq,
+            total_steps,
+            config.steps_per_epoch(),
+            config.epochs,
+            match &resume_path { Some(p) => format!(", resumed at step {} from {}", state.step, p.display()), None => String::new() },
+            run_dir.display()
+        ));
+        if micro_batch < config.batch_size {
+            logs.message(&format!(
+                "batch {} runs as micro-batches of at most {micro_batch} (activations over one \
+                 storage binding); the loss stays one contrastive batch",
+                config.batch_size
+            ));
+        }
+        if let Some(r) = state
+            .calibrated_threshold
+            .filter(|_| config.target_mask_ratio.is_some())
+        {
+            logs.message(&format!(
+                "threshold auto: r = {r:.4} (target mask ratio {})",
+                config.target_mask_ratio.unwrap_or_default()
+            ));
+        }
+
+        Ok(TrainRun {
+            config,
+            ranks,
+            run_dir,
+            run_config: params.to_string(),
+            micro_batch,
+            stop_at,
+            strategy,
+            evals,
+            stream,
+            logs,
+            tensorboard,
+            started: Instant::now(),
+            first_step: state.step,
+            last_scale: logit_scale(&trainer.clip),
+            trainer,
+            state,
+            last_checkpoint: resume_path,
+            last_metrics: None,
+            last_loss: None,
+            window: Window::new(),
+            eval_ratio: (0.0, 0),
+            ratio_sum: 0.0,
+            eval_seconds: 0.0,
+        })
+    }
+}
+
+/// Ok when every rank was started with the settings of rank 0; else the first setting that
+/// differs, with both values.
+fn same_settings(config: &TrainConfig, ranks: &dyn Ranks) -> Result<(), String> {
+    if ranks.size() == 1 {
+        return Ok(());
+    }
+    let mine = config.to_json();
+    let all = ranks.all_gather_bytes(mine.to_string().as_bytes());
+    let first: serde_json::Value = serde_json::from_slice(&all[0]).map_err(|e| e.to_string())?;
+    for (rank, other) in all.iter().enumerate().skip(1) {
+        let other: serde_json::Value = serde_json::from_slice(other).map_err(|e| e.to_string())?;
+        if let (Some(a), Some(b)) = (first.as_object(), other.as_object()) {
+            for (key, value) in a {
+                let theirs = b.get(key).unwrap_or(&serde_json::Value::Null);
+                if theirs != value {
+                    return Err(format!(
+                        "rank {rank} was started with different settings than rank 0: \
+                         {key} is {theirs} there and {value} on rank 0; start every rank with \
+                         the same flags"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Ok when every rank holds rank 0's parameters (a `--pretrained` or `--resume` file that
+/// differs between machines would train different models); compared by a 64-bit FNV-1a hash.
+fn same_parameters(trainer: &Trainer, ranks: &dyn Ranks) -> Result<(), String> {
+    let values = read_storage(&trainer.backend, &trainer.clip.params.values);
+    let hash = values.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, x| {
+        x.to_bits()
+            .to_le_bytes()
+            .iter()
+            .fold(h, |h, &b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    });
+    let all = ranks.all_gather_bytes(&hash.to_le_bytes());
+    match all.iter().position(|h| *h != all[0]) {
+        None => Ok(()),
+        Some(rank) => Err(format!(
+            "rank {rank} holds different starting weights than rank 0 (--pretrained or \
+             --resume read a different file there)"
+        )),
+    }
+}
+
+/// Everything a rank opens before the run folder: settings checked, the model built or
+/// restored, the data stream (this rank's share) and, on rank 0, the evaluation sets.
+fn prepare(
+    config: &TrainConfig,
+    backend: Backend,
+    ranks: &Rc<dyn Ranks>,
+) -> Result<Prepared, TrainError> {
+    {
         config.validate().map_err(TrainError::Config)?;
         let run_dir = config.logs.join(config.run_name());
         // Refused at once here; `RunLogs::open` checks again under the folder's lock.
-        if config.resume.is_none() {
+        if config.resume.is_none() && ranks.rank() == 0 {
             check_new_run_folder(&run_dir).map_err(TrainError::Config)?;
         }
         let resume_path = match &config.resume {
@@ -90,87 +289,39 @@ impl<'a> TrainRun<'a> {
             )));
         }
         let mut trainer = Trainer::new(clip, backend.clone(), config.adamw.clone());
+        trainer.parallel = (ranks.size() > 1).then(|| DataParallel {
+            ranks: ranks.clone(),
+            gather_with_grad: config.gather_with_grad,
+            local_loss: config.local_loss,
+        });
         if let Some(ck) = &checkpoint {
             ck.restore_optimizer(&mut trainer.optimizer, &backend)
                 .map_err(TrainError::Config)?;
         }
         let strategy = resolve_threshold(config, &mut state)?;
-        let evals = EvalSets::load(config, &trainer.clip, &backend)?;
-        let stream = TrainStream::open(
-            &config.loader_config(),
-            state.data_pass,
-            state.pass_position,
-        )
-        .map_err(TrainError::Config)?;
-        // The folder is taken only once every input has opened, so a run refused for a bad flag
-        // or file leaves no folder that would refuse its corrected rerun.
-        let mut logs =
-            RunLogs::open(&run_dir, config.resume.is_some()).map_err(TrainError::Config)?;
-        let tensorboard = config
-            .tensorboard
-            .then(|| EventWriter::create(&run_dir.join(TENSORBOARD_DIR)))
-            .transpose()
-            .map_err(run_err)?;
-        let mut params = config.to_json();
-        params["calibrated_threshold"] = state.calibrated_threshold.into();
-        logs.write_params(&params).map_err(run_err)?;
-
-        let total_steps = config.total_steps();
-        let stop_at = config.steps.map_or(total_steps, |s| s.min(total_steps));
-        logs.message(&format!(
-            "clusterclip train: {} ({} parameters) on {}, mask {}, batch {}×{}, {} steps ({} per epoch × {} epochs){}; logs in {}",
-            config.model_name,
-            trainer.clip.params.numel(),
-            backend_name(&backend),
-            strategy.name(),
-            config.batch_size,
-            config.accum_freq,
-            total_steps,
-            config.steps_per_epoch(),
-            config.epochs,
-            match &resume_path { Some(p) => format!(", resumed at step {} from {}", state.step, p.display()), None => String::new() },
-            run_dir.display()
-        ));
-        if micro_batch < config.batch_size {
-            logs.message(&format!(
-                "batch {} runs as micro-batches of at most {micro_batch} (activations over one \
-                 storage binding); the loss stays one contrastive batch",
-                config.batch_size
-            ));
-        }
-        if let Some(r) = state
-            .calibrated_threshold
-            .filter(|_| config.target_mask_ratio.is_some())
-        {
-            logs.message(&format!(
-                "threshold auto: r = {r:.4} (target mask ratio {})",
-                config.target_mask_ratio.unwrap_or_default()
-            ));
-        }
-
-        Ok(TrainRun {
-            config,
+        // Rank 0 evaluates (the replicas are equal); the others skip the sets.
+        let evals = if ranks.rank() == 0 {
+            EvalSets::load(config, &trainer.clip, &backend)?
+        } else {
+            EvalSets::none()
+        };
+        let mut loader = config.loader_config();
+        loader.share = RankShare {
+            rank: ranks.rank(),
+            ranks: ranks.size(),
+            block: config.batch_size,
+        };
+        let stream = TrainStream::open(&loader, state.data_pass, state.pass_position)
+            .map_err(TrainError::Config)?;
+        Ok(Prepared {
             run_dir,
-            run_config: params.to_string(),
+            resume_path,
             micro_batch,
-            stop_at,
+            trainer,
+            state,
             strategy,
             evals,
             stream,
-            logs,
-            tensorboard,
-            started: Instant::now(),
-            first_step: state.step,
-            last_scale: logit_scale(&trainer.clip),
-            trainer,
-            state,
-            last_checkpoint: resume_path,
-            last_metrics: None,
-            last_loss: None,
-            window: Window::new(),
-            eval_ratio: (0.0, 0),
-            ratio_sum: 0.0,
-            eval_seconds: 0.0,
         })
     }
 }

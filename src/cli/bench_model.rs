@@ -56,7 +56,7 @@ pub struct StepArgs {
     pub gpu: GpuArgs,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(super) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
@@ -68,7 +68,11 @@ fn tower_forward_flops(batch: usize, tokens: usize, width: usize, layers: usize)
 }
 
 /// Builtin-shapes images and captions: realistic structure for cluster masking.
-pub fn synthetic_batch(config: &ClipConfig, batch: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
+pub(super) fn synthetic_batch(
+    config: &ClipConfig,
+    batch: usize,
+    seed: u64,
+) -> (Vec<f32>, Vec<u32>) {
     let size = config.vision.image_size;
     let tokenizer = crate::data::tokenizer::Tokenizer::shared();
     let mut images = vec![0f32; batch * 3 * size * size];
@@ -96,25 +100,30 @@ pub fn synthetic_batch(config: &ClipConfig, batch: usize, seed: u64) -> (Vec<f32
 
 /// What every model benchmark starts from: the preset's model (seed 0) on the chosen GPU and a
 /// builtin-shapes batch.
-struct BenchSetup {
-    config: ClipConfig,
-    gpu: std::sync::Arc<crate::gpu::Gpu>,
-    backend: Backend,
-    clip: Clip,
-    images: Vec<f32>,
-    tokens: Vec<u32>,
+pub(super) struct BenchSetup {
+    pub(super) config: ClipConfig,
+    pub(super) gpu: std::sync::Arc<crate::gpu::Gpu>,
+    pub(super) backend: Backend,
+    pub(super) clip: Clip,
+    pub(super) images: Vec<f32>,
+    pub(super) tokens: Vec<u32>,
 }
 
 impl BenchSetup {
-    fn new(
+    /// The preset's model and a synthetic batch on the adapter `gpu` picks (the `local_rank`-th
+    /// of its kind for one of several ranks).
+    pub(super) fn new(
         preset: &str,
         gpu: &GpuArgs,
         batch: usize,
         repeats: usize,
+        local_rank: Option<usize>,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         super::bench::check_repeats(repeats)?;
         let config = ClipConfig::preset(preset)?;
-        let gpu = crate::gpu::Gpu::new(&gpu.options()?)?;
+        let mut options = gpu.options()?;
+        options.local_rank = local_rank;
+        let gpu = crate::gpu::Gpu::new(&options)?;
         // Before any wgpu call: a batch past the device's bindings is a validation error there.
         let max_batch = config.largest_batch_within(gpu.binding_limit_words());
         if !(1..=max_batch).contains(&batch) {
@@ -146,7 +155,7 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
         clip,
         images,
         tokens,
-    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats)?;
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats, None)?;
     let v = &config.vision;
     let patches = v.patches();
     if args.keep.is_some_and(|k| !(1..=patches).contains(&k)) {
@@ -267,7 +276,7 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
         clip,
         images,
         ..
-    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats)?;
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats, None)?;
     let v = &config.vision;
     let strategy = bench_strategy(&args.mask, &images, &config)?;
     let mut ratio = 0.0;
@@ -339,7 +348,7 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
 
 /// The strategy the mask flags ask for; `--threshold auto` is calibrated on the benchmark's
 /// own batch (M3.6).
-fn bench_strategy(
+pub(super) fn bench_strategy(
     flags: &MaskFlags,
     images: &[f32],
     config: &ClipConfig,
@@ -388,6 +397,10 @@ impl StepTimes {
 
 pub fn run_step(args: StepArgs) -> CliResult {
     args.mask.plan()?;
+    let ranks = crate::train::ranks::ranks_of_launch()?;
+    if ranks.size() > 1 {
+        return super::bench_ranks::run_step_on_ranks(args, ranks.into());
+    }
     let versus_flags = args.versus.as_ref().map(|name| MaskFlags {
         mask: name.clone(),
         ..args.mask.clone()
@@ -403,7 +416,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
         images,
         tokens,
         ..
-    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats)?;
+    } = BenchSetup::new(&args.preset, &args.gpu, args.batch_size, args.repeats, None)?;
     let mut strategies = vec![bench_strategy(&args.mask, &images, &config)?];
     if let Some(flags) = &versus_flags {
         strategies.push(bench_strategy(flags, &images, &config)?);

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_model;
+pub mod bench_ranks;
 pub mod data;
 pub mod embed;
 pub mod eval;

@@ -149,7 +149,13 @@ fn spec_source(
         .map_err(|e| e.to_string())?
         .class_names()
         .map(<[String]>::to_vec);
-    Ok((Source::Spec { loader: Box::new(loader), limit }, classes))
+    Ok((
+        Source::Spec {
+            loader: Box::new(loader),
+            limit,
+        },
+        classes,
+    ))
 }
 
 /// Records per loader batch while a set is checked (evaluation reads in its own batch size).

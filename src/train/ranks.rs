@@ -32,6 +32,9 @@ pub trait Ranks {
     fn all_reduce_min(&self, value: u64) -> u64;
     /// Every rank's bytes, in rank order (start-up checks).
     fn all_gather_bytes(&self, local: &[u8]) -> Vec<Vec<u8>>;
+    /// Waits for every rank, sleeping rather than spinning (a rank that waits long must not
+    /// take a core from one that computes: `bench step` times one rank alone this way).
+    fn barrier(&self);
     /// Ends every rank of the run (after an error on this one) with exit code `code`.
     fn abort(&self, code: i32) -> !;
     /// Collective time since the last call.
@@ -62,6 +65,7 @@ impl Ranks for OneProcess {
     fn all_gather_bytes(&self, local: &[u8]) -> Vec<Vec<u8>> {
         vec![local.to_vec()]
     }
+    fn barrier(&self) {}
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }
@@ -189,6 +193,16 @@ mod mpi_ranks {
                 .zip(&lengths)
                 .map(|(&d, &n)| all[d as usize..(d + n) as usize].to_vec())
                 .collect()
+        }
+        fn barrier(&self) {
+            let mut request = self.world.immediate_barrier();
+            loop {
+                match request.test() {
+                    Ok(_) => return,
+                    Err(pending) => request = pending,
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
         }
         fn abort(&self, code: i32) -> ! {
             self.world.abort(code)

@@ -185,6 +185,7 @@ fn same_settings(config: &TrainConfig, ranks: &dyn Ranks) -> Result<(), String> 
             for (key, value) in a {
                 let theirs = b.get(key).unwrap_or(&serde_json::Value::Null);
                 if theirs != value {
+                    let (theirs, value) = (setting_text(theirs), setting_text(value));
                     return Err(format!(
                         "rank {rank} was started with different settings than rank 0: \
                          {key} is {theirs} there and {value} on rank 0; start every rank with \
@@ -195,6 +196,15 @@ fn same_settings(config: &TrainConfig, ranks: &dyn Ranks) -> Result<(), String> 
         }
     }
     Ok(())
+}
+
+/// A setting as its flag was written: an f32 flag (`--lr 5e-4`) as the f32 it is, not the f64
+/// JSON widened it to (0.0005000000237487257).
+fn setting_text(value: &serde_json::Value) -> String {
+    match value.as_f64() {
+        Some(x) if value.is_f64() && (x as f32) as f64 == x => (x as f32).to_string(),
+        _ => value.to_string(),
+    }
 }
 
 /// Ok when every rank holds rank 0's parameters (a `--pretrained` or `--resume` file that

@@ -1,6 +1,7 @@
 //! Readers end to end on files made here: every kind of bad record is skipped and counted
 //! exactly, `make-shards` output reads back to the same samples as its CSV, specs that match
-//! nothing fail up front, and batches do not depend on the number of workers.
+//! nothing fail up front, batches do not depend on the number of workers, and the ranks of a
+//! data-parallel run each read their own share.
 
 use clusterclip::data::error::DataError;
 use clusterclip::data::image_ops::{
@@ -8,7 +9,7 @@ use clusterclip::data::image_ops::{
     random_resized_crop_box,
 };
 use clusterclip::data::loader::{Batch, LoaderConfig, open_loader};
-use clusterclip::data::records::RecordKeys;
+use clusterclip::data::records::{RankShare, RecordKeys};
 use clusterclip::data::shards::{MakeShardsConfig, make_shards};
 use clusterclip::data::spec::{
     DataSource, DatasetType, expand_braces, parse_sizes_json, resolve_spec,
@@ -376,6 +377,53 @@ fn image_folder_classes_labels_and_prompts() {
     assert_eq!(&batch.tokens[..CONTEXT], prompt.as_slice());
     assert_eq!(loader.next_batch().unwrap().unwrap().n, 2);
     assert!(loader.next_batch().unwrap().is_none());
+}
+
+#[test]
+fn ranks_read_blocks_of_records_and_whole_shards() {
+    let dir = temp_dir("ranks");
+    std::fs::create_dir_all(dir.join("img")).unwrap();
+    let mut csv = b"filepath\ttitle\n".to_vec();
+    for i in 0..10u64 {
+        std::fs::write(dir.join(format!("img/{i}.png")), png(i)).unwrap();
+        csv.extend_from_slice(format!("img/{i}.png\tcaption {i}\n").as_bytes());
+    }
+    std::fs::write(dir.join("data.tsv"), csv).unwrap();
+    let captions = |spec: &str, rank: usize, ranks: usize| {
+        let mut cfg = config(spec);
+        cfg.batch_size = 2;
+        cfg.share = RankShare {
+            rank,
+            ranks,
+            block: 2,
+        };
+        let (batches, _) = read_all(&cfg).unwrap();
+        let all: Vec<String> = batches.iter().flat_map(|b| b.captions.clone()).collect();
+        all.iter()
+            .map(|c| c.trim_start_matches("caption ").parse::<u32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    // Blocks of 2 per rank in each global batch of 4; records 8 and 9 make no whole global
+    // batch and are dropped on every rank.
+    let spec = format!("{}/data.tsv", dir.display());
+    assert_eq!(captions(&spec, 0, 2), [0, 1, 4, 5]);
+    assert_eq!(captions(&spec, 1, 2), [2, 3, 6, 7]);
+    assert_eq!(captions(&spec, 0, 1), (0..10).collect::<Vec<_>>());
+    // Shards are dealt out whole, in shard order.
+    for (k, range) in [0..3, 3..6, 6..9].into_iter().enumerate() {
+        write_tar(&dir.join(format!("s{k}.tar")), &good_members(range));
+    }
+    let shards = format!("{}/s{{0..2}}.tar", dir.display());
+    assert_eq!(captions(&shards, 0, 2), [0, 1, 2, 6, 7, 8]);
+    assert_eq!(captions(&shards, 1, 2), [3, 4, 5]);
+    let mut cfg = config(&shards);
+    cfg.share = RankShare {
+        rank: 0,
+        ranks: 4,
+        block: 4,
+    };
+    let err = open_loader(&cfg).err().expect("3 shards for 4 ranks");
+    assert!(err.to_string().contains("3 shards for 4 ranks"), "{err}");
 }
 
 #[test]

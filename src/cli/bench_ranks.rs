@@ -42,8 +42,8 @@ pub fn run_step_on_ranks(args: StepArgs, ranks: Rc<dyn Ranks>) -> CliResult {
     let strategy = bench_strategy(&args.mask, &synthetic_batch(&config, batch, 0).0, &config)?;
     let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
     let step = |trainer: &mut Trainer,
-                    i: u32,
-                    ranks: &dyn Ranks|
+                i: u32,
+                ranks: &dyn Ranks|
      -> Result<f64, Box<dyn std::error::Error>> {
         let start = Instant::now();
         let rng = MaskRng::new(0, i).from_image((ranks.rank() * batch) as u32);

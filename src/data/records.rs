@@ -371,19 +371,28 @@ pub fn record_stream(
                 share.ranks
             )));
         }
-    } else {
-        let records = record_stream(source, keys, order, RankShare::ALL)?;
-        if share.ranks <= 1 {
-            return Ok(records);
-        }
-        let records: RecordStream = match records.size_hint() {
-            (n, Some(upper)) if n == upper => {
-                Box::new(records.take(n - n % (share.ranks * share.block.max(1))))
-            }
-            _ => records,
-        };
-        return Ok(share.filter(records, share.block));
+        return source_records(source, keys, order, share);
     }
+    let records = source_records(source, keys, order, share)?;
+    if share.ranks <= 1 {
+        return Ok(records);
+    }
+    let records: RecordStream = match records.size_hint() {
+        (n, Some(upper)) if n == upper => {
+            Box::new(records.take(n - n % (share.ranks * share.block.max(1))))
+        }
+        _ => records,
+    };
+    Ok(share.filter(records, share.block))
+}
+
+/// Every record of `source` in `order`; WebDataset shards already dealt out by `share`.
+fn source_records(
+    source: &DataSource,
+    keys: &RecordKeys,
+    order: ReadOrder,
+    share: RankShare,
+) -> Result<RecordStream, DataError> {
     match source {
         DataSource::WebDataset { shards, .. } => {
             let shard_order = share.filter(index_order(shards.len(), order), 1);

@@ -7,12 +7,10 @@
 use crate::graph::{Backend, Graph};
 pub use crate::masking::MaskStrategy;
 use crate::masking::{
-    ClusterMaskConfig, GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures,
-    cluster_mask, cluster_mask_gpu, embedding_features, patch_features_of, random_mask,
+    GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures, cluster_mask,
+    cluster_mask_gpu, embedding_features, patch_features_of, random_mask,
 };
 use crate::model::{Clip, vision};
-
-use super::ranks::Ranks;
 
 /// [`compute_mask`] for this rank's part of a global batch (`rng` keyed from its first image).
 /// M3.4's one keep count per batch is the global batch's: the smallest of every rank's (k is
@@ -26,8 +24,9 @@ pub fn compute_mask_on_ranks(
     (images, batch): (&[f32], usize),
     rng: MaskRng,
     progress: f32,
-    ranks: &dyn Ranks,
+    ranks: &dyn super::ranks::Ranks,
 ) -> Result<Option<MaskResult>, MaskError> {
+    use crate::masking::ClusterMaskConfig;
     let mask = compute_mask(clip, backend, strategy, images, batch, rng, progress)?;
     let (Some(local), MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c)) = (&mask, strategy)
     else {

@@ -138,14 +138,7 @@ impl Trainer {
     ) -> Result<Storage, ShapeError> {
         let backend = self.backend.clone();
         // Pass 1: features only; each graph (and its activations) is dropped at once.
-        let mut image_parts = Vec::with_capacity(micro_batches.len());
-        let mut text_parts = Vec::with_capacity(micro_batches.len());
-        for inputs in micro_batches {
-            let mut g = Graph::new(backend.clone());
-            let (_, image, text) = self.clip.features(&mut g, inputs)?;
-            image_parts.push(g.storage(image).clone());
-            text_parts.push(g.storage(text).clone());
-        }
+        let (image_parts, text_parts, _) = self.features_only(micro_batches, false)?;
         let total: usize = micro_batches.iter().map(|m| m.batch).sum();
         let dim = self.clip.config.embed_dim;
         // The loss over the whole batch: gradients of all features and of logit_scale.
@@ -174,6 +167,29 @@ impl Trainer {
         let (g, params) = loss_graph;
         self.optimizer.gather_grads(&g, &params, true);
         Ok(g.storage(loss).clone())
+    }
+
+    /// The image and text features of each micro-batch; with `keep_single` and one
+    /// micro-batch, also its forward graph (for its backward), else every graph is dropped.
+    #[allow(clippy::type_complexity)]
+    fn features_only(
+        &self,
+        micro_batches: &[ClipInputs],
+        keep_single: bool,
+    ) -> Result<(Vec<Storage>, Vec<Storage>, Option<FeatureGraph>), ShapeError> {
+        let mut kept = None;
+        let mut image_parts = Vec::with_capacity(micro_batches.len());
+        let mut text_parts = Vec::with_capacity(micro_batches.len());
+        for inputs in micro_batches {
+            let mut g = Graph::new(self.backend.clone());
+            let (params, image, text) = self.clip.features(&mut g, inputs)?;
+            image_parts.push(g.storage(image).clone());
+            text_parts.push(g.storage(text).clone());
+            if keep_single && micro_batches.len() == 1 {
+                kept = Some((g, params, image, text));
+            }
+        }
+        Ok((image_parts, text_parts, kept))
     }
 
     /// Back-propagates rows `first_row..` of the feature gradients `[d_image, d_text]` through
@@ -240,18 +256,7 @@ impl Trainer {
         );
         let (rank, size) = (ranks.rank(), ranks.size());
         // Pass 1: features; a single micro-batch keeps its graph for the backward.
-        let mut kept = None;
-        let mut parts = Vec::with_capacity(2 * micro_batches.len());
-        let mut text_parts = Vec::with_capacity(micro_batches.len());
-        for inputs in micro_batches {
-            let mut g = Graph::new(backend.clone());
-            let (params, image, text) = self.clip.features(&mut g, inputs)?;
-            parts.push(g.storage(image).clone());
-            text_parts.push(g.storage(text).clone());
-            if micro_batches.len() == 1 {
-                kept = Some((g, params, image, text));
-            }
-        }
+        let (mut parts, text_parts, kept) = self.features_only(micro_batches, true)?;
         parts.extend(text_parts);
         let local: usize = micro_batches.iter().map(|m| m.batch).sum();
         let (global, own) = (local * size, rank * local..(rank + 1) * local);

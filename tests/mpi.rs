@@ -40,9 +40,18 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-fn mpirun(ranks: usize) -> Command {
+/// `mpirun` as root, more ranks than cores allowed, and no cross-memory-attach copies
+/// (containers often forbid the ptrace they need; Open MPI then prints errors per message).
+fn launcher() -> Command {
     let mut command = Command::new("mpirun");
-    command.args(["--allow-run-as-root", "--oversubscribe", "-np"]);
+    command.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    command.args(["--allow-run-as-root", "--oversubscribe"]);
+    command
+}
+
+fn mpirun(ranks: usize) -> Command {
+    let mut command = launcher();
+    command.arg("-np");
     command.arg(ranks.to_string());
     command.arg(BIN);
     command
@@ -267,8 +276,7 @@ fn ranks_started_differently_stop_at_start_up_with_one_error() {
             "model is \"micro\" there",
         ),
     ] {
-        let mut command = Command::new("mpirun");
-        command.args(["--allow-run-as-root", "--oversubscribe"]);
+        let mut command = launcher();
         for (rank, flags) in [rank_0, rank_1].into_iter().enumerate() {
             if rank > 0 {
                 command.arg(":");

@@ -145,15 +145,19 @@ fn identical_orthonormal_features_give_the_closed_form() {
     }
 }
 
+/// Features of 4 samples in 6 dimensions and a logit scale, for finite differences.
+fn gradcheck_inputs(rng: &mut Rng) -> Vec<(Vec<f32>, Vec<usize>)> {
+    let (b, d) = (4, 6);
+    vec![
+        (unit_rows(rng, b, d), vec![b, d]),
+        (unit_rows(rng, b, d), vec![b, d]),
+        (vec![0.8], vec![1]),
+    ]
+}
+
 #[test]
 fn cpu_gradcheck() {
-    let mut rng = Rng::new(23);
-    let (b, d) = (4, 6);
-    let inputs = vec![
-        (unit_rows(&mut rng, b, d), vec![b, d]),
-        (unit_rows(&mut rng, b, d), vec![b, d]),
-        (vec![0.8], vec![1]),
-    ];
+    let inputs = gradcheck_inputs(&mut Rng::new(23));
     gradcheck(
         "contrastive_loss",
         &inputs,
@@ -188,12 +192,7 @@ fn local_loss_gpu_matches_cpu_and_cpu_gradcheck() {
             1e-5,
         );
     }
-    let (b, d) = (4, 6);
-    let inputs = vec![
-        (unit_rows(&mut rng, b, d), vec![b, d]),
-        (unit_rows(&mut rng, b, d), vec![b, d]),
-        (vec![0.8], vec![1]),
-    ];
+    let inputs = gradcheck_inputs(&mut rng);
     gradcheck(
         "local contrastive_loss",
         &inputs,

@@ -290,13 +290,10 @@ pub fn run(args: TrainArgs) -> CliResult {
     // Under mpirun or srun (with the `mpi` feature): one rank of a data-parallel run.
     let ranks: Rc<dyn Ranks> = Rc::from(ranks_of_launch()?);
     let leader = ranks.rank() == 0;
-    let config = args.to_config_for(ranks.size());
-    let config = match config {
-        Ok(config) => config,
-        // Every rank parses the same flags: rank 0 alone says why they all stop.
-        Err(_) if !leader => return Err(ReportedByRankZero.into()),
-        Err(e) => return Err(e.into()),
-    };
+    // Every rank parses the same flags: rank 0 alone says why they all stop.
+    let config = args
+        .to_config_for(ranks.size())
+        .map_err(|e| reported_by_rank_zero(leader, e))?;
     if let (Some(note), true) = (args.precision_note(), leader) {
         eprintln!("{note}");
     }
@@ -310,21 +307,26 @@ pub fn run(args: TrainArgs) -> CliResult {
         })
     };
     // A rank without an adapter stops them all (`agree_on_start` names it).
-    let started = agree_on_start(&*ranks, backend.as_ref().map(|_| ()).map_err(String::clone));
-    let backend = match (started, backend) {
-        (Ok(()), Ok(backend)) => backend,
-        (Err(_), _) if !leader => return Err(ReportedByRankZero.into()),
-        (Err(e), _) => return Err(e.into()),
-        (Ok(()), Err(e)) => return Err(e.into()),
-    };
-    let summary = match train_on(&config, backend, ranks.clone()) {
-        Ok(summary) => summary,
-        // Start-up errors are agreed by all ranks (`TrainRun::open_on`): rank 0 reports.
-        Err(_) if !leader => return Err(ReportedByRankZero.into()),
-        Err(e) => return Err(e.into()),
-    };
+    agree_on_start(&*ranks, backend.as_ref().map(|_| ()).map_err(String::clone))
+        .map_err(|e| reported_by_rank_zero(leader, e))?;
+    let backend = backend?;
+    // Start-up errors are agreed by all ranks (`TrainRun::open_on`): rank 0 reports.
+    let summary =
+        train_on(&config, backend, ranks.clone()).map_err(|e| reported_by_rank_zero(leader, e))?;
     if let (Some(metrics), true) = (&summary.last_metrics, leader) {
         println!("{metrics}");
     }
     Ok(())
+}
+
+/// An error every rank shares: rank 0 returns it, the others a [`ReportedByRankZero`].
+fn reported_by_rank_zero(
+    leader: bool,
+    error: impl Into<Box<dyn std::error::Error>>,
+) -> Box<dyn std::error::Error> {
+    if leader {
+        error.into()
+    } else {
+        ReportedByRankZero.into()
+    }
 }

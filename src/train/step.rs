@@ -290,12 +290,11 @@ impl Trainer {
         };
         self.backprop_features(micro_batches, kept, [&d_image, &d_text], first_row)?;
         self.optimizer.gather_grads(&g, &params, true);
-        // DDP's mean over ranks.
+        // DDP's mean over ranks: the sum on the host, the division by the optimizer's kernel.
         let mut flat = read_storage_async(&backend, &self.optimizer.grads.values).await;
         ranks.all_reduce_sum(&mut flat);
-        let inverse = 1.0 / size as f32;
-        flat.iter_mut().for_each(|x| *x *= inverse);
         self.optimizer.grads.values = backend.upload(&flat);
+        self.optimizer.scale_grads(&backend, 1.0 / size as f32);
         Ok(g.storage(loss).clone())
     }
 }

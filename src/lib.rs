@@ -33,6 +33,11 @@ pub fn params_layouts() -> Vec<gpu::ParamsLayout> {
         ops::l2_normalize::Params::layout(),
         ops::layer_norm::Params::layout(),
         ops::matmul::Params::layout(),
+        // One Params struct feeds both matmul shaders.
+        gpu::ParamsLayout {
+            shader: "matmul_subgroup",
+            ..ops::matmul::Params::layout()
+        },
         ops::patches::Params::layout(),
         ops::reduce::Params::layout(),
         ops::softmax::Params::layout(),

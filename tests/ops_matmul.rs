@@ -4,6 +4,7 @@
 mod common;
 
 use clusterclip::graph::{Graph, Tensor};
+use clusterclip::ops::matmul::{MatmulDims, kernel_plan};
 use common::*;
 
 fn shape_a(m: usize, k: usize, trans: bool) -> Vec<usize> {
@@ -130,6 +131,64 @@ fn the_hardware_gpu_kernel_matches_cpu() {
     compare_backends_on(
         &tiled,
         "tiled linear",
+        &inputs,
+        |g, v| g.linear(v[0], v[1], Some(v[2])).unwrap(),
+        1e-4,
+    );
+}
+
+#[test]
+fn the_subgroup_kernel_matches_cpu() {
+    // `matmul_subgroup` (lavapipe: 64 rows a workgroup, 8 columns a lane, 4 k steps a pass) on
+    // shapes off its tiles, every layout, batched with a shared B and a bias, and the backward
+    // products. Adapters without 8-lane subgroups (GL) run the same shapes on the other kernels.
+    let gpu = gpu();
+    let probe = MatmulDims {
+        batch: 1,
+        m: 100,
+        n: 72,
+        k: 36,
+        trans_a: false,
+        trans_b: false,
+        shared_b: false,
+    };
+    if gpu.fixed_subgroup_size() == Some(8) {
+        let plan = kernel_plan(&gpu, &probe);
+        assert_eq!(plan, "matmul_subgroup::matmul_sg_nn", "{plan}");
+    }
+    let mut rng = Rng::new(7);
+    for &(batch, m, n, k) in &[(1, 100, 72, 36), (2, 68, 136, 20), (1, 4, 64, 4)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let lead = |rows: usize, cols: usize| {
+                if batch == 1 {
+                    vec![rows, cols]
+                } else {
+                    vec![batch, rows, cols]
+                }
+            };
+            let sa = if ta { lead(k, m) } else { lead(m, k) };
+            let sb = if tb { lead(n, k) } else { lead(k, n) };
+            let inputs = vec![
+                (rng.vec(batch * m * k), sa),
+                (rng.vec(batch * k * n), sb),
+                (rng.vec(n), vec![n]),
+            ];
+            // f32 sums of up to 136 products of values in [-1, 1): 1e-4 covers reordering.
+            compare_backends(
+                &format!("subgroup {batch}x{m}x{n}x{k} ta={ta} tb={tb}"),
+                &inputs,
+                |g, v| g.matmul_ext(v[0], v[1], ta, tb, Some(v[2])).unwrap(),
+                1e-4,
+            );
+        }
+    }
+    let inputs = vec![
+        (rng.vec(3 * 20 * 28), vec![3, 20, 28]),
+        (rng.vec(68 * 28), vec![68, 28]),
+        (rng.vec(68), vec![68]),
+    ];
+    compare_backends(
+        "subgroup linear",
         &inputs,
         |g, v| g.linear(v[0], v[1], Some(v[2])).unwrap(),
         1e-4,

@@ -125,7 +125,7 @@ pub fn time_matmul(gpu: &Gpu, dims: MatmulDims, repeats: usize) -> MatmulTiming 
         kernel: if gpu.tiled_matmul() {
             "matmul_tiled".into()
         } else {
-            matmul::kernel_plan(&dims)
+            matmul::kernel_plan(gpu, &dims)
         },
         seconds,
         gflops: dims.flops() / seconds / 1e9,

@@ -38,10 +38,14 @@ pub fn validate_wgsl(
         name: path.to_string(),
         message: e.emit_to_string_with_path(&full, path),
     })?;
+    // Subgroup operations are allowed here; wgpu refuses them on a device without the feature,
+    // and only `matmul_subgroup` uses them, where the device has it (src/ops/matmul.rs).
     let info = naga::valid::Validator::new(
         naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::default(),
+        naga::valid::Capabilities::default() | naga::valid::Capabilities::SUBGROUP,
     )
+    .subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+    .subgroup_operations(naga::valid::SubgroupOperationSet::all())
     .validate(&module)
     .map_err(|e| GpuError::Shader {
         name: path.to_string(),

@@ -184,7 +184,8 @@ impl Gpu {
                 ..wgpu::Limits::default()
             }
         };
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("clusterclip"),
@@ -264,6 +265,14 @@ impl Gpu {
     /// Dispatches recorded since the device was opened.
     pub fn dispatch_count(&self) -> u64 {
         self.recorder.lock().unwrap().dispatches
+    }
+
+    /// The lanes of every subgroup when the device runs subgroup operations and its subgroups
+    /// have one size (lavapipe: 8, its SIMD width), else None.
+    pub fn fixed_subgroup_size(&self) -> Option<u32> {
+        let fixed = self.info.subgroup_min_size == self.info.subgroup_max_size;
+        (self.features.contains(wgpu::Features::SUBGROUP) && fixed)
+            .then_some(self.info.subgroup_min_size)
     }
 
     /// Whether matmuls use the workgroup-memory kernel for hardware GPUs (`matmul_tiled`).

@@ -1,8 +1,11 @@
 //! Matrix multiply, batched over leading dimensions, either operand transposed, optional bias.
-//! Shader: `shaders/matmul.wgsl`.
+//! Shaders: `shaders/matmul.wgsl`, and `shaders/matmul_subgroup.wgsl` on CPU drivers with
+//! subgroups (lavapipe).
 
-use crate::gpu::Gpu;
+use std::sync::Arc;
+
 use crate::gpu::prelude::matmul_flags;
+use crate::gpu::{Gpu, Kernel};
 use crate::graph::{Backend, Graph, Op, OpResult, Storage, Tensor, shape_error};
 
 /// Sizes of one (batched) product C = op(A) · op(B) (+ bias), row-major.
@@ -199,9 +202,13 @@ impl Params {
     }
 }
 
-/// The kernels that compute `dims`, for reports: `entry_point`, after transposed copies of the
-/// operands for large products in a slow layout.
-pub fn kernel_plan(dims: &MatmulDims) -> String {
+/// The kernels that compute `dims` on `gpu`'s CPU driver, for reports: a `matmul_subgroup`
+/// entry point, else `entry_point` after transposed copies of the operands for large products
+/// in a slow layout.
+pub fn kernel_plan(gpu: &Gpu, dims: &MatmulDims) -> String {
+    if let Some(kernel) = subgroup_kernel(gpu, dims, false) {
+        return kernel.name.clone();
+    }
     let (transpose_a, transpose_b) = transposes_first(dims);
     let after = MatmulDims {
         trans_a: dims.trans_a || transpose_a,
@@ -303,8 +310,8 @@ fn transpose(gpu: &Gpu, src: &Storage, batch: usize, rows: usize, cols: usize) -
 }
 
 /// Records the matmul kernel writing (or, with `accumulate`, adding) into `c`: the
-/// workgroup-memory kernel on hardware GPUs, the register-tile kernels (after transposed copies
-/// where they pay) on CPU drivers.
+/// workgroup-memory kernel on hardware GPUs; on CPU drivers the subgroup kernel where it
+/// applies, else the register-tile kernels (after transposed copies where they pay).
 pub fn dispatch(
     gpu: &Gpu,
     a: &Storage,
@@ -315,6 +322,10 @@ pub fn dispatch(
     accumulate: bool,
 ) {
     let tiled = gpu.tiled_matmul();
+    if !tiled && let Some(kernel) = subgroup_kernel(gpu, &dims, bias.is_some()) {
+        dispatch_subgroup(gpu, &kernel, a, b, bias, c, &dims, accumulate);
+        return;
+    }
     let (transpose_a, transpose_b) = if tiled {
         (false, false)
     } else {
@@ -372,6 +383,64 @@ pub fn dispatch(
     let mut buffers = vec![("a", a.gpu()), ("b", b.gpu()), ("c", c.gpu())];
     buffers.extend(bias.map(|bias| ("bias", bias.gpu())));
     gpu.dispatch(&kernel, &params, &buffers, groups);
+}
+
+/// The `matmul_subgroup` entry point that computes `dims` (with a bias or not), where it
+/// applies: a device whose subgroups are as wide as the shader's workgroup (lavapipe), K and
+/// the vec4 axis of each operand multiples of 4, and C at least one workgroup's columns wide.
+/// It reads every layout in place (no transposed copies) and runs 2.0x `matmul_tn` at 1024³
+/// on lavapipe (measurements in the shader).
+fn subgroup_kernel(gpu: &Gpu, dims: &MatmulDims, bias: bool) -> Option<Arc<Kernel>> {
+    let subgroup = gpu.fixed_subgroup_size()?;
+    let vec4_kernel = entry_point(dims) != "matmul_strided";
+    if !vec4_kernel || !dims.k.is_multiple_of(4) {
+        return None;
+    }
+    let layout = match (dims.trans_a, dims.trans_b) {
+        (false, false) => "nn",
+        (false, true) => "nt",
+        (true, false) => "tn",
+        (true, true) => "tt",
+    };
+    let suffix = if bias { "_bias" } else { "" };
+    let kernel = gpu.kernel(
+        &crate::shader!("matmul_subgroup"),
+        &format!("matmul_sg_{layout}{suffix}"),
+    );
+    let lanes = kernel.workgroup_size[0];
+    let wide = dims.n as u32 >= lanes * kernel.constant("TILE_N");
+    (lanes == subgroup && wide).then_some(kernel)
+}
+
+/// Records `kernel` (from [`subgroup_kernel`]) for `dims`.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_subgroup(
+    gpu: &Gpu,
+    kernel: &Kernel,
+    a: &Storage,
+    b: &Storage,
+    bias: Option<&Storage>,
+    c: &Storage,
+    dims: &MatmulDims,
+    accumulate: bool,
+) {
+    let lanes = kernel.workgroup_size[0];
+    let (tile_m, tile_n) = (kernel.constant("TILE_M"), kernel.constant("TILE_N"));
+    let flag = |on: bool, bit: u32| if on { bit } else { 0 };
+    let params = Params {
+        flags: flag(dims.trans_a, matmul_flags::TRANS_A)
+            | flag(dims.trans_b, matmul_flags::TRANS_B)
+            | flag(accumulate, matmul_flags::ACCUMULATE),
+        ..Params::new(dims)
+    };
+    let groups = [
+        (dims.n as u32).div_ceil(lanes * tile_n),
+        (dims.m as u32).div_ceil(tile_m),
+        dims.batch as u32,
+    ];
+    let mut buffers = vec![("a4", a.gpu()), ("b4", b.gpu()), ("c", c.gpu())];
+    buffers.extend(bias.map(|bias| ("bias", bias.gpu())));
+    gpu.dispatch(kernel, &params, &buffers, groups);
 }
 
 /// Gradients of A, B and the bias from dC (see the derivation in each branch).

@@ -19,6 +19,8 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$version" ];
   # versions (seen: a yanked webpki-roots) gets the newest compatible ones instead. --debug:
   # the unoptimised CLI builds in a fraction of the time on CI's 2 cores and binds the demo's
   # wasm in about 3 s, byte-identical to the optimised CLI's output (measured).
+  # No debug info either (CARGO_PROFILE_DEV_DEBUG=0): less to compile and link.
+  export CARGO_PROFILE_DEV_DEBUG=0
   cargo install wasm-bindgen-cli --version "$version" --locked --debug ||
     cargo install wasm-bindgen-cli --version "$version" --debug
 fi

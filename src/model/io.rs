@@ -97,7 +97,7 @@ impl TensorFile {
                 },
             );
         }
-        let metadata = meta.metadata().clone().unwrap_or_default();
+        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
         Ok(TensorFile {
             path: path.to_path_buf(),
             tensors,
@@ -227,7 +227,7 @@ pub fn serialize(
             )
         })
         .collect();
-    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+    safetensors::serialize(views, Some(metadata.into_iter().collect())).map_err(|e| e.to_string())
 }
 
 /// Atomic replacement of `path` by `bytes`.

@@ -156,7 +156,7 @@ pub fn model_file_bytes(
         .collect::<Result<Vec<_>, String>>()?;
     // What `safetensors.torch.save_file` writes, so tools that check it take the file.
     metadata.insert("format".into(), "pt".into());
-    safetensors::serialize(views, Some(metadata)).map_err(|e| format!("serialisation: {e}"))
+    safetensors::serialize(views, Some(metadata.into_iter().collect())).map_err(|e| format!("serialisation: {e}"))
 }
 
 /// The bytes of a checkpoint of `trainer` at `state` (reads the device once per buffer); refuses
@@ -251,7 +251,7 @@ pub fn checkpoint_bytes(
     if let Some(r) = state.calibrated_threshold {
         metadata.insert("calibrated_threshold".to_string(), format!("{r:e}"));
     }
-    let state = safetensors::serialize(views, Some(metadata))
+    let state = safetensors::serialize(views, Some(metadata.into_iter().collect()))
         .map_err(|e| CheckpointError::Write(format!("checkpoint serialisation: {e}")))?;
     Ok(CheckpointFiles { model, state })
 }

@@ -34,7 +34,7 @@
 // Cost: LLVM compiles an entry point in about 36 s cold (matmul_tn: 10 s), once per Mesa
 // shader cache.
 
-// Entry points `matmul_sg_nn`, `_nt`, `_tn`, `_tt` and their `_bias` twins need K and the vec4
+// Entry points `matmul_sg` and `matmul_sg_bias` need K and the vec4
 // axis of each operand to be multiples of 4 (src/ops/matmul.rs checks; other shapes go to
 // `matmul.wgsl`). Every layout is read in place: no transposed copies. Rows and columns past
 // the edge of C read clamped (valid) elements and are never stored.
@@ -157,10 +157,10 @@ fn tile_origin(wid: vec3<u32>, lane: u32) -> vec2<u32> {
     return vec2(wid.y * TILE_M, (wid.x * LANES + lane) * TILE_N);
 }
 
-// The k loop for each layout (`trans_a`, `trans_b` are constants of the entry point, so the
-// branches fold away), 4 steps of k per pass.
-fn product(t: ptr<function, Tile>, origin: vec2<u32>, lane: u32, batch: u32, trans_a: bool,
-           trans_b: bool) {
+// The k loop, 4 steps of k per pass, for the layout of the flags.
+fn product(t: ptr<function, Tile>, origin: vec2<u32>, lane: u32, batch: u32) {
+    let trans_a = (params.flags & MATMUL_TRANS_A) != 0u;
+    let trans_b = (params.flags & MATMUL_TRANS_B) != 0u;
     let m4 = params.m / 4u;
     let n4 = params.n / 4u;
     let k4 = params.k / 4u;
@@ -270,69 +270,22 @@ fn bias_tile(col: u32) -> Bias {
 
 const NO_BIAS: Bias = Bias(vec4(0.0), vec4(0.0));
 
-// The entry points: each layout (n = stored as written, t = transposed) with and without bias;
-// only the `_bias` twins bind a bias buffer.
+// The entry points: the layout comes from the flags (a uniform branch per 4 steps of k, not a
+// compile per layout: LLVM takes about half a minute for each), with and without bias; only
+// `matmul_sg_bias` binds a bias buffer.
 
 @compute @workgroup_size(LANES)
-fn matmul_sg_nn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn matmul_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let origin = tile_origin(wid, lid.x);
     var t: Tile;
-    product(&t, origin, lid.x, wid.z, false, false);
+    product(&t, origin, lid.x, wid.z);
     store_tile(&t, wid.z, origin, NO_BIAS);
 }
 
 @compute @workgroup_size(LANES)
-fn matmul_sg_nn_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+fn matmul_sg_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let origin = tile_origin(wid, lid.x);
     var t: Tile;
-    product(&t, origin, lid.x, wid.z, false, false);
-    store_tile(&t, wid.z, origin, bias_tile(origin.y));
-}
-
-@compute @workgroup_size(LANES)
-fn matmul_sg_nt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid.x);
-    var t: Tile;
-    product(&t, origin, lid.x, wid.z, false, true);
-    store_tile(&t, wid.z, origin, NO_BIAS);
-}
-
-@compute @workgroup_size(LANES)
-fn matmul_sg_nt_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid.x);
-    var t: Tile;
-    product(&t, origin, lid.x, wid.z, false, true);
-    store_tile(&t, wid.z, origin, bias_tile(origin.y));
-}
-
-@compute @workgroup_size(LANES)
-fn matmul_sg_tn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid.x);
-    var t: Tile;
-    product(&t, origin, lid.x, wid.z, true, false);
-    store_tile(&t, wid.z, origin, NO_BIAS);
-}
-
-@compute @workgroup_size(LANES)
-fn matmul_sg_tn_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid.x);
-    var t: Tile;
-    product(&t, origin, lid.x, wid.z, true, false);
-    store_tile(&t, wid.z, origin, bias_tile(origin.y));
-}
-
-@compute @workgroup_size(LANES)
-fn matmul_sg_tt(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid.x);
-    var t: Tile;
-    product(&t, origin, lid.x, wid.z, true, true);
-    store_tile(&t, wid.z, origin, NO_BIAS);
-}
-
-@compute @workgroup_size(LANES)
-fn matmul_sg_tt_bias(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let origin = tile_origin(wid, lid.x);
-    var t: Tile;
-    product(&t, origin, lid.x, wid.z, true, true);
+    product(&t, origin, lid.x, wid.z);
     store_tile(&t, wid.z, origin, bias_tile(origin.y));
 }

@@ -396,17 +396,8 @@ fn subgroup_kernel(gpu: &Gpu, dims: &MatmulDims, bias: bool) -> Option<Arc<Kerne
     if !vec4_kernel || !dims.k.is_multiple_of(4) {
         return None;
     }
-    let layout = match (dims.trans_a, dims.trans_b) {
-        (false, false) => "nn",
-        (false, true) => "nt",
-        (true, false) => "tn",
-        (true, true) => "tt",
-    };
-    let suffix = if bias { "_bias" } else { "" };
-    let kernel = gpu.kernel(
-        &crate::shader!("matmul_subgroup"),
-        &format!("matmul_sg_{layout}{suffix}"),
-    );
+    let name = if bias { "matmul_sg_bias" } else { "matmul_sg" };
+    let kernel = gpu.kernel(&crate::shader!("matmul_subgroup"), name);
     let lanes = kernel.workgroup_size[0];
     let wide = dims.n as u32 >= lanes * kernel.constant("TILE_N");
     (lanes == subgroup && wide).then_some(kernel)

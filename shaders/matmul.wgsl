@@ -48,15 +48,6 @@ const TILE: u32 = 16u;
 // the mat4x4 is row 4g + r of C.
 alias Tile = array<mat4x4<f32>, 16>;
 
-fn block_update(acc: mat4x4<f32>, rows: vec4<f32>, cols: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4(
-        fma(vec4(rows.x), cols, acc[0]),
-        fma(vec4(rows.y), cols, acc[1]),
-        fma(vec4(rows.z), cols, acc[2]),
-        fma(vec4(rows.w), cols, acc[3]),
-    );
-}
-
 // One step of k: tile += (A column of 16 rows) ⊗ (B row of 16 columns), as 4 + 4 vec4s.
 fn rank1_update(t: ptr<function, Tile>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>,
                 a3: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>, b2: vec4<f32>, b3: vec4<f32>) {

@@ -31,8 +31,9 @@
 // --k 1024 [--trans-a] --repeats 3, variants and the old binary alternated A B A B.
 // A whole step, `clusterclip bench step --preset tiny --batch-size 64 --mask none --repeats 3`,
 // binaries alternated: 24.24, 24.18 s/step before, 13.97, 13.60 s/step with this file (1.75x).
-// Cost: LLVM compiles an entry point in about 36 s cold (matmul_tn: 10 s), once per Mesa
-// shader cache.
+// Cost: LLVM compiles an entry point in about 20 s cold (matmul_tn: 10 s), once per Mesa
+// shader cache; so the layout is a flag (a uniform branch per 4 steps of k, no measurable cost),
+// not an entry point per layout (eight of them took about 4 minutes on a fresh machine).
 
 // Entry points `matmul_sg` and `matmul_sg_bias` need K and the vec4
 // axis of each operand to be multiples of 4 (src/ops/matmul.rs checks; other shapes go to
@@ -75,15 +76,6 @@ alias Tile = array<mat4x4<f32>, 32>;
 alias MineA = array<mat4x4<f32>, 2>;
 alias ColsB = array<mat4x4<f32>, 2>;
 alias Bias = array<vec4<f32>, 2>;
-
-fn block_update(acc: mat4x4<f32>, rows: vec4<f32>, cols: vec4<f32>) -> mat4x4<f32> {
-    return mat4x4(
-        fma(vec4(rows.x), cols, acc[0]),
-        fma(vec4(rows.y), cols, acc[1]),
-        fma(vec4(rows.z), cols, acc[2]),
-        fma(vec4(rows.w), cols, acc[3]),
-    );
-}
 
 // Four steps of k on one block: each accumulator takes all 4 in a row, so a tile too big for
 // registers is loaded and stored once per 4 steps of k instead of once per step.

@@ -1,7 +1,7 @@
-//! The WGSL prelude: index helpers and flag bits every shader may use, written once here and
-//! appended to each shader's source when its module is built. Appended, not prepended: WGSL
-//! declarations may come in any order, and a shader file's own lines keep their numbers in
-//! naga's error messages.
+//! The WGSL prelude: index helpers, the matmul kernels' block update and flag bits every shader
+//! may use, written once here and appended to each shader's source when its module is built.
+//! Appended, not prepended: WGSL declarations may come in any order, and a shader file's own
+//! lines keep their numbers in naga's error messages.
 
 use std::sync::OnceLock;
 
@@ -29,6 +29,17 @@ fn workgroup_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 // their element count.
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>, lanes: u32) -> u32 {
     return workgroup_index(wid, nwg) * lanes + lid.x;
+}
+
+// The matmul kernels' rank-1 update of a 4 x 4 block of C (column r is row r):
+// acc[r] += rows[r] * cols.
+fn block_update(acc: mat4x4<f32>, rows: vec4<f32>, cols: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(
+        fma(vec4(rows.x), cols, acc[0]),
+        fma(vec4(rows.y), cols, acc[1]),
+        fma(vec4(rows.z), cols, acc[2]),
+        fma(vec4(rows.w), cols, acc[3]),
+    );
 }
 ";
 

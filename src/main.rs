@@ -65,7 +65,7 @@ fn main() {
         Command::Embed(args) => cli::embed::run(args),
     };
     if let Err(err) = result {
-        // A rank other than 0 whose error rank 0 has reported exits without repeating it.
+        // An error rank 0 has already printed for every rank is not repeated.
         if !err.is::<cli::ReportedByRankZero>() {
             eprintln!("error: {err}");
         }

@@ -18,8 +18,8 @@ pub mod verify;
 /// Errors reach the user as one line.
 pub type CliResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The error of a rank other than 0 when every rank stopped for the same reason (a bad flag, a
-/// start-up check): rank 0 prints it, the others exit with code 1 and say nothing.
+/// The error of every rank when all stopped for the same reason (a bad flag, a start-up check):
+/// rank 0 has printed it, so each exits with code 1 and says nothing more.
 #[derive(Debug)]
 pub struct ReportedByRankZero;
 

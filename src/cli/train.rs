@@ -290,43 +290,46 @@ pub fn run(args: TrainArgs) -> CliResult {
     // Under mpirun or srun (with the `mpi` feature): one rank of a data-parallel run.
     let ranks: Rc<dyn Ranks> = Rc::from(ranks_of_launch()?);
     let leader = ranks.rank() == 0;
-    // Every rank parses the same flags: rank 0 alone says why they all stop.
-    let config = args
-        .to_config_for(ranks.size())
-        .map_err(|e| reported_by_rank_zero(leader, e))?;
-    if let (Some(note), true) = (args.precision_note(), leader) {
+    // Every rank parses its flags and opens its adapter; then they agree, so that a rank that
+    // failed (mpirun's MPMD form may give ranks different flags) stops them all, named.
+    let config = args.to_config_for(ranks.size());
+    if let (Some(note), true, true) = (args.precision_note(), leader, config.is_ok()) {
         eprintln!("{note}");
     }
-    let backend = if args.cpu {
-        Ok(Backend::Cpu)
-    } else {
-        args.gpu.options().and_then(|mut options| {
-            options.local_rank = (ranks.size() > 1).then(|| ranks.local_rank());
-            let gpu = crate::gpu::Gpu::new(&options).map_err(|e| e.to_string())?;
-            Ok(Backend::Gpu(gpu))
-        })
-    };
-    // A rank without an adapter stops them all (`agree_on_start` names it).
+    let backend = config.as_ref().map_err(String::clone).and_then(|_| {
+        if args.cpu {
+            return Ok(Backend::Cpu);
+        }
+        let mut options = args.gpu.options()?;
+        options.local_rank = (ranks.size() > 1).then(|| ranks.local_rank());
+        let gpu = crate::gpu::Gpu::new(&options).map_err(|e| e.to_string())?;
+        Ok(Backend::Gpu(gpu))
+    });
     agree_on_start(&*ranks, backend.as_ref().map(|_| ()).map_err(String::clone))
-        .map_err(|e| reported_by_rank_zero(leader, e))?;
-    let backend = backend?;
+        .map_err(|e| reported_by_rank_zero(&*ranks, e))?;
+    let (config, backend) = (config?, backend?);
     // Start-up errors are agreed by all ranks (`TrainRun::open_on`): rank 0 reports.
-    let summary =
-        train_on(&config, backend, ranks.clone()).map_err(|e| reported_by_rank_zero(leader, e))?;
+    let summary = train_on(&config, backend, ranks.clone())
+        .map_err(|e| reported_by_rank_zero(&*ranks, e))?;
     if let (Some(metrics), true) = (&summary.last_metrics, leader) {
         println!("{metrics}");
     }
     Ok(())
 }
 
-/// An error every rank shares: rank 0 returns it, the others a [`ReportedByRankZero`].
+/// An error every rank shares. Alone, it is returned. With several ranks, rank 0 prints it and
+/// every rank returns a [`ReportedByRankZero`] after a barrier: a rank that exited first would
+/// have the launcher kill rank 0 before its line is out.
 fn reported_by_rank_zero(
-    leader: bool,
+    ranks: &dyn Ranks,
     error: impl Into<Box<dyn std::error::Error>>,
 ) -> Box<dyn std::error::Error> {
-    if leader {
-        error.into()
-    } else {
-        ReportedByRankZero.into()
+    if ranks.size() == 1 {
+        return error.into();
     }
+    if ranks.rank() == 0 {
+        eprintln!("error: {}", error.into());
+    }
+    ranks.barrier();
+    ReportedByRankZero.into()
 }

@@ -1,7 +1,7 @@
 //! Kernels: a WGSL entry point compiled once per process into a compute pipeline with an
 //! explicit bind-group layout built from naga's reflection of what that entry point uses.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::{Gpu, GpuError};
 
@@ -76,6 +76,9 @@ pub(super) struct StorageBinding {
     /// element types (`a` and `a4` in `shaders/matmul.wgsl`). Callers bind by any of them.
     pub names: Vec<String>,
 }
+
+/// A kernel's place in [`Gpu`]'s cache: empty until its first build finishes.
+pub(crate) type KernelSlot = Arc<Mutex<Option<Arc<Kernel>>>>;
 
 /// A compiled entry point.
 pub struct Kernel {
@@ -190,9 +193,18 @@ impl Gpu {
 
     pub fn try_kernel(&self, shader: &Shader, entry: &str) -> Result<Arc<Kernel>, GpuError> {
         let key = (shader.name, entry.to_string());
-        if let Some(kernel) = self.kernels.lock().unwrap().get(&key) {
+        let slot = self.kernels.lock().unwrap().entry(key).or_default().clone();
+        let mut slot = slot.lock().unwrap();
+        if let Some(kernel) = &*slot {
             return Ok(kernel.clone());
         }
+        let kernel = self.build_kernel(shader, entry)?;
+        *slot = Some(kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Validates `entry`'s bindings and builds its pipeline (what [`Gpu::try_kernel`] caches).
+    fn build_kernel(&self, shader: &Shader, entry: &str) -> Result<Arc<Kernel>, GpuError> {
         let module = self.module(shader)?;
         let error = |message: String| GpuError::Shader {
             name: format!("{}::{entry}", shader.name),
@@ -312,7 +324,6 @@ impl Gpu {
             storage,
             constants: u32_constants(&module.naga_module),
         });
-        self.kernels.lock().unwrap().insert(key, kernel.clone());
         Ok(kernel)
     }
 }

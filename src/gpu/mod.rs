@@ -48,7 +48,10 @@ pub struct Gpu {
     /// wgpu's runtime bounds checks in shaders: on in debug builds and tests, off in release
     /// builds, where every shader guards its own indices (the checks cost 2x on lavapipe).
     pub bounds_checks: bool,
-    kernels: Mutex<HashMap<(&'static str, String), Arc<Kernel>>>,
+    /// One slot per entry point, locked while its pipeline builds: threads asking for the same
+    /// kernel at once wait for one build (LLVM takes up to 20 s for a matmul on lavapipe)
+    /// instead of each compiling it.
+    kernels: Mutex<HashMap<(&'static str, String), kernel::KernelSlot>>,
     modules: Mutex<HashMap<&'static str, Arc<kernel::Module>>>,
     pool: Arc<Mutex<BufferPool>>,
     recorder: Mutex<Recorder>,

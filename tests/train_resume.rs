@@ -477,7 +477,15 @@ fn read_raw(path: &Path) -> RawFile {
             (name, dtype, shape, view.data().to_vec())
         })
         .collect();
-    (tensors, header.metadata().clone().unwrap_or_default().into_iter().collect())
+    (
+        tensors,
+        header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+    )
 }
 
 /// `epoch_N.safetensors` is the model alone; a single-file checkpoint as written before the
@@ -519,7 +527,11 @@ fn model_file_is_the_state_dict_alone_and_old_single_file_checkpoints_resume() {
         (name.clone(), view)
     });
     let legacy = logs.join("old-epoch_latest.safetensors");
-    std::fs::write(&legacy, safetensors::serialize(views, Some(meta.into_iter().collect())).unwrap()).unwrap();
+    std::fs::write(
+        &legacy,
+        safetensors::serialize(views, Some(meta.into_iter().collect())).unwrap(),
+    )
+    .unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 
     let old = load_checkpoint(&legacy, None).unwrap();

@@ -309,8 +309,8 @@ pub fn run(args: TrainArgs) -> CliResult {
         .map_err(|e| reported_by_rank_zero(&*ranks, e))?;
     let (config, backend) = (config?, backend?);
     // Start-up errors are agreed by all ranks (`TrainRun::open_on`): rank 0 reports.
-    let summary = train_on(&config, backend, ranks.clone())
-        .map_err(|e| reported_by_rank_zero(&*ranks, e))?;
+    let summary =
+        train_on(&config, backend, ranks.clone()).map_err(|e| reported_by_rank_zero(&*ranks, e))?;
     if let (Some(metrics), true) = (&summary.last_metrics, leader) {
         println!("{metrics}");
     }

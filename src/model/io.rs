@@ -97,7 +97,12 @@ impl TensorFile {
                 },
             );
         }
-        let metadata = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+        let metadata = meta
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         Ok(TensorFile {
             path: path.to_path_buf(),
             tensors,

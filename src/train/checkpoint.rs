@@ -156,7 +156,8 @@ pub fn model_file_bytes(
         .collect::<Result<Vec<_>, String>>()?;
     // What `safetensors.torch.save_file` writes, so tools that check it take the file.
     metadata.insert("format".into(), "pt".into());
-    safetensors::serialize(views, Some(metadata.into_iter().collect())).map_err(|e| format!("serialisation: {e}"))
+    safetensors::serialize(views, Some(metadata.into_iter().collect()))
+        .map_err(|e| format!("serialisation: {e}"))
 }
 
 /// The bytes of a checkpoint of `trainer` at `state` (reads the device once per buffer); refuses

@@ -184,6 +184,22 @@ impl Gpu {
         Ok(module)
     }
 
+    /// `shader`'s `const name: u32`, read from its module without building a pipeline (a
+    /// caller can size or rule out a kernel before paying for its compilation).
+    pub fn shader_constant(&self, shader: &Shader, name: &str) -> u32 {
+        let module = self.module(shader).unwrap_or_else(|e| panic!("{e}"));
+        u32_constants(&module.naga_module)
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: the shader declares no `const {name}: u32`",
+                    shader.name
+                )
+            })
+    }
+
     /// The pipeline of `shader`'s entry point `entry`, built once per process.
     /// Panics on an invalid shader: shaders are part of the program and covered by tests.
     pub fn kernel(&self, shader: &Shader, entry: &str) -> Arc<Kernel> {

@@ -396,11 +396,16 @@ fn subgroup_kernel(gpu: &Gpu, dims: &MatmulDims, bias: bool) -> Option<Arc<Kerne
     if !vec4_kernel || !dims.k.is_multiple_of(4) {
         return None;
     }
+    // Ruled in or out from the module's constants: LLVM takes about 20 s to build the
+    // pipeline on lavapipe, not to be paid for a product it will not run.
+    let shader = crate::shader!("matmul_subgroup");
+    let lanes = gpu.shader_constant(&shader, "LANES");
+    let wide = dims.n as u32 >= lanes * gpu.shader_constant(&shader, "TILE_N");
+    if lanes != subgroup || !wide {
+        return None;
+    }
     let name = if bias { "matmul_sg_bias" } else { "matmul_sg" };
-    let kernel = gpu.kernel(&crate::shader!("matmul_subgroup"), name);
-    let lanes = kernel.workgroup_size[0];
-    let wide = dims.n as u32 >= lanes * kernel.constant("TILE_N");
-    (lanes == subgroup && wide).then_some(kernel)
+    Some(gpu.kernel(&shader, name))
 }
 
 /// Records `kernel` (from [`subgroup_kernel`]) for `dims`.

@@ -22,6 +22,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> offsets: array<u32>;
 // [n]: positions of the index list grouped by destination row.
 @group(0) @binding(6) var<storage, read_write> order: array<u32>;
+// [n]: token rows of the kept patches (`kept_token_rows`).
+@group(0) @binding(7) var<storage, read_write> token_rows: array<u32>;
 
 const WG: u32 = 256u;
 
@@ -40,6 +42,24 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     out[e] = src[row * params.cols + e % params.cols];
+}
+
+// The rows, in the flattened [images · (1 + L)] tokens, of each image's class token and its kept
+// patches idx [images, k] (M3.5), for n = images · (1 + k), L = rows, k = cols. A patch index
+// past L is clamped (the mask kernels give none; the host twin refuses them).
+@compute @workgroup_size(WG)
+fn kept_token_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_index(wid, nwg, lid, WG);
+    if e >= params.n {
+        return;
+    }
+    let image = e / (params.cols + 1u);
+    let slot = e % (params.cols + 1u);
+    var row = image * (params.rows + 1u);
+    if slot > 0u {
+        row += 1u + min(idx[image * params.cols + slot - 1u], params.rows - 1u);
+    }
+    token_rows[e] = row;
 }
 
 // counts[r] = #{i : idx[i] == r}; `counts` starts zeroed.

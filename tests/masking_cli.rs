@@ -456,12 +456,35 @@ fn bench_step_compares_two_strategies_at_equal_compute() {
     let expected = report["seconds_per_step"].as_f64().unwrap()
         / report["versus"]["seconds_per_step"].as_f64().unwrap();
     assert!((ratio - expected).abs() < 1e-12, "{report}");
-    // Today a cluster step waits once mid-step for the keep count and kept indices (one read,
-    // its submit) and submits the rest at the end; issue 15's target is 1 submit and 0 reads.
+    // Pinned to one keep count, the cluster mask's kept indices stay on the device: one submit
+    // for mask and step, nothing read back (issue 15). An unpinned k sizes every image-tower
+    // kernel, so that step still reads k and the kept indices mid-step (one read, its submit).
     assert_eq!(
         (&report["submits_per_step"], &report["host_reads_per_step"]),
-        (&Value::from(2), &Value::from(1)),
+        (&Value::from(1), &Value::from(0)),
         "{report}"
+    );
+    let unpinned = common::cli::clusterclip(&[
+        "bench",
+        "step",
+        "--preset",
+        "micro",
+        "--batch-size",
+        "2",
+        "--repeats",
+        "1",
+        "--mask",
+        "cluster",
+        "--json",
+    ]);
+    let unpinned: Value = serde_json::from_slice(&unpinned.stdout).unwrap();
+    assert_eq!(
+        (
+            &unpinned["submits_per_step"],
+            &unpinned["host_reads_per_step"]
+        ),
+        (&Value::from(2), &Value::from(1)),
+        "{unpinned}"
     );
 
     let bad = common::cli::clusterclip(&["bench", "step", "--versus", "blocks"]);

@@ -213,12 +213,7 @@ fn features(
     let (_, images) = file.f32("input.images").unwrap();
     let (shape, tokens) = file.u32("input.text").unwrap();
     let mut g = clusterclip::graph::Graph::new(backend.clone());
-    let inputs = clusterclip::model::ClipInputs {
-        images: &images,
-        tokens: &tokens,
-        batch: shape[0],
-        kept: None,
-    };
+    let inputs = clusterclip::model::ClipInputs::host(&images, &tokens, shape[0], None);
     let out = clip.forward(&mut g, &inputs).unwrap();
     vec![g.to_vec(out.image_features), g.to_vec(out.text_features)]
 }

@@ -409,3 +409,46 @@ fn async_reads_are_ready_at_the_first_poll_on_native() {
     let read = first_poll(gpu.read_many_u32_async(&[&all, &head])).unwrap();
     assert_eq!(read, vec![words.clone(), words[..5].to_vec()]);
 }
+
+/// The device twin of `vision::kept_rows` (the token rows of kept patches, M3.5) equals it on
+/// random kept lists, also with no kept patch, and clamps an index past the last patch on both
+/// backends alike.
+#[test]
+fn kept_token_rows_on_both_backends_equal_the_host_rows() {
+    use clusterclip::model::vision::kept_rows;
+    let mut rng = Rng::new(31);
+    for (batch, patches, k) in [(3, 9, 4), (7, 196, 98), (2, 16, 0), (1, 4, 4)] {
+        let kept: Vec<u32> = (0..batch * k).map(|_| rng.below(patches as u32)).collect();
+        let want = kept_rows(&kept, batch, patches).unwrap();
+        assert_eq!(want.len(), batch * (1 + k));
+        for mut g in [cpu_graph(), gpu_graph()] {
+            let stored = g.backend.upload_u32(&kept);
+            let rows = g.kept_token_rows(stored, batch, patches).unwrap();
+            assert_eq!(g.shape(rows), [batch * (1 + k)]);
+            assert_eq!(
+                g.to_vec_u32(rows),
+                want,
+                "{} backend, {batch}x{k} of {patches}",
+                g.backend.name()
+            );
+        }
+    }
+    // Patch 9 of 9 is past the last: the host refuses it, the device clamps it to 8.
+    assert!(
+        kept_rows(&[2, 9], 1, 9)
+            .unwrap_err()
+            .to_string()
+            .contains("patch index 9")
+    );
+    for mut g in [cpu_graph(), gpu_graph()] {
+        let stored = g.backend.upload_u32(&[2, 9]);
+        let rows = g.kept_token_rows(stored, 1, 9).unwrap();
+        assert_eq!(g.to_vec_u32(rows), [0, 3, 9]);
+        let stored = g.backend.upload_u32(&[1, 2, 3]);
+        let err = g.kept_token_rows(stored, 2, 9).unwrap_err().to_string();
+        assert!(
+            err.starts_with("kept_token_rows:") && err.contains("3 kept"),
+            "{err}"
+        );
+    }
+}

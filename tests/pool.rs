@@ -63,12 +63,7 @@ fn the_pool_high_water_mark_stays_flat_over_1000_training_steps() {
     let mut settled = None;
     for step in 1..=STEPS {
         let mask = random_mask(batch, patches, 0.5, MaskRng::new(3, step)).unwrap();
-        let inputs = ClipInputs {
-            images: &images,
-            tokens: &tokens,
-            batch,
-            kept: Some(&mask.kept),
-        };
+        let inputs = ClipInputs::host(&images, &tokens, batch, Some(&mask.kept));
         let read_loss = step % READ_EVERY == 0;
         let report = trainer
             .step(std::slice::from_ref(&inputs), 1e-4, read_loss)

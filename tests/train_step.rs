@@ -55,12 +55,7 @@ fn two_steps(backend: &Backend) -> (f32, f32, Vec<f32>) {
             ..Default::default()
         };
         let mut trainer = Trainer::new(clip, backend.clone(), adam);
-        let inputs = ClipInputs {
-            images: &images,
-            tokens: &tokens,
-            batch,
-            kept: Some(&kept),
-        };
+        let inputs = ClipInputs::host(&images, &tokens, batch, Some(&kept));
         let first = trainer
             .step(std::slice::from_ref(&inputs), 1e-3, true)
             .unwrap()
@@ -197,12 +192,12 @@ fn step_in_micro_batches(backend: &Backend, splits: &[usize]) -> (f32, Vec<f32>)
         .map(|&n| {
             let range = first..first + n;
             first += n;
-            ClipInputs {
-                images: &images[range.start * image_len..range.end * image_len],
-                tokens: &tokens[range.start * 7..range.end * 7],
-                batch: n,
-                kept: Some(&kept[range.start * 2..range.end * 2]),
-            }
+            ClipInputs::host(
+                &images[range.start * image_len..range.end * image_len],
+                &tokens[range.start * 7..range.end * 7],
+                n,
+                Some(&kept[range.start * 2..range.end * 2]),
+            )
         })
         .collect();
     let loss = trainer.step(&micro, 1e-3, true).unwrap().loss.unwrap();
@@ -275,4 +270,100 @@ fn reproduces_the_openclip_adamw_trajectory_on_the_gpu() {
         .map(|c| format!("{} {:.2e}", c.name, c.rel_err))
         .collect();
     assert!(failed.is_empty(), "{failed:?}");
+}
+
+/// A cluster mask pinned to one keep count (the study's equal-compute setting, M7) leaves its
+/// kept indices on the device: mask and step are one submit with no read back (issue 15), and
+/// the step trains exactly as with the same indices given from the host. Micro-batches cut the
+/// stored images and indices on the device.
+#[test]
+fn a_pinned_cluster_mask_stays_on_the_gpu_and_trains_as_its_host_copy() {
+    use clusterclip::masking::{ClusterMaskConfig, MaskRng, MaskStrategy};
+    use clusterclip::model::Input;
+    use clusterclip::train::mask_step::{StepMask, compute_mask};
+    use clusterclip::train::step::split_inputs;
+
+    // A device of its own, so the submit and read counters are this test's alone.
+    let gpu = fresh_gpu();
+    let backend = Backend::Gpu(gpu.clone());
+    let config = small_config();
+    let (batch, patches) = (5, 9);
+    let mut rng = Rng::new(21);
+    let images = rng.vec(batch * 3 * 24 * 24);
+    let tokens: Vec<u32> = (0..batch * 7).map(|_| rng.below(50)).collect();
+    let pinned = ClusterMaskConfig {
+        min_mask_ratio: 0.6,
+        max_mask_ratio: 0.6,
+        ..Default::default()
+    };
+    for (strategy, micro) in [
+        (MaskStrategy::Cluster(pinned), batch),
+        (MaskStrategy::ClusterEmbed(pinned), 2),
+    ] {
+        let trainer = || {
+            Trainer::new(
+                Clip::new(config.clone(), &backend, 3).unwrap(),
+                backend.clone(),
+                AdamWConfig::default(),
+            )
+        };
+        let (mut on_device, mut from_host) = (trainer(), trainer());
+        gpu.sync();
+        let (submits, reads) = (gpu.submit_count(), gpu.read_count());
+        let pixels = backend.upload(&images);
+        let rng = MaskRng::new(4, 1);
+        let mask = compute_mask(
+            &on_device.clip,
+            &backend,
+            &strategy,
+            &pixels,
+            batch,
+            rng,
+            0.5,
+        )
+        .unwrap()
+        .unwrap();
+        // round(9 · 0.4) = 4 kept patches per image.
+        assert_eq!((mask.keep_count(), mask.patches()), (4, patches));
+        let StepMask::Device { kept, .. } = &mask else {
+            panic!("a pinned cluster mask came back to the host");
+        };
+        let whole = ClipInputs {
+            images: Input::Stored(pixels),
+            tokens: &tokens,
+            batch,
+            kept: Some(mask.kept()),
+        };
+        let inputs = split_inputs(&backend, whole, micro);
+        on_device.step(&inputs, 1e-3, false).unwrap();
+        gpu.sync();
+        assert_eq!(
+            (gpu.submit_count() - submits, gpu.read_count() - reads),
+            (1, 0),
+            "submits and reads of a masked step ({})",
+            strategy.name()
+        );
+
+        let kept = gpu.read_u32(kept.gpu()).unwrap();
+        for row in kept.chunks(4) {
+            assert!(
+                row.windows(2).all(|w| w[0] < w[1]) && row[3] < 9,
+                "kept row {row:?}"
+            );
+        }
+        let host = ClipInputs::host(&images, &tokens, batch, Some(&kept));
+        from_host
+            .step(&split_inputs(&backend, host, micro), 1e-3, false)
+            .unwrap();
+        let g = clusterclip::Graph::new(backend.clone());
+        let (a, b) = (
+            on_device.clip.params.flat_host(&g),
+            from_host.clip.params.flat_host(&g),
+        );
+        assert!(
+            a == b,
+            "parameters after a step differ ({})",
+            strategy.name()
+        );
+    }
 }

@@ -7,8 +7,8 @@ use std::time::Instant;
 use crate::data::shapes;
 use crate::graph::{Backend, Graph};
 use crate::masking::{MaskFlags, MaskRng, MaskStrategy, calibrate_on_images};
-use crate::model::{Clip, ClipConfig, ClipInputs, text, vision};
-use crate::train::mask_step::compute_mask;
+use crate::model::{Clip, ClipConfig, ClipInputs, Input, text, vision};
+use crate::train::mask_step::{StepMask, compute_mask};
 use crate::train::{AdamWConfig, Trainer};
 
 use super::{CliResult, GpuArgs};
@@ -179,7 +179,7 @@ pub fn run_tower(args: TowerArgs) -> CliResult {
             v,
             config.activation,
             t,
-            args.keep.map(|_| kept.as_slice()),
+            args.keep.map(|_| Input::Host(&kept)).as_ref(),
         )?;
         let ones = vec![1.0; g.numel(f)];
         g.backward_from(f, &ones)?;
@@ -283,16 +283,17 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
     let mut mask_pass = |step: u32| -> Result<f64, Box<dyn std::error::Error>> {
         gpu.sync();
         let start = Instant::now();
+        let pixels = backend.upload(&images);
         let mask = compute_mask(
             &clip,
             &backend,
             &strategy,
-            &images,
+            &pixels,
             args.batch_size,
             MaskRng::new(0, step),
             0.0,
         )?;
-        ratio = mask.map_or(0.0, |m| m.mask_ratio as f64);
+        ratio = mask.map_or(0.0, |m| m.mask_ratio() as f64);
         Ok(start.elapsed().as_secs_f64())
     };
     mask_pass(0)?;
@@ -425,25 +426,27 @@ pub fn run_step(args: StepArgs) -> CliResult {
     // (step seconds, mask seconds, mask ratio) of one step of strategy `which`.
     let mut step = |which: usize, i: u32| -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
         let start = Instant::now();
+        // As the training loop: the images uploaded once, for the mask and the towers.
+        let pixels = backend.upload(&images);
         let mask = compute_mask(
             &trainer.clip,
             &backend,
             &strategies[which],
-            &images,
+            &pixels,
             args.batch_size,
             MaskRng::new(0, i),
             0.5,
         )?;
         let mask_seconds = start.elapsed().as_secs_f64();
         let inputs = ClipInputs {
-            images: &images,
+            images: Input::Stored(pixels),
             tokens: &tokens,
             batch: args.batch_size,
-            kept: mask.as_ref().map(|m| m.kept.as_slice()),
+            kept: mask.as_ref().map(StepMask::kept),
         };
         trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?;
         gpu.sync();
-        let ratio = mask.as_ref().map_or(0.0, |m| m.mask_ratio as f64);
+        let ratio = mask.as_ref().map_or(0.0, |m| m.mask_ratio() as f64);
         Ok((start.elapsed().as_secs_f64(), mask_seconds, ratio))
     };
     let count = strategies.len();

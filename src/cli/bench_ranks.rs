@@ -7,8 +7,8 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::masking::MaskRng;
-use crate::model::ClipInputs;
-use crate::train::mask_step::compute_mask_on_ranks;
+use crate::model::{ClipInputs, Input};
+use crate::train::mask_step::{StepMask, compute_mask_on_ranks};
 use crate::train::ranks::{OneProcess, Ranks};
 use crate::train::step::DataParallel;
 use crate::train::{AdamWConfig, Trainer};
@@ -47,20 +47,21 @@ pub fn run_step_on_ranks(args: StepArgs, ranks: Rc<dyn Ranks>) -> CliResult {
      -> Result<f64, Box<dyn std::error::Error>> {
         let start = Instant::now();
         let rng = MaskRng::new(0, i).from_image((ranks.rank() * batch) as u32);
+        let pixels = backend.upload(&images);
         let mask = compute_mask_on_ranks(
             &trainer.clip,
             &backend,
             &strategy,
-            (&images, batch),
+            (&pixels, batch),
             rng,
             0.5,
             ranks,
         )?;
         let inputs = ClipInputs {
-            images: &images,
+            images: Input::Stored(pixels),
             tokens: &tokens,
             batch,
-            kept: mask.as_ref().map(|m| m.kept.as_slice()),
+            kept: mask.as_ref().map(StepMask::kept),
         };
         trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?;
         gpu.sync();

@@ -13,7 +13,7 @@ use crate::masking::{
 };
 use crate::model::{Clip, ClipConfig};
 use crate::train::checkpoint;
-use crate::train::mask_step::compute_mask;
+use crate::train::mask_step::{StepMask, compute_mask};
 
 /// Picture: dropped patches keep this fraction of their own colour, the rest is mid-grey.
 const DROPPED_VISIBILITY: f32 = 0.25;
@@ -208,12 +208,13 @@ pub fn run(args: MaskArgs) -> CliResult {
                 model,
                 &Backend::Cpu,
                 &strategy,
-                &pixels,
+                &Backend::Cpu.upload(&pixels),
                 n,
                 rng,
                 args.progress,
             )?
-            .expect("cluster-embed always masks")
+            .and_then(StepMask::into_host)
+            .expect("cluster-embed on the CPU always masks on the host")
         }
     };
     let threshold = strategy.cluster().map(|c| c.threshold);

@@ -89,12 +89,7 @@ fn trajectory(
     let (_, want_losses) = file.f32("trajectory.losses")?;
     let (_, images) = file.f32("input.images")?;
     let (text_shape, tokens) = file.u32("input.text")?;
-    let inputs = ClipInputs {
-        images: &images,
-        tokens: &tokens,
-        batch: text_shape[0],
-        kept: None,
-    };
+    let inputs = ClipInputs::host(&images, &tokens, text_shape[0], None);
     let mut trainer = Trainer::new(reference.model(backend)?, backend.clone(), config);
     let mut losses = Vec::new();
     for _ in 0..want_losses.len() {

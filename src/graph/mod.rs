@@ -242,7 +242,12 @@ impl Graph {
     /// An index tensor (u32), e.g. kept-token or token ids.
     pub fn indices(&mut self, data: &[u32], shape: &[usize]) -> OpResult {
         check_len("indices", data.len(), shape)?;
-        let value = self.backend.upload_u32(data);
+        self.index_node(self.backend.upload_u32(data), shape)
+    }
+
+    /// An index tensor (u32 bits) already on this backend.
+    pub fn index_node(&mut self, value: Storage, shape: &[usize]) -> OpResult {
+        check_len("indices", value.len(), shape)?;
         Ok(self.add_node(value, shape.to_vec(), DType::U32, false))
     }
 

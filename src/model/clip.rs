@@ -5,7 +5,9 @@ use super::config::ClipConfig;
 use super::init::{init_flat, param_specs};
 use super::params::{BoundParams, ParamStore, layout};
 use super::{text, vision};
-use crate::graph::{Backend, Graph, ShapeError, Tensor, shape_error};
+use std::ops::Range;
+
+use crate::graph::{Backend, Graph, ShapeError, Storage, Tensor, shape_error};
 
 pub struct Clip {
     pub config: ClipConfig,
@@ -14,11 +16,60 @@ pub struct Clip {
 
 /// One batch: normalised images [batch, 3, S, S], token ids [batch, context], and optionally the
 /// kept patches of each image ([batch, k] raster indices).
+#[derive(Clone)]
 pub struct ClipInputs<'a> {
-    pub images: &'a [f32],
+    pub images: Input<'a, f32>,
     pub tokens: &'a [u32],
     pub batch: usize,
-    pub kept: Option<&'a [u32]>,
+    pub kept: Option<Input<'a, u32>>,
+}
+
+impl<'a> ClipInputs<'a> {
+    /// A batch whose values are all on the host.
+    pub fn host(
+        images: &'a [f32],
+        tokens: &'a [u32],
+        batch: usize,
+        kept: Option<&'a [u32]>,
+    ) -> Self {
+        ClipInputs {
+            images: Input::Host(images),
+            tokens,
+            batch,
+            kept: kept.map(Input::Host),
+        }
+    }
+}
+
+/// Values a batch brings: the host's, or storage already on the backend. The training step
+/// uploads its images once and the mask reads them there, and a mask whose keep count was known
+/// before it ran leaves its kept indices there, so the step needs no read of its own (issue 15).
+#[derive(Clone)]
+pub enum Input<'a, T> {
+    Host(&'a [T]),
+    /// 32-bit words on the backend (u32 bits for indices, as `Graph::indices` stores them).
+    Stored(Storage),
+}
+
+impl<T: Copy> Input<'_, T> {
+    pub fn len(&self) -> usize {
+        match self {
+            Input::Host(values) => values.len(),
+            Input::Stored(values) => values.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements `range` (a copy on the backend for stored values).
+    pub fn slice(&self, backend: &Backend, range: Range<usize>) -> Self {
+        match self {
+            Input::Host(values) => Input::Host(&values[range]),
+            Input::Stored(values) => Input::Stored(backend.slice(values, range.start, range.len())),
+        }
+    }
 }
 
 pub struct ClipOutputs {
@@ -112,12 +163,14 @@ impl Clip {
             ));
         }
         let params = self.params.bind(g);
-        let images = g.constant(
-            inputs.images,
-            &[inputs.batch, 3, v.image_size, v.image_size],
-        )?;
+        let shape = [inputs.batch, 3, v.image_size, v.image_size];
+        let images = match &inputs.images {
+            Input::Host(values) => g.constant(values, &shape)?,
+            Input::Stored(values) => g.from_storage(values.clone(), &shape, false)?,
+        };
         let tokens = vision::embed(g, &params, v, images)?;
-        let image = vision::encode(g, &params, v, self.config.activation, tokens, inputs.kept)?;
+        let kept = inputs.kept.as_ref();
+        let image = vision::encode(g, &params, v, self.config.activation, tokens, kept)?;
         let text = text::encode(
             g,
             &params,

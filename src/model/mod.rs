@@ -17,6 +17,6 @@ pub mod state_dict;
 pub mod text;
 pub mod vision;
 
-pub use clip::{Clip, ClipInputs, ClipOutputs};
+pub use clip::{Clip, ClipInputs, ClipOutputs, Input};
 pub use config::{ClipConfig, TextConfig, VisionConfig};
 pub use params::{ParamSpec, ParamStore};

@@ -139,12 +139,7 @@ impl Reference {
             None
         };
         let mut g = Graph::new(backend.clone());
-        let inputs = ClipInputs {
-            images: &images,
-            tokens: &tokens,
-            batch,
-            kept: kept.as_deref(),
-        };
+        let inputs = ClipInputs::host(&images, &tokens, batch, kept.as_deref());
         let out = clip.forward(&mut g, &inputs).map_err(|e| e.to_string())?;
         g.backward(out.loss).map_err(|e| e.to_string())?;
         let prefix = if masked { "masked." } else { "" };

@@ -3,6 +3,7 @@
 //! the class token, projection.
 
 use super::block::residual_block;
+use super::clip::Input;
 use super::config::{Activation, LAYER_NORM_EPS, VisionConfig};
 use super::params::BoundParams;
 use crate::graph::{Graph, OpResult, Tensor, shape_error};
@@ -20,6 +21,7 @@ pub fn embed(g: &mut Graph, p: &BoundParams, cfg: &VisionConfig, images: Tensor)
 
 /// Row indices into the flattened [N·(1+L)] tokens that keep the class token and the `kept`
 /// patches ([N, k] raster indices in 0..L) of each image (M3.5: positions were added before).
+/// The error names an index outside 0..L; `Graph::kept_token_rows` is the device twin.
 pub fn kept_rows(
     kept: &[u32],
     batch: usize,
@@ -32,24 +34,19 @@ pub fn kept_rows(
         ));
     }
     let k = kept.len() / batch;
-    let tokens = (patches + 1) as u32;
-    let mut rows = Vec::with_capacity(batch * (k + 1));
-    for (image, chunk) in kept.chunks(k.max(1)).enumerate().take(batch) {
-        rows.push(image as u32 * tokens);
-        for &patch in chunk.iter().take(k) {
-            if patch as usize >= patches {
-                return Err(shape_error(
-                    "keep",
-                    format!("patch index {patch} of image {image} is outside 0..{patches}"),
-                ));
-            }
-            rows.push(image as u32 * tokens + 1 + patch);
-        }
+    if let Some(at) = kept.iter().position(|&patch| patch as usize >= patches) {
+        return Err(shape_error(
+            "keep",
+            format!(
+                "patch index {} of image {} is outside 0..{patches}",
+                kept[at],
+                at / k
+            ),
+        ));
     }
-    if k == 0 {
-        rows = (0..batch as u32).map(|i| i * tokens).collect();
-    }
-    Ok(rows)
+    Ok(crate::ops::gather::cpu::kept_token_rows(
+        kept, batch, patches,
+    ))
 }
 
 /// The encoder on embedded tokens [N, 1 + L, width], keeping only `kept` patches when given.
@@ -60,7 +57,7 @@ pub fn encode(
     cfg: &VisionConfig,
     activation: Activation,
     tokens: Tensor,
-    kept: Option<&[u32]>,
+    kept: Option<&Input<'_, u32>>,
 ) -> OpResult {
     let (batch, seq, width) = {
         let s = g.shape(tokens);
@@ -69,10 +66,16 @@ pub fn encode(
     let mut x = tokens;
     let mut seq_len = seq;
     if let Some(kept) = kept {
-        let rows = kept_rows(kept, batch, seq - 1)?;
-        seq_len = rows.len() / batch;
+        let index = match kept {
+            Input::Host(kept) => {
+                let rows = kept_rows(kept, batch, seq - 1)?;
+                g.indices(&rows, &[rows.len()])?
+            }
+            // Left on the device by the mask (issue 15): its indices are in range.
+            Input::Stored(kept) => g.kept_token_rows(kept.clone(), batch, seq - 1)?,
+        };
+        seq_len = g.numel(index) / batch;
         let flat = g.reshape(x, &[batch * seq, width])?;
-        let index = g.indices(&rows, &[rows.len()])?;
         let gathered = g.gather_rows(flat, index)?;
         x = g.reshape(gathered, &[batch, seq_len, width])?;
     }

@@ -48,6 +48,24 @@ fn check_indices(g: &Graph, op: &'static str, src: Tensor, idx: Tensor) -> Resul
 }
 
 impl Graph {
+    /// The index tensor [batch · (1 + k)] of each image's class token and kept patches, from
+    /// kept [batch, k] u32 raster indices in 0..patches on this backend (M3.5; the host twin is
+    /// `model::vision::kept_rows`).
+    pub fn kept_token_rows(&mut self, kept: Storage, batch: usize, patches: usize) -> OpResult {
+        if batch == 0 || !kept.len().is_multiple_of(batch) || patches == 0 {
+            return Err(shape_error(
+                "kept_token_rows",
+                format!(
+                    "{} kept indices for {batch} images of {patches} patches",
+                    kept.len()
+                ),
+            ));
+        }
+        let rows = kept_token_rows_storage(&self.backend, &kept, batch, patches);
+        let len = rows.len();
+        self.index_node(rows, &[len])
+    }
+
     /// src [R, ...rest], idx u32 [n...] -> [n..., ...rest]. Rows may repeat (an embedding
     /// lookup); the backward scatter-adds into src.
     pub fn gather_rows(&mut self, src: Tensor, idx: Tensor) -> OpResult {
@@ -136,6 +154,37 @@ fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
     gpu.kernel(&crate::shader!("gather"), entry)
 }
 
+/// The token rows of each image's class token and kept patches: kept [batch, k] raster indices
+/// in 0..patches -> [batch · (1 + k)] rows of the flattened [batch · (1 + patches)] tokens.
+pub fn kept_token_rows_storage(
+    backend: &Backend,
+    kept: &Storage,
+    batch: usize,
+    patches: usize,
+) -> Storage {
+    match backend {
+        Backend::Cpu => backend.upload_u32(&cpu::kept_token_rows(kept.cpu_u32(), batch, patches)),
+        Backend::Gpu(gpu) => {
+            let k = kept.len() / batch.max(1);
+            let n = batch * (1 + k);
+            let out = gpu.alloc(n);
+            let params = Params {
+                n: n as u32,
+                rows: patches as u32,
+                cols: k as u32,
+                ..bytemuck::Zeroable::zeroed()
+            };
+            gpu.dispatch_linear(
+                &kernel(gpu, "kept_token_rows"),
+                &params,
+                &[("idx", kept.gpu()), ("token_rows", &out)],
+                n,
+            );
+            Storage::Gpu(out)
+        }
+    }
+}
+
 /// src [rows, cols] gathered by idx [n] -> [n, cols].
 pub fn gather_storage(
     backend: &Backend,
@@ -220,6 +269,21 @@ pub fn scatter_add_storage(
 
 /// Plain-Rust references.
 pub mod cpu {
+    /// Rows of the class token and the kept patches [batch, k] of each image in the flattened
+    /// [batch · (1 + patches)] tokens; a patch index past the last is clamped, as on the GPU.
+    pub fn kept_token_rows(kept: &[u32], batch: usize, patches: usize) -> Vec<u32> {
+        let k = kept.len() / batch.max(1);
+        let tokens = (patches + 1) as u32;
+        let mut rows = Vec::with_capacity(batch * (1 + k));
+        for image in 0..batch {
+            rows.push(image as u32 * tokens);
+            for &patch in &kept[image * k..(image + 1) * k] {
+                rows.push(image as u32 * tokens + 1 + patch.min(patches as u32 - 1));
+            }
+        }
+        rows
+    }
+
     pub fn gather_rows(src: &[f32], idx: &[u32], rows: usize, cols: usize) -> Vec<f32> {
         let mut out = vec![0f32; idx.len() * cols];
         for (i, &r) in idx.iter().enumerate() {

@@ -1,16 +1,68 @@
 //! The mask of one training step (M3, M4): which patches each image keeps. Cluster masking runs
-//! on the GPU on the GPU backend (its CPU twin on the CPU backend); only the batch keep count
-//! and the kept indices come back to the host, in one read. Random masking is N·L hashes of a
+//! on the GPU on the GPU backend (its CPU twin on the CPU backend) on the step's images where
+//! they were uploaded. Where k was known before the mask ran (min = max mask ratio, as the study
+//! pins it, M7) the kept indices stay on the device and the step reads nothing; otherwise k and
+//! the kept indices come back in one read, since every shape of the image tower depends on k
+//! (M3.4: a dense [N, 1 + k, D] tensor, no padding). Random masking is N·L hashes of a
 //! counter-based generator, cheaper on the host than a device round trip, and bit-identical to
 //! its GPU kernel (tests/masking*.rs).
 
-use crate::graph::{Backend, Graph};
+use crate::graph::{Backend, Graph, Storage};
 pub use crate::masking::MaskStrategy;
 use crate::masking::{
     GpuEmbedding, GpuImages, MaskError, MaskResult, MaskRng, PatchFeatures, cluster_mask,
     cluster_mask_gpu, embedding_features, patch_features_of, random_mask,
 };
-use crate::model::{Clip, vision};
+use crate::model::{Clip, Input, vision};
+
+/// The kept patches of one step's batch: on the host (read back, or drawn there), or left on
+/// the device where k was known before the mask ran.
+pub enum StepMask {
+    Host(MaskResult),
+    /// [images, keep_count] raster indices, rows ascending.
+    Device {
+        patches: usize,
+        keep_count: usize,
+        kept: Storage,
+    },
+}
+
+impl StepMask {
+    pub fn keep_count(&self) -> usize {
+        match self {
+            StepMask::Host(mask) => mask.keep_count,
+            StepMask::Device { keep_count, .. } => *keep_count,
+        }
+    }
+
+    pub fn patches(&self) -> usize {
+        match self {
+            StepMask::Host(mask) => mask.patches,
+            StepMask::Device { patches, .. } => *patches,
+        }
+    }
+
+    /// 1 − k/L.
+    pub fn mask_ratio(&self) -> f32 {
+        1.0 - self.keep_count() as f32 / self.patches() as f32
+    }
+
+    /// The kept indices as the step's input.
+    pub fn kept(&self) -> Input<'_, u32> {
+        match self {
+            StepMask::Host(mask) => Input::Host(&mask.kept),
+            StepMask::Device { kept, .. } => Input::Stored(kept.clone()),
+        }
+    }
+
+    /// The whole host mask (anchors and clusters too where the CPU made it), if on the host.
+    pub fn into_host(self) -> Option<MaskResult> {
+        match self {
+            StepMask::Host(mask) => Some(mask),
+            StepMask::Device { .. } => None,
+        }
+    }
+}
 
 /// [`compute_mask`] for this rank's part of a global batch (`rng` keyed from its first image).
 /// M3.4's one keep count per batch is the global batch's: the smallest of every rank's (k is
@@ -21,26 +73,27 @@ pub fn compute_mask_on_ranks(
     clip: &Clip,
     backend: &Backend,
     strategy: &MaskStrategy,
-    (images, batch): (&[f32], usize),
+    (images, batch): (&Storage, usize),
     rng: MaskRng,
     progress: f32,
     ranks: &dyn super::ranks::Ranks,
-) -> Result<Option<MaskResult>, MaskError> {
+) -> Result<Option<StepMask>, MaskError> {
     use crate::masking::ClusterMaskConfig;
     let mask = compute_mask(clip, backend, strategy, images, batch, rng, progress)?;
     let (Some(local), MaskStrategy::Cluster(c) | MaskStrategy::ClusterEmbed(c)) = (&mask, strategy)
     else {
         return Ok(mask);
     };
-    if ranks.size() == 1 {
+    // A pinned k is every rank's already (the ranks agreed on the flags at start-up).
+    if ranks.size() == 1 || c.min_mask_ratio == c.max_mask_ratio {
         return Ok(mask);
     }
-    let k = ranks.all_reduce_min(local.keep_count as u64) as usize;
-    if k == local.keep_count {
+    let k = ranks.all_reduce_min(local.keep_count() as u64) as usize;
+    if k == local.keep_count() {
         return Ok(mask);
     }
     // min = max mask ratio = 1 − k/L: keep_bounds gives round(L · k/L) = k both ways.
-    let ratio = 1.0 - k as f64 / local.patches as f64;
+    let ratio = 1.0 - k as f64 / local.patches() as f64;
     let pinned = ClusterMaskConfig {
         min_mask_ratio: ratio,
         max_mask_ratio: ratio,
@@ -59,33 +112,34 @@ pub fn compute_mask(
     clip: &Clip,
     backend: &Backend,
     strategy: &MaskStrategy,
-    images: &[f32],
+    images: &Storage,
     batch: usize,
     rng: MaskRng,
     progress: f32,
-) -> Result<Option<MaskResult>, MaskError> {
+) -> Result<Option<StepMask>, MaskError> {
     crate::gpu::block_on(compute_mask_async(
         clip, backend, strategy, images, batch, rng, progress,
     ))
 }
 
-/// The kept patches of one batch of normalised images [batch, 3, S, S]; `None` keeps all.
-/// `progress` in [0, 1] weighs the embedding similarity of `ClusterEmbed` (M3.7).
+/// The kept patches of one batch of normalised images [batch, 3, S, S] on `backend` (uploaded
+/// once for the mask and the step); `None` keeps all. `progress` in [0, 1] weighs the embedding
+/// similarity of `ClusterEmbed` (M3.7).
 pub async fn compute_mask_async(
     clip: &Clip,
     backend: &Backend,
     strategy: &MaskStrategy,
-    images: &[f32],
+    images: &Storage,
     batch: usize,
     rng: MaskRng,
     progress: f32,
-) -> Result<Option<MaskResult>, MaskError> {
+) -> Result<Option<StepMask>, MaskError> {
     let v = &clip.config.vision;
     let (size, patch, patches) = (v.image_size, v.patch_size, v.patches());
     let config = match strategy {
         MaskStrategy::None => return Ok(None),
         MaskStrategy::Random { mask_ratio } => {
-            return random_mask(batch, patches, *mask_ratio, rng).map(Some);
+            return random_mask(batch, patches, *mask_ratio, rng).map(|m| Some(StepMask::Host(m)));
         }
         MaskStrategy::Cluster(config) | MaskStrategy::ClusterEmbed(config) => config,
     };
@@ -95,7 +149,7 @@ pub async fn compute_mask_async(
         let mut g = Graph::new(backend.clone());
         let params = clip.params.bind_frozen(&mut g);
         let x = g
-            .constant(images, &[batch, 3, size, size])
+            .from_storage(images.clone(), &[batch, 3, size, size], false)
             .map_err(|e| MaskError::Shape(e.to_string()))?;
         let t =
             vision::embed(&mut g, &params, v, x).map_err(|e| MaskError::Shape(e.to_string()))?;
@@ -105,9 +159,8 @@ pub async fn compute_mask_async(
     };
     match backend {
         Backend::Gpu(gpu) => {
-            let pixels = gpu.upload_f32(images);
             let gpu_images = GpuImages {
-                pixels: &pixels,
+                pixels: images.gpu(),
                 images: batch,
                 height: size,
                 width: size,
@@ -121,23 +174,34 @@ pub async fn compute_mask_async(
                 weight: progress,
             });
             let mask = cluster_mask_gpu(gpu, &gpu_images, embedding.as_ref(), config, rng)?;
+            let bounds = config.keep_bounds(patches);
+            if bounds.floor == bounds.cap {
+                // k = cap = floor whatever the clusters (M3.4): the step records its shapes
+                // now and reads its kept rows on the device.
+                let keep_count = bounds.cap;
+                return Ok(Some(StepMask::Device {
+                    patches,
+                    keep_count,
+                    kept: Storage::Gpu(mask.kept.view(0, batch * keep_count)),
+                }));
+            }
             let read = gpu
                 .read_many_u32_async(&[&mask.keep_count, &mask.kept])
                 .await
                 .map_err(|e| MaskError::Shape(e.to_string()))?;
             let keep_count = read[0][0] as usize;
             let kept = read[1][..batch * keep_count].to_vec();
-            Ok(Some(MaskResult {
+            Ok(Some(StepMask::Host(MaskResult {
                 patches,
                 keep_count,
                 kept,
                 anchors: vec![Vec::new(); batch],
                 masked: vec![Vec::new(); batch],
                 mask_ratio: 1.0 - keep_count as f32 / patches as f32,
-            }))
+            })))
         }
         Backend::Cpu => {
-            let pixels = patch_features_of(images, batch, size, size, patch, config.features);
+            let pixels = patch_features_of(images.cpu(), batch, size, size, patch, config.features);
             let mut features = PatchFeatures::new(&pixels, batch, patches)?;
             let embedded;
             if let Some(tokens) = &tokens {
@@ -152,7 +216,7 @@ pub async fn compute_mask_async(
                 embedded = embedding_features(&rows, v.width);
                 features = features.with_embedding(&embedded, progress)?;
             }
-            cluster_mask(&features, config, rng).map(Some)
+            cluster_mask(&features, config, rng).map(|m| Some(StepMask::Host(m)))
         }
     }
 }

@@ -324,7 +324,11 @@ fn own_rows(both: &[f32], half: usize, own: Range<usize>, dim: usize) -> Vec<f32
 
 /// `inputs` cut into micro-batches of at most `size` images, in order (a kept-patch list has
 /// the same count per image, so it is cut at the same images).
-pub fn split_inputs(inputs: ClipInputs<'_>, size: usize) -> Vec<ClipInputs<'_>> {
+pub fn split_inputs<'a>(
+    backend: &Backend,
+    inputs: ClipInputs<'a>,
+    size: usize,
+) -> Vec<ClipInputs<'a>> {
     let size = size.max(1);
     if inputs.batch <= size {
         return vec![inputs];
@@ -334,18 +338,18 @@ pub fn split_inputs(inputs: ClipInputs<'_>, size: usize) -> Vec<ClipInputs<'_>> 
         per_image(inputs.images.len()),
         per_image(inputs.tokens.len()),
     );
-    let kept_len = inputs.kept.map_or(0, |k| per_image(k.len()));
+    let kept_len = inputs.kept.as_ref().map_or(0, |k| per_image(k.len()));
     (0..inputs.batch)
         .step_by(size)
         .map(|first| {
             let n = size.min(inputs.batch - first);
+            let images = first * image_len..(first + n) * image_len;
+            let kept = first * kept_len..(first + n) * kept_len;
             ClipInputs {
-                images: &inputs.images[first * image_len..(first + n) * image_len],
+                images: inputs.images.slice(backend, images),
                 tokens: &inputs.tokens[first * token_len..(first + n) * token_len],
                 batch: n,
-                kept: inputs
-                    .kept
-                    .map(|k| &k[first * kept_len..(first + n) * kept_len]),
+                kept: inputs.kept.as_ref().map(|k| k.slice(backend, kept)),
             }
         })
         .collect()

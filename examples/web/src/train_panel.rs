@@ -8,8 +8,8 @@ use clusterclip::data::tokenizer::{Tokenizer, frame_tokens};
 use clusterclip::eval::{class_embeddings, encode_images_async, encode_texts_async, zero_shot};
 use clusterclip::graph::Backend;
 use clusterclip::masking::{MaskFlags, MaskRng, MaskStrategy};
-use clusterclip::model::{Clip, ClipConfig, ClipInputs};
-use clusterclip::train::mask_step::compute_mask_async;
+use clusterclip::model::{Clip, ClipConfig, ClipInputs, Input};
+use clusterclip::train::mask_step::{StepMask, compute_mask_async};
 use clusterclip::train::step::split_inputs;
 use clusterclip::train::{AdamWConfig, LrScheduler, Trainer, learning_rate};
 
@@ -155,25 +155,20 @@ impl TrainSession {
         let progress = (step / steps_per_epoch) as f32 / self.settings.epochs as f32;
         let rng = MaskRng::new(self.settings.seed, step as u32);
         let clip = &self.trainer.clip;
-        let mask = compute_mask_async(
-            clip,
-            &self.trainer.backend,
-            &self.strategy,
-            &images,
-            batch,
-            rng,
-            progress,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let mask_ratio = mask.as_ref().map_or(0.0, |m| m.mask_ratio as f64);
+        let backend = &self.trainer.backend;
+        // Uploaded once: the mask and the step read this copy.
+        let pixels = backend.upload(&images);
+        let mask = compute_mask_async(clip, backend, &self.strategy, &pixels, batch, rng, progress)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mask_ratio = mask.as_ref().map_or(0.0, |m| m.mask_ratio() as f64);
         let whole = ClipInputs {
-            images: &images,
+            images: Input::Stored(pixels),
             tokens: &tokens,
             batch,
-            kept: mask.as_ref().map(|m| m.kept.as_slice()),
+            kept: mask.as_ref().map(StepMask::kept),
         };
-        let inputs = split_inputs(whole, self.micro_batch);
+        let inputs = split_inputs(backend, whole, self.micro_batch);
         let lr = learning_rate(
             LrScheduler::Cosine,
             self.settings.lr,

@@ -15,11 +15,11 @@ use std::time::Instant;
 use crate::eval::tasks::logit_scale;
 use crate::graph::Backend;
 use crate::masking::MaskRng;
-use crate::model::ClipInputs;
+use crate::model::{ClipInputs, Input};
 
 use super::checkpoint::{CheckpointError, LATEST, TrainState, save_checkpoint, state_path};
 use super::logs::{RunLogs, format_duration};
-use super::mask_step::{MaskStrategy, compute_mask_on_ranks};
+use super::mask_step::{MaskStrategy, StepMask, compute_mask_on_ranks};
 use super::ranks::{OneProcess, Ranks};
 use super::schedule::learning_rate;
 use super::step::{Trainer, split_inputs};
@@ -263,33 +263,36 @@ impl TrainRun<'_> {
                 (step * config.accum_freq as u64 + micro) as u32,
             )
             .from_image(first_image);
+            // Uploaded once: the mask and both towers' passes read this copy.
+            let pixels = self.trainer.backend.upload(&batch.images);
             let mask = compute_mask_on_ranks(
                 &self.trainer.clip,
                 &self.trainer.backend,
                 &self.strategy,
-                (&batch.images, config.batch_size),
+                (&pixels, config.batch_size),
                 rng,
                 progress,
                 &*self.ranks,
             )
             .map_err(run_err)?;
-            batches.push((batch, mask));
+            batches.push((batch, pixels, mask));
         }
         let ratio = batches
             .iter()
-            .map(|(_, m)| m.as_ref().map_or(0.0, |m| m.mask_ratio as f64))
+            .map(|(_, _, m)| m.as_ref().map_or(0.0, |m| m.mask_ratio() as f64))
             .sum::<f64>()
             / batches.len() as f64;
+        let backend = &self.trainer.backend;
         let inputs: Vec<ClipInputs> = batches
             .iter()
-            .flat_map(|(b, m)| {
+            .flat_map(|(b, pixels, m)| {
                 let whole = ClipInputs {
-                    images: &b.images,
+                    images: Input::Stored(pixels.clone()),
                     tokens: &b.tokens,
                     batch: config.batch_size,
-                    kept: m.as_ref().map(|m| m.kept.as_slice()),
+                    kept: m.as_ref().map(StepMask::kept),
                 };
-                split_inputs(whole, self.micro_batch)
+                split_inputs(backend, whole, self.micro_batch)
             })
             .collect();
         let lr = learning_rate(

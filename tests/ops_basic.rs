@@ -40,13 +40,17 @@ fn reshape_shares_storage_and_passes_gradients_through() {
 }
 
 #[test]
-fn mul_and_scale_gpu_match_cpu_and_gradcheck() {
+fn add_mul_and_scale_gpu_match_cpu_and_gradcheck() {
     let mut rng = Rng::new(11);
     for (sa, sb) in [
         (vec![1], vec![1]),
         (vec![7, 33], vec![7, 33]),
         (vec![5, 6, 17], vec![6, 17]),
         (vec![300, 257], vec![257]),
+        // Lengths in multiples of 4 take the vec4 kernels; 300 rows, the chunked column sum.
+        (vec![8, 12], vec![8, 12]),
+        (vec![300, 256], vec![256]),
+        (vec![5, 4], vec![4]),
     ] {
         let inputs = vec![
             (rng.vec(numel(&sa)), sa.clone()),
@@ -58,6 +62,12 @@ fn mul_and_scale_gpu_match_cpu_and_gradcheck() {
             &format!("mul {sa:?}·{sb:?}"),
             &inputs,
             |g, v| g.mul(v[0], v[1]).unwrap(),
+            1e-5,
+        );
+        compare_backends(
+            &format!("add {sa:?}+{sb:?}"),
+            &inputs,
+            |g, v| g.add(v[0], v[1]).unwrap(),
             1e-5,
         );
         if numel(&sa) < 200 {

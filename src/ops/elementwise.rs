@@ -173,15 +173,29 @@ fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
     gpu.kernel(&crate::shader!("elementwise"), entry)
 }
 
-/// `a ∘ b` with `b` repeated to `a`'s length, by the shader's `entry` (`add` or `mul`).
+/// Rows the shader's `sum_rows_partial4` sums per invocation (`SUM_CHUNK`).
+const SUM_CHUNK: usize = 32;
+
+/// `a ∘ b` with `b` repeated to `a`'s length, by the shader's `entry` (`add` or `mul`), four
+/// values per invocation where both lengths allow.
 fn binary(gpu: &Gpu, entry: &str, a: &Storage, b: &Storage) -> Storage {
     let out = gpu.alloc(a.len());
-    gpu.dispatch_linear(
-        &kernel(gpu, entry),
-        &Params::linear(a.len(), b.len(), 0.0),
-        &[("a", a.gpu()), ("b", b.gpu()), ("out", &out)],
-        a.len(),
-    );
+    let params = Params::linear(a.len(), b.len(), 0.0);
+    if a.len().is_multiple_of(4) && b.len().is_multiple_of(4) && !b.is_empty() {
+        gpu.dispatch_linear(
+            &kernel(gpu, &format!("{entry}4")),
+            &params,
+            &[("a4", a.gpu()), ("b4", b.gpu()), ("out4", &out)],
+            a.len() / 4,
+        );
+    } else {
+        gpu.dispatch_linear(
+            &kernel(gpu, entry),
+            &params,
+            &[("a", a.gpu()), ("b", b.gpu()), ("out", &out)],
+            a.len(),
+        );
+    }
     Storage::Gpu(out)
 }
 
@@ -223,19 +237,35 @@ pub fn sum_rows(backend: &Backend, x: &Storage, rows: usize, cols: usize) -> Sto
     match backend {
         Backend::Cpu => Storage::Cpu(Arc::new(cpu::sum_rows(x.cpu(), rows, cols))),
         Backend::Gpu(gpu) => {
-            let out = gpu.alloc(cols);
+            let sum = |x: &crate::gpu::GpuBuf, rows: usize| {
+                let out = gpu.alloc(cols);
+                let params = Params {
+                    rows: rows as u32,
+                    cols: cols as u32,
+                    ..Params::linear(0, 1, 0.0)
+                };
+                let buffers = [("a", x), ("out", &out)];
+                gpu.dispatch_linear(&kernel(gpu, "sum_rows"), &params, &buffers, cols);
+                out
+            };
+            if !cols.is_multiple_of(4) || rows <= SUM_CHUNK {
+                return Storage::Gpu(sum(x.gpu(), rows));
+            }
+            // Chunks of rows first, so every core takes a share of a long column sum.
+            let chunks = rows.div_ceil(SUM_CHUNK);
+            let partial = gpu.alloc(chunks * cols);
             let params = Params {
                 rows: rows as u32,
                 cols: cols as u32,
                 ..Params::linear(0, 1, 0.0)
             };
             gpu.dispatch_linear(
-                &kernel(gpu, "sum_rows"),
+                &kernel(gpu, "sum_rows_partial4"),
                 &params,
-                &[("a", x.gpu()), ("out", &out)],
-                cols,
+                &[("a4", x.gpu()), ("out4", &partial)],
+                chunks * cols / 4,
             );
-            Storage::Gpu(out)
+            Storage::Gpu(sum(&partial, chunks))
         }
     }
 }

@@ -83,8 +83,15 @@ crate::kernel_params! {
     }
 }
 
-fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
-    gpu.kernel(&crate::shader!("layer_norm"), entry)
+/// The shader's `entry`, in its four-columns-per-load form (`entry4`, bindings `name4`) where
+/// `cols` is a multiple of 4, with the binding-name suffix that goes with it.
+fn kernel(gpu: &Gpu, entry: &str, cols: usize) -> (Arc<crate::gpu::Kernel>, &'static str) {
+    let shader = crate::shader!("layer_norm");
+    if cols.is_multiple_of(4) {
+        (gpu.kernel(&shader, &format!("{entry}4")), "4")
+    } else {
+        (gpu.kernel(&shader, entry), "")
+    }
 }
 
 /// (y, stats) of LayerNorm over rows of `cols` values.
@@ -110,19 +117,15 @@ pub fn forward(
                 chunk_rows: 0,
                 eps,
             };
-            let k = kernel(gpu, "layer_norm_forward");
-            gpu.dispatch(
-                &k,
-                &params,
-                &[
-                    ("x", x.gpu()),
-                    ("gain", gain.gpu()),
-                    ("bias", bias.gpu()),
-                    ("stats", &stats),
-                    ("out", &out),
-                ],
-                linear_grid(rows, k.lanes()),
-            );
+            let (k, four) = kernel(gpu, "layer_norm_forward", cols);
+            let buffers = [
+                (&*format!("x{four}"), x.gpu()),
+                (&format!("gain{four}"), gain.gpu()),
+                (&format!("bias{four}"), bias.gpu()),
+                ("stats", &stats),
+                (&format!("out{four}"), &out),
+            ];
+            gpu.dispatch(&k, &params, &buffers, linear_grid(rows, k.lanes()));
             (Storage::Gpu(out), Storage::Gpu(stats))
         }
     }
@@ -152,19 +155,15 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
             let stats = op.stats.gpu();
             if g.requires_grad(op.x) {
                 let dx = gpu.alloc(rows * cols);
-                let k = kernel(gpu, "layer_norm_backward_input");
-                gpu.dispatch(
-                    &k,
-                    &params,
-                    &[
-                        ("x", x.gpu()),
-                        ("gain", gain.gpu()),
-                        ("grad", grad.gpu()),
-                        ("stats", stats),
-                        ("out", &dx),
-                    ],
-                    linear_grid(rows, k.lanes()),
-                );
+                let (k, four) = kernel(gpu, "layer_norm_backward_input", cols);
+                let buffers = [
+                    (&*format!("x{four}"), x.gpu()),
+                    (&format!("gain{four}"), gain.gpu()),
+                    (&format!("grad{four}"), grad.gpu()),
+                    ("stats", stats),
+                    (&format!("out{four}"), &dx),
+                ];
+                gpu.dispatch(&k, &params, &buffers, linear_grid(rows, k.lanes()));
                 g.accumulate(op.x, Storage::Gpu(dx));
             }
             if params_need {
@@ -172,21 +171,20 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
                     chunks <= MAX_GROUPS_PER_DIM as usize,
                     "layer_norm: {rows} rows exceed the parameter-gradient grid"
                 );
-                let k = kernel(gpu, "layer_norm_backward_params");
+                let (k, four) = kernel(gpu, "layer_norm_backward_params", cols);
                 let (partial_gain, partial_bias) =
                     (gpu.alloc(chunks * cols), gpu.alloc(chunks * cols));
-                gpu.dispatch(
-                    &k,
-                    &params,
-                    &[
-                        ("x", x.gpu()),
-                        ("grad", grad.gpu()),
-                        ("stats", stats),
-                        ("partial_gain", &partial_gain),
-                        ("partial_bias", &partial_bias),
-                    ],
-                    [(cols as u32).div_ceil(k.lanes()), chunks as u32, 1],
-                );
+                let buffers = [
+                    (&*format!("x{four}"), x.gpu()),
+                    (&format!("grad{four}"), grad.gpu()),
+                    ("stats", stats),
+                    (&format!("partial_gain{four}"), &partial_gain),
+                    (&format!("partial_bias{four}"), &partial_bias),
+                ];
+                // One invocation per column, or per four columns.
+                let columns = if four.is_empty() { cols } else { cols / 4 };
+                let grid = [(columns as u32).div_ceil(k.lanes()), chunks as u32, 1];
+                gpu.dispatch(&k, &params, &buffers, grid);
                 let dgain = sum_rows(&backend, &Storage::Gpu(partial_gain), chunks, cols);
                 let dbias = sum_rows(&backend, &Storage::Gpu(partial_bias), chunks, cols);
                 g.accumulate(op.gain, dgain);

@@ -41,6 +41,22 @@ struct Params {
 @group(0) @binding(10) var<storage, read> dk: array<f32>;
 @group(0) @binding(11) var<storage, read> dv: array<f32>;
 @group(0) @binding(12) var<storage, read_write> dqkv: array<f32>;
+// The same bindings four values at a time, for the `*4` entries (head_dim a multiple of 4;
+// callers bind by either name): lavapipe loads a storage value with a loop over the SIMD lanes,
+// so a vec4 per load is close to four times fewer loads (src/ops/attention.rs picks these
+// wherever head_dim allows).
+@group(0) @binding(1) var<storage, read> qkv4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> q4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> k4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> v4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> d_out4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> d_heads4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> heads4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> dq4: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read> dk4: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read> dv4: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read_write> dqkv4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 
@@ -133,5 +149,76 @@ fn merge_qkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         dqkv[dst] = dq[src];
         dqkv[dst + width] = dk[src];
         dqkv[dst + 2u * width] = dv[src];
+    }
+}
+
+// The `*4` entries: the same moves as above, a vec4 at a time (offsets and widths in vec4s).
+
+@compute @workgroup_size(WG)
+fn split_qkv4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let index = linear_index(wid, nwg, lid, WG);
+    if index >= head_rows() {
+        return;
+    }
+    let row = head_row(index, 3u);
+    let width = params.heads * params.head_dim / 4u;
+    let quads = params.head_dim / 4u;
+    let live = row.token < params.tokens;
+    for (var e = 0u; e < quads; e++) {
+        let src = row.token_offset / 4u + e;
+        let dst = row.head_offset / 4u + e;
+        q4[dst] = select(vec4(0.0), qkv4[src], live);
+        k4[dst] = select(vec4(0.0), qkv4[src + width], live);
+        v4[dst] = select(vec4(0.0), qkv4[src + 2u * width], live);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn split_heads4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let index = linear_index(wid, nwg, lid, WG);
+    if index >= head_rows() {
+        return;
+    }
+    let row = head_row(index, 1u);
+    let live = row.token < params.tokens;
+    for (var e = 0u; e < params.head_dim / 4u; e++) {
+        let src = d_out4[row.token_offset / 4u + e];
+        d_heads4[row.head_offset / 4u + e] = select(vec4(0.0), src, live);
+    }
+}
+
+@compute @workgroup_size(WG)
+fn merge_heads4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let index = linear_index(wid, nwg, lid, WG);
+    if index >= head_rows() {
+        return;
+    }
+    let row = head_row(index, 1u);
+    if row.token >= params.tokens {
+        return;
+    }
+    for (var e = 0u; e < params.head_dim / 4u; e++) {
+        out4[row.token_offset / 4u + e] = heads4[row.head_offset / 4u + e];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn merge_qkv4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let index = linear_index(wid, nwg, lid, WG);
+    if index >= head_rows() {
+        return;
+    }
+    let row = head_row(index, 3u);
+    if row.token >= params.tokens {
+        return;
+    }
+    let width = params.heads * params.head_dim / 4u;
+    let quads = params.head_dim / 4u;
+    for (var e = 0u; e < quads; e++) {
+        let dst = row.token_offset / 4u + e;
+        let src = row.head_offset / 4u + e;
+        dqkv4[dst] = dq4[src];
+        dqkv4[dst + width] = dk4[src];
+        dqkv4[dst + 2u * width] = dv4[src];
     }
 }

@@ -16,12 +16,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read> a: array<f32>;
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-// The same buffers four values at a time, for the `*4` entries (lengths multiples of 4).
-// Lavapipe loads a storage value with a loop over the SIMD lanes, so a vec4 per load is close
-// to four times fewer loads; src/ops/elementwise.rs picks these wherever the lengths allow.
-@group(0) @binding(4) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
+// The same bindings four values at a time, for the `*4` entries (lengths multiples of 4; callers
+// bind by either name). Lavapipe loads a storage value with a loop over the SIMD lanes, so a
+// vec4 per load is close to four times fewer loads; src/ops/elementwise.rs picks these
+// wherever the lengths allow.
+@group(0) @binding(1) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>;
 
 const WG: u32 = 256u;
 // Rows a `sum_rows_partial4` invocation sums.

@@ -14,12 +14,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
-// The same buffers four values at a time, for the `*4` entries (len a multiple of 4): lavapipe
-// loads a storage value with a loop over the SIMD lanes, so a vec4 per load is close to four
-// times fewer loads (src/ops/gelu.rs picks these wherever the length allows).
-@group(0) @binding(4) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(5) var<storage, read> grad4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
+// The same bindings four values at a time, for the `*4` entries (len a multiple of 4; callers
+// bind by either name): lavapipe loads a storage value with a loop over the SIMD lanes, so a
+// vec4 per load is close to four times fewer loads (src/ops/gelu.rs picks these wherever the
+// length allows).
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> grad4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>;
 
 const WG: u32 = 256u;
 const FRAC_1_SQRT_2: f32 = 0.70710678118654752;

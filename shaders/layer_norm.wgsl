@@ -24,16 +24,17 @@ struct Params {
 // [chunks, cols] partial sums of the gain and bias gradients (backward_params)
 @group(0) @binding(7) var<storage, read_write> partial_gain: array<f32>;
 @group(0) @binding(8) var<storage, read_write> partial_bias: array<f32>;
-// The same buffers four columns at a time, for the `*4` entries (cols a multiple of 4):
-// lavapipe loads a storage value with a loop over the SIMD lanes, so a vec4 per load is close
-// to four times fewer loads (src/ops/layer_norm.rs picks these wherever cols allows).
-@group(0) @binding(9) var<storage, read> x4: array<vec4<f32>>;
-@group(0) @binding(10) var<storage, read> gain4: array<vec4<f32>>;
-@group(0) @binding(11) var<storage, read> bias4: array<vec4<f32>>;
-@group(0) @binding(12) var<storage, read> grad4: array<vec4<f32>>;
-@group(0) @binding(13) var<storage, read_write> out4: array<vec4<f32>>;
-@group(0) @binding(14) var<storage, read_write> partial_gain4: array<vec4<f32>>;
-@group(0) @binding(15) var<storage, read_write> partial_bias4: array<vec4<f32>>;
+// The same bindings four columns at a time, for the `*4` entries (cols a multiple of 4; callers
+// bind by either name): lavapipe loads a storage value with a loop over the SIMD lanes, so a
+// vec4 per load is close to four times fewer loads (src/ops/layer_norm.rs picks these wherever
+// cols allows).
+@group(0) @binding(1) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> gain4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> grad4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> partial_gain4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> partial_bias4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 

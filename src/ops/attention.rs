@@ -152,19 +152,22 @@ impl AttentionDims {
     }
 }
 
-fn kernel(gpu: &Gpu, entry: &str) -> Arc<crate::gpu::Kernel> {
-    gpu.kernel(&crate::shader!("attention"), entry)
+/// A layout change of the shader over `buffers`, one invocation per head row; four values per
+/// load (its `entry4` form) where head_dim allows.
+fn move_rows(gpu: &Gpu, entry: &str, d: AttentionDims, buffers: &[crate::gpu::Binding]) {
+    let entry = match d.head_dim.is_multiple_of(4) {
+        true => format!("{entry}4"),
+        false => entry.to_string(),
+    };
+    let kernel = gpu.kernel(&crate::shader!("attention"), &entry);
+    gpu.dispatch_linear(&kernel, &d.params(), buffers, d.head_rows());
 }
 
 /// q, k, v [B·H, Tp, hd] cut out of qkv [B, T, 3·D].
 fn split_qkv(gpu: &Gpu, qkv: &Storage, d: AttentionDims) -> [Storage; 3] {
     let [q, k, v] = std::array::from_fn(|_| gpu.alloc(d.head_len()));
-    gpu.dispatch_linear(
-        &kernel(gpu, "split_qkv"),
-        &d.params(),
-        &[("qkv", qkv.gpu()), ("q", &q), ("k", &k), ("v", &v)],
-        d.head_rows(),
-    );
+    let buffers = [("qkv", qkv.gpu()), ("q", &q), ("k", &k), ("v", &v)];
+    move_rows(gpu, "split_qkv", d, &buffers);
     [q, k, v].map(Storage::Gpu)
 }
 
@@ -192,11 +195,11 @@ pub fn forward(backend: &Backend, qkv: &Storage, d: AttentionDims) -> (Storage, 
                 d.per_head(tp, hd, tp, false, false),
             );
             let out = gpu.alloc(d.batch * d.tokens * d.width());
-            gpu.dispatch_linear(
-                &kernel(gpu, "merge_heads"),
-                &d.params(),
+            move_rows(
+                gpu,
+                "merge_heads",
+                d,
                 &[("heads", heads.gpu()), ("out", &out)],
-                d.head_rows(),
             );
             (Storage::Gpu(out), probs)
         }
@@ -217,12 +220,8 @@ pub fn backward(g: &mut Graph, op: &AttentionOp, grad: &Storage) {
             let (tp, hd) = (d.padded_tokens(), d.head_dim);
             let [q, k, v] = split_qkv(gpu, qkv, d);
             let d_heads = gpu.alloc(d.head_len());
-            gpu.dispatch_linear(
-                &kernel(gpu, "split_heads"),
-                &d.params(),
-                &[("d_out", grad.gpu()), ("d_heads", &d_heads)],
-                d.head_rows(),
-            );
+            let buffers = [("d_out", grad.gpu()), ("d_heads", &d_heads)];
+            move_rows(gpu, "split_heads", d, &buffers);
             let d_heads = Storage::Gpu(d_heads);
             let p = &op.probs;
             // dP = dO·Vᵀ, dV = Pᵀ·dO, dS = softmax backward (with the scale), dQ = dS·K,
@@ -245,17 +244,13 @@ pub fn backward(g: &mut Graph, op: &AttentionOp, grad: &Storage) {
             let dq = matmul::forward(backend, &ds, &k, None, d.per_head(tp, hd, tp, false, false));
             let dk = matmul::forward(backend, &ds, &q, None, d.per_head(tp, hd, tp, true, false));
             let dqkv = gpu.alloc(qkv.len());
-            gpu.dispatch_linear(
-                &kernel(gpu, "merge_qkv"),
-                &d.params(),
-                &[
-                    ("dq", dq.gpu()),
-                    ("dk", dk.gpu()),
-                    ("dv", dv.gpu()),
-                    ("dqkv", &dqkv),
-                ],
-                d.head_rows(),
-            );
+            let buffers = [
+                ("dq", dq.gpu()),
+                ("dk", dk.gpu()),
+                ("dv", dv.gpu()),
+                ("dqkv", &dqkv),
+            ];
+            move_rows(gpu, "merge_qkv", d, &buffers);
             Storage::Gpu(dqkv)
         }
     };

@@ -181,20 +181,12 @@ const SUM_CHUNK: usize = 32;
 fn binary(gpu: &Gpu, entry: &str, a: &Storage, b: &Storage) -> Storage {
     let out = gpu.alloc(a.len());
     let params = Params::linear(a.len(), b.len(), 0.0);
+    let buffers = [("a", a.gpu()), ("b", b.gpu()), ("out", &out)];
     if a.len().is_multiple_of(4) && b.len().is_multiple_of(4) && !b.is_empty() {
-        gpu.dispatch_linear(
-            &kernel(gpu, &format!("{entry}4")),
-            &params,
-            &[("a4", a.gpu()), ("b4", b.gpu()), ("out4", &out)],
-            a.len() / 4,
-        );
+        let kernel = kernel(gpu, &format!("{entry}4"));
+        gpu.dispatch_linear(&kernel, &params, &buffers, a.len() / 4);
     } else {
-        gpu.dispatch_linear(
-            &kernel(gpu, entry),
-            &params,
-            &[("a", a.gpu()), ("b", b.gpu()), ("out", &out)],
-            a.len(),
-        );
+        gpu.dispatch_linear(&kernel(gpu, entry), &params, &buffers, a.len());
     }
     Storage::Gpu(out)
 }
@@ -262,7 +254,7 @@ pub fn sum_rows(backend: &Backend, x: &Storage, rows: usize, cols: usize) -> Sto
             gpu.dispatch_linear(
                 &kernel(gpu, "sum_rows_partial4"),
                 &params,
-                &[("a4", x.gpu()), ("out4", &partial)],
+                &[("a", x.gpu()), ("out", &partial)],
                 chunks * cols / 4,
             );
             Storage::Gpu(sum(&partial, chunks))

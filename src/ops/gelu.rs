@@ -87,18 +87,15 @@ fn run(backend: &Backend, entry: &str, x: &Storage, grad: Option<&Storage>) -> S
                 len: x.len() as u32,
                 ..bytemuck::Zeroable::zeroed()
             };
+            let mut buffers = vec![("x", x.gpu()), ("out", &out)];
+            buffers.extend(grad.map(|grad| ("grad", grad.gpu())));
             // Four values per invocation where the length allows (the shader's `*4` entries).
-            if x.len().is_multiple_of(4) {
-                let kernel = gpu.kernel(&crate::shader!("gelu"), &format!("{entry}4"));
-                let mut buffers = vec![("x4", x.gpu()), ("out4", &out)];
-                buffers.extend(grad.map(|grad| ("grad4", grad.gpu())));
-                gpu.dispatch_linear(&kernel, &params, &buffers, x.len() / 4);
-            } else {
-                let kernel = gpu.kernel(&crate::shader!("gelu"), entry);
-                let mut buffers = vec![("x", x.gpu()), ("out", &out)];
-                buffers.extend(grad.map(|grad| ("grad", grad.gpu())));
-                gpu.dispatch_linear(&kernel, &params, &buffers, x.len());
-            }
+            let (entry, threads) = match x.len().is_multiple_of(4) {
+                true => (format!("{entry}4"), x.len() / 4),
+                false => (entry.to_string(), x.len()),
+            };
+            let kernel = gpu.kernel(&crate::shader!("gelu"), &entry);
+            gpu.dispatch_linear(&kernel, &params, &buffers, threads);
             Storage::Gpu(out)
         }
     }

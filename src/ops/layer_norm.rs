@@ -83,14 +83,13 @@ crate::kernel_params! {
     }
 }
 
-/// The shader's `entry`, in its four-columns-per-load form (`entry4`, bindings `name4`) where
-/// `cols` is a multiple of 4, with the binding-name suffix that goes with it.
-fn kernel(gpu: &Gpu, entry: &str, cols: usize) -> (Arc<crate::gpu::Kernel>, &'static str) {
+/// The shader's `entry`, in its four-columns-per-load form (`entry4`) where `cols` is a
+/// multiple of 4, and whether it is that form.
+fn kernel(gpu: &Gpu, entry: &str, cols: usize) -> (Arc<crate::gpu::Kernel>, bool) {
     let shader = crate::shader!("layer_norm");
-    if cols.is_multiple_of(4) {
-        (gpu.kernel(&shader, &format!("{entry}4")), "4")
-    } else {
-        (gpu.kernel(&shader, entry), "")
+    match cols.is_multiple_of(4) {
+        true => (gpu.kernel(&shader, &format!("{entry}4")), true),
+        false => (gpu.kernel(&shader, entry), false),
     }
 }
 
@@ -117,13 +116,13 @@ pub fn forward(
                 chunk_rows: 0,
                 eps,
             };
-            let (k, four) = kernel(gpu, "layer_norm_forward", cols);
+            let (k, _) = kernel(gpu, "layer_norm_forward", cols);
             let buffers = [
-                (&*format!("x{four}"), x.gpu()),
-                (&format!("gain{four}"), gain.gpu()),
-                (&format!("bias{four}"), bias.gpu()),
+                ("x", x.gpu()),
+                ("gain", gain.gpu()),
+                ("bias", bias.gpu()),
                 ("stats", &stats),
-                (&format!("out{four}"), &out),
+                ("out", &out),
             ];
             gpu.dispatch(&k, &params, &buffers, linear_grid(rows, k.lanes()));
             (Storage::Gpu(out), Storage::Gpu(stats))
@@ -155,13 +154,13 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
             let stats = op.stats.gpu();
             if g.requires_grad(op.x) {
                 let dx = gpu.alloc(rows * cols);
-                let (k, four) = kernel(gpu, "layer_norm_backward_input", cols);
+                let (k, _) = kernel(gpu, "layer_norm_backward_input", cols);
                 let buffers = [
-                    (&*format!("x{four}"), x.gpu()),
-                    (&format!("gain{four}"), gain.gpu()),
-                    (&format!("grad{four}"), grad.gpu()),
+                    ("x", x.gpu()),
+                    ("gain", gain.gpu()),
+                    ("grad", grad.gpu()),
                     ("stats", stats),
-                    (&format!("out{four}"), &dx),
+                    ("out", &dx),
                 ];
                 gpu.dispatch(&k, &params, &buffers, linear_grid(rows, k.lanes()));
                 g.accumulate(op.x, Storage::Gpu(dx));
@@ -175,14 +174,14 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
                 let (partial_gain, partial_bias) =
                     (gpu.alloc(chunks * cols), gpu.alloc(chunks * cols));
                 let buffers = [
-                    (&*format!("x{four}"), x.gpu()),
-                    (&format!("grad{four}"), grad.gpu()),
+                    ("x", x.gpu()),
+                    ("grad", grad.gpu()),
                     ("stats", stats),
-                    (&format!("partial_gain{four}"), &partial_gain),
-                    (&format!("partial_bias{four}"), &partial_bias),
+                    ("partial_gain", &partial_gain),
+                    ("partial_bias", &partial_bias),
                 ];
                 // One invocation per column, or per four columns.
-                let columns = if four.is_empty() { cols } else { cols / 4 };
+                let columns = if four { cols / 4 } else { cols };
                 let grid = [(columns as u32).div_ceil(k.lanes()), chunks as u32, 1];
                 gpu.dispatch(&k, &params, &buffers, grid);
                 let dgain = sum_rows(&backend, &Storage::Gpu(partial_gain), chunks, cols);

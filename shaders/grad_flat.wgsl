@@ -1,6 +1,6 @@
-// Gradients into the flat gradient buffer: store or accumulate (gradient accumulation) one
-// parameter's gradient at its offset, and the global L2 norm for clipping, in two passes
-// (no float atomics in WGSL).
+// Gradients into the flat gradient buffer: accumulate one parameter's gradient at its offset
+// (gradient accumulation; the first store is a buffer copy, src/train/optimizer.rs), and the
+// global L2 norm for clipping, in two passes (no float atomics in WGSL).
 
 struct Params {
     offset: u32,
@@ -20,14 +20,6 @@ struct Params {
 const WG: u32 = 256u;
 
 var<workgroup> sums: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn store(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_index(wid, nwg, lid, WG);
-    if i < params.len {
-        flat[params.offset + i] = piece[i];
-    }
-}
 
 @compute @workgroup_size(WG)
 fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

@@ -150,8 +150,7 @@ impl Optimizer {
                 }
             }
             Backend::Gpu(gpu) => {
-                let shader = crate::shader!("grad_flat");
-                let kernel = gpu.kernel(&shader, if accumulate { "accumulate" } else { "store" });
+                let kernel = gpu.kernel(&crate::shader!("grad_flat"), "accumulate");
                 let flat = self.grads.values.gpu();
                 for (i, tensor) in bound.tensors.iter().enumerate() {
                     let offset = self.grads.offsets[i];
@@ -161,6 +160,12 @@ impl Optimizer {
                         None if accumulate => continue,
                         None => backend.zeros(len),
                     };
+                    if !accumulate {
+                        // A buffer copy: a memcpy on CPU drivers, where a kernel pays a loop
+                        // over the lanes per value (and copies have no binding-size limit).
+                        gpu.copy_range(piece.gpu(), 0, flat, offset, len);
+                        continue;
+                    }
                     // The flat buffer outgrows one binding at ViT-B/16 (598 MB): bind pieces.
                     for chunk in gpu.binding_chunks(offset, len) {
                         let params = FlatParams {
@@ -289,10 +294,15 @@ impl Optimizer {
                     );
                 }
                 let shader = crate::shader!("adamw");
-                let kernel = match c.grad_clip_norm {
-                    Some(_) => gpu.kernel(&shader, "adamw_clipped"),
-                    None => gpu.kernel(&shader, "adamw"),
+                let entry = match c.grad_clip_norm {
+                    Some(_) => "adamw_clipped",
+                    None => "adamw",
                 };
+                // Four values per invocation (the `*4` entries) where a run allows.
+                let (kernel, kernel4) = (
+                    gpu.kernel(&shader, entry),
+                    gpu.kernel(&shader, &format!("{entry}4")),
+                );
                 let p = params.values.gpu();
                 for (run, chunk) in self.runs.iter().flat_map(|run| {
                     gpu.binding_chunks(run.offset, run.len)
@@ -324,7 +334,11 @@ impl Optimizer {
                     if c.grad_clip_norm.is_some() {
                         buffers.push(("clip", self.clip.gpu()));
                     }
-                    gpu.dispatch_linear(&kernel, &adam, &buffers, chunk.len);
+                    if chunk.inner.is_multiple_of(4) && chunk.len.is_multiple_of(4) {
+                        gpu.dispatch_linear(&kernel4, &adam, &buffers, chunk.len / 4);
+                    } else {
+                        gpu.dispatch_linear(&kernel, &adam, &buffers, chunk.len);
+                    }
                 }
                 if let Some(at) = self.logit_scale_offset {
                     let clamp = AdamParams {

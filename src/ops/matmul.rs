@@ -386,14 +386,15 @@ pub fn dispatch(
 }
 
 /// The `matmul_subgroup` entry point that computes `dims` (with a bias or not), where it
-/// applies: a device whose subgroups are as wide as the shader's workgroup (lavapipe), K and
-/// the vec4 axis of each operand multiples of 4, and C at least one workgroup's columns wide.
+/// applies: a device whose subgroups are as wide as the shader's workgroup (lavapipe), K, N
+/// and the vec4 axis of each operand multiples of 4, and C at least one workgroup's columns
+/// wide.
 /// It reads every layout in place (no transposed copies) and runs 2.0x `matmul_tn` at 1024³
 /// on lavapipe (measurements in the shader).
 fn subgroup_kernel(gpu: &Gpu, dims: &MatmulDims, bias: bool) -> Option<Arc<Kernel>> {
     let subgroup = gpu.fixed_subgroup_size()?;
     let vec4_kernel = entry_point(dims) != "matmul_strided";
-    if !vec4_kernel || !dims.k.is_multiple_of(4) {
+    if !vec4_kernel || !dims.k.is_multiple_of(4) || !dims.n.is_multiple_of(4) {
         return None;
     }
     // Ruled in or out from the module's constants: LLVM takes about 20 s to build the
@@ -434,7 +435,7 @@ fn dispatch_subgroup(
         (dims.m as u32).div_ceil(tile_m),
         dims.batch as u32,
     ];
-    let mut buffers = vec![("a4", a.gpu()), ("b4", b.gpu()), ("c", c.gpu())];
+    let mut buffers = vec![("a4", a.gpu()), ("b4", b.gpu()), ("c4", c.gpu())];
     buffers.extend(bias.map(|bias| ("bias", bias.gpu())));
     gpu.dispatch(kernel, &params, &buffers, groups);
 }

@@ -331,6 +331,7 @@ fn a_pinned_cluster_mask_stays_on_the_gpu_and_trains_as_its_host_copy() {
         let (mut on_device, mut from_host) = (trainer(), trainer());
         gpu.sync();
         let (submits, reads) = (gpu.submit_count(), gpu.read_count());
+        let uploaded = gpu.uploaded_bytes();
         let pixels = backend.upload(&images);
         let rng = MaskRng::new(4, 1);
         let mask = compute_mask(
@@ -362,6 +363,15 @@ fn a_pinned_cluster_mask_stays_on_the_gpu_and_trains_as_its_host_copy() {
             (gpu.submit_count() - submits, gpu.read_count() - reads),
             (1, 0),
             "submits and reads of a masked step ({})",
+            strategy.name()
+        );
+        // The images once (the mask, the embedding mask and the towers read one copy), then
+        // only token ids and small index lists.
+        let image_bytes = 4 * images.len() as u64;
+        let uploaded = gpu.uploaded_bytes() - uploaded;
+        assert!(
+            (image_bytes..image_bytes + image_bytes / 4).contains(&uploaded),
+            "{uploaded} bytes uploaded for {image_bytes} bytes of images ({})",
             strategy.name()
         );
 

@@ -457,13 +457,17 @@ pub fn run_step(args: StepArgs) -> CliResult {
     // Submits and host reads of the first strategy's last timed step (uninstrumented: profiling
     // submits per kernel); the harness's closing sync is the step's one submit when nothing read
     // before it.
-    let mut per_step = (0, 0);
+    let mut per_step = (0, 0, 0);
     for i in 1..=args.repeats.max(1) as u32 {
         for (which, times) in runs.iter_mut().enumerate() {
-            let (submits, reads) = (gpu.submit_count(), gpu.read_count());
+            let counts = (gpu.submit_count(), gpu.read_count(), gpu.uploaded_bytes());
             times.push(step(which, i)?);
             if which == 0 {
-                per_step = (gpu.submit_count() - submits, gpu.read_count() - reads);
+                per_step = (
+                    gpu.submit_count() - counts.0,
+                    gpu.read_count() - counts.1,
+                    gpu.uploaded_bytes() - counts.2,
+                );
             }
         }
     }
@@ -493,6 +497,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
         out["pool_peak_buffers"] = pool.peak_buffers.into();
         out["submits_per_step"] = per_step.0.into();
         out["host_reads_per_step"] = per_step.1.into();
+        out["uploaded_bytes_per_step"] = per_step.2.into();
         out["preset"] = args.preset.clone().into();
         out["batch_size"] = batch.into();
         out["adapter"] = gpu.info.name.clone().into();
@@ -523,8 +528,11 @@ pub fn run_step(args: StepArgs) -> CliResult {
         }
         println!("  {}", pool_line(&pool));
         println!(
-            "  per step ({}): {} submits, {} host reads",
-            times[0].name, per_step.0, per_step.1
+            "  per step ({}): {} submits, {} host reads, {:.1} KiB uploaded",
+            times[0].name,
+            per_step.0,
+            per_step.1,
+            per_step.2 as f64 / 1024.0
         );
     }
     Ok(())

@@ -356,4 +356,10 @@ impl Gpu {
     pub fn read_count(&self) -> u64 {
         self.recorder.lock().unwrap().reads
     }
+
+    /// Bytes of host data uploaded since the device was opened (`upload_f32`, `upload_u32`;
+    /// dispatch parameters and test poisoning aside).
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.recorder.lock().unwrap().uploaded_bytes
+    }
 }

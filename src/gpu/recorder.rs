@@ -24,6 +24,8 @@ pub(super) struct Recorder {
     pub submits: u64,
     /// Reads back to the host (each waits for the GPU).
     pub reads: u64,
+    /// Bytes of host data uploaded into new buffers (`upload_f32`, `upload_u32`).
+    pub uploaded_bytes: u64,
 }
 
 impl Recorder {
@@ -37,6 +39,7 @@ impl Recorder {
             dispatches: 0,
             submits: 0,
             reads: 0,
+            uploaded_bytes: 0,
         }
     }
 
@@ -111,14 +114,18 @@ impl Gpu {
     }
 
     pub fn upload_f32(&self, data: &[f32]) -> GpuBuf {
-        let buf = self.alloc(data.len());
-        self.write(&buf, bytemuck::cast_slice(data));
-        buf
+        self.upload(bytemuck::cast_slice(data))
     }
 
     pub fn upload_u32(&self, data: &[u32]) -> GpuBuf {
-        let buf = self.alloc(data.len());
-        self.write(&buf, bytemuck::cast_slice(data));
+        self.upload(bytemuck::cast_slice(data))
+    }
+
+    /// Host data in a new buffer, counted in [`Gpu::uploaded_bytes`].
+    fn upload(&self, bytes: &[u8]) -> GpuBuf {
+        let buf = self.alloc(bytes.len() / 4);
+        self.write(&buf, bytes);
+        self.recorder.lock().unwrap().uploaded_bytes += bytes.len() as u64;
         buf
     }
 

@@ -24,6 +24,10 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> order: array<u32>;
 // [n]: token rows of the kept patches (`kept_token_rows`).
 @group(0) @binding(7) var<storage, read_write> token_rows: array<u32>;
+// `src` and `out` four values at a time, for `scatter_distinct_rows4` (cols a multiple of 4;
+// callers bind by either name): lavapipe loads and stores with a loop over the SIMD lanes.
+@group(0) @binding(2) var<storage, read> src4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> out4: array<vec4<f32>>;
 
 const WG: u32 = 256u;
 
@@ -60,6 +64,34 @@ fn kept_token_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
         row += 1u + min(idx[image * params.cols + slot - 1u], params.rows - 1u);
     }
     token_rows[e] = row;
+}
+
+// out[idx[i], c] = src[i, c] where idx names no row twice (the backward of a distinct gather;
+// `out` starts zeroed). One invocation per source element; an index past `rows` is skipped.
+@compute @workgroup_size(WG)
+fn scatter_distinct_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_index(wid, nwg, lid, WG);
+    if e >= params.n * params.cols {
+        return;
+    }
+    let row = idx[e / params.cols];
+    if row < params.rows {
+        out[row * params.cols + e % params.cols] = src[e];
+    }
+}
+
+// scatter_distinct_rows, four values per invocation.
+@compute @workgroup_size(WG)
+fn scatter_distinct_rows4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let e = linear_index(wid, nwg, lid, WG);
+    let quads = params.cols / 4u;
+    if e >= params.n * quads {
+        return;
+    }
+    let row = idx[e / quads];
+    if row < params.rows {
+        out4[row * quads + e % quads] = src4[e];
+    }
 }
 
 // counts[r] = #{i : idx[i] == r}; `counts` starts zeroed.

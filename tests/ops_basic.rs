@@ -431,7 +431,7 @@ fn kept_token_rows_on_both_backends_equal_the_host_rows() {
     use clusterclip::model::vision::kept_rows;
     let mut rng = Rng::new(31);
     for (batch, patches, k) in [(3, 9, 4), (7, 196, 98), (2, 16, 0), (1, 4, 4)] {
-        let kept: Vec<u32> = (0..batch * k).map(|_| rng.below(patches as u32)).collect();
+        let kept = distinct_kept(&mut rng, batch, patches, k);
         let want = kept_rows(&kept, batch, patches).unwrap();
         assert_eq!(want.len(), batch * (1 + k));
         for mut g in [cpu_graph(), gpu_graph()] {
@@ -446,13 +446,20 @@ fn kept_token_rows_on_both_backends_equal_the_host_rows() {
             );
         }
     }
-    // Patch 9 of 9 is past the last: the host refuses it, the device clamps it to 8.
+    // Patch 9 of 9 is past the last: the host refuses it, the device clamps it to 8. A patch
+    // kept twice in one image is refused too (twice in two images is fine).
     assert!(
         kept_rows(&[2, 9], 1, 9)
             .unwrap_err()
             .to_string()
             .contains("patch index 9")
     );
+    let err = kept_rows(&[2, 5, 7, 7], 2, 9).unwrap_err().to_string();
+    assert!(
+        err.contains("patch index 7 is kept twice in image 1"),
+        "{err}"
+    );
+    assert!(kept_rows(&[2, 5, 5, 2], 2, 9).is_ok());
     for mut g in [cpu_graph(), gpu_graph()] {
         let stored = g.backend.upload_u32(&[2, 9]);
         let rows = g.kept_token_rows(stored, 1, 9).unwrap();
@@ -464,4 +471,51 @@ fn kept_token_rows_on_both_backends_equal_the_host_rows() {
             "{err}"
         );
     }
+}
+
+/// `k` distinct random patches of `patches` per image, ascending, as a mask keeps them.
+fn distinct_kept(rng: &mut Rng, batch: usize, patches: usize, k: usize) -> Vec<u32> {
+    (0..batch)
+        .flat_map(|_| {
+            let mut order: Vec<u32> = (0..patches as u32).collect();
+            for i in (1..patches).rev() {
+                order.swap(i, rng.below(i as u32 + 1) as usize);
+            }
+            let mut chosen = order[..k].to_vec();
+            chosen.sort_unstable();
+            chosen
+        })
+        .collect()
+}
+
+/// A gather whose indices name no row twice (kept tokens, pooled rows) scatters its gradient
+/// back without the CSR: equal to the reference on both backends, rows of 4n values (vec4) and
+/// not, with rows left out getting zero gradient.
+#[test]
+fn distinct_gather_matches_cpu_and_gradchecks() {
+    let mut rng = Rng::new(33);
+    for (rows, cols) in [(40, 12), (40, 7), (300, 64)] {
+        let picked: Vec<u32> = distinct_kept(&mut rng, 1, rows, rows / 2);
+        let n = picked.len();
+        let inputs = vec![(rng.vec(rows * cols), vec![rows, cols])];
+        compare_backends(
+            &format!("gather_distinct_rows {rows}x{cols}"),
+            &inputs,
+            |g, v| {
+                let idx = g.indices(&picked, &[n]).unwrap();
+                g.gather_distinct_rows(v[0], idx).unwrap()
+            },
+            1e-6,
+        );
+    }
+    let inputs = vec![(rng.vec(6 * 3), vec![6, 3])];
+    gradcheck(
+        "gather_distinct_rows",
+        &inputs,
+        |g, v| {
+            let idx = g.indices(&[4, 0, 2], &[3]).unwrap();
+            g.gather_distinct_rows(v[0], idx).unwrap()
+        },
+        1e-2,
+    );
 }

@@ -57,7 +57,7 @@ pub fn encode(
         .collect();
     let flat = g.reshape(x, &[batch * ctx, cfg.width])?;
     let index = g.indices(&pooled_rows, &[batch])?;
-    let pooled = g.gather_rows(flat, index)?;
+    let pooled = g.gather_distinct_rows(flat, index)?;
     let pooled = g.layer_norm(
         pooled,
         p.get("ln_final.weight"),

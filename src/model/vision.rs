@@ -21,7 +21,8 @@ pub fn embed(g: &mut Graph, p: &BoundParams, cfg: &VisionConfig, images: Tensor)
 
 /// Row indices into the flattened [N·(1+L)] tokens that keep the class token and the `kept`
 /// patches ([N, k] raster indices in 0..L) of each image (M3.5: positions were added before).
-/// The error names an index outside 0..L; `Graph::kept_token_rows` is the device twin.
+/// The error names an index outside 0..L or one an image keeps twice (the gather's backward
+/// writes each kept row once); `Graph::kept_token_rows` is the device twin.
 pub fn kept_rows(
     kept: &[u32],
     batch: usize,
@@ -43,6 +44,16 @@ pub fn kept_rows(
                 at / k
             ),
         ));
+    }
+    let mut seen = vec![usize::MAX; patches];
+    for (at, &patch) in kept.iter().enumerate() {
+        let image = at / k;
+        if std::mem::replace(&mut seen[patch as usize], image) == image {
+            return Err(shape_error(
+                "keep",
+                format!("patch index {patch} is kept twice in image {image}"),
+            ));
+        }
     }
     Ok(crate::ops::gather::cpu::kept_token_rows(
         kept, batch, patches,
@@ -76,7 +87,7 @@ pub fn encode(
         };
         seq_len = g.numel(index) / batch;
         let flat = g.reshape(x, &[batch * seq, width])?;
-        let gathered = g.gather_rows(flat, index)?;
+        let gathered = g.gather_distinct_rows(flat, index)?;
         x = g.reshape(gathered, &[batch, seq_len, width])?;
     }
     x = g.layer_norm(
@@ -99,7 +110,7 @@ pub fn encode(
     let flat = g.reshape(x, &[batch * seq_len, width])?;
     let class_rows: Vec<u32> = (0..batch).map(|i| (i * seq_len) as u32).collect();
     let index = g.indices(&class_rows, &[batch])?;
-    let class_token = g.gather_rows(flat, index)?;
+    let class_token = g.gather_distinct_rows(flat, index)?;
     let class_token = g.layer_norm(
         class_token,
         p.get("visual.ln_post.weight"),

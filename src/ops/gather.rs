@@ -16,6 +16,9 @@ pub struct GatherRowsOp {
     pub rows: usize,
     /// Values per row.
     pub cols: usize,
+    /// No row is gathered twice: the backward writes each row's gradient in place instead of
+    /// summing through a CSR of the indices.
+    pub distinct: bool,
 }
 
 /// `out[idx[i]] += src[i]` row-wise into `rows` rows.
@@ -69,6 +72,17 @@ impl Graph {
     /// src [R, ...rest], idx u32 [n...] -> [n..., ...rest]. Rows may repeat (an embedding
     /// lookup); the backward scatter-adds into src.
     pub fn gather_rows(&mut self, src: Tensor, idx: Tensor) -> OpResult {
+        self.gather(src, idx, false)
+    }
+
+    /// [`Graph::gather_rows`] where `idx` names no row twice (kept tokens, pooled rows), which
+    /// the caller promises: the backward is then a plain scatter (each source row written
+    /// once), without the CSR that sums repeats. A repeated index would race on the GPU.
+    pub fn gather_distinct_rows(&mut self, src: Tensor, idx: Tensor) -> OpResult {
+        self.gather(src, idx, true)
+    }
+
+    fn gather(&mut self, src: Tensor, idx: Tensor, distinct: bool) -> OpResult {
         check_indices(self, "gather_rows", src, idx)?;
         let (ss, si) = (self.shape(src).to_vec(), self.shape(idx).to_vec());
         if ss.is_empty() {
@@ -92,6 +106,7 @@ impl Graph {
             idx,
             rows,
             cols,
+            distinct,
         });
         Ok(self.push_op(value, shape, &[src], op))
     }
@@ -129,7 +144,11 @@ impl Graph {
 
 pub fn gather_rows_backward(g: &mut Graph, op: &GatherRowsOp, grad: &Storage) {
     if g.requires_grad(op.src) {
-        let ds = scatter_add_storage(&g.backend, grad, g.storage(op.idx), op.rows, op.cols);
+        let idx = g.storage(op.idx);
+        let ds = match op.distinct {
+            true => scatter_distinct_storage(&g.backend, grad, idx, op.rows, op.cols),
+            false => scatter_add_storage(&g.backend, grad, idx, op.rows, op.cols),
+        };
         g.accumulate(op.src, ds);
     }
 }
@@ -215,6 +234,39 @@ pub fn gather_storage(
                 &[("idx", idx.gpu()), ("src", src.gpu()), ("out", &out)],
                 n * cols,
             );
+            Storage::Gpu(out)
+        }
+    }
+}
+
+/// src [n, cols] written by idx [n], which names no row twice, into [rows, cols] (zeros
+/// elsewhere): the scatter-add without its CSR.
+pub fn scatter_distinct_storage(
+    backend: &Backend,
+    src: &Storage,
+    idx: &Storage,
+    rows: usize,
+    cols: usize,
+) -> Storage {
+    match backend {
+        // The reference sums: equal where the indices are distinct.
+        Backend::Cpu => scatter_add_storage(backend, src, idx, rows, cols),
+        Backend::Gpu(gpu) => {
+            let out = gpu.zeros(rows * cols);
+            let n = idx.len();
+            let params = Params {
+                n: n as u32,
+                rows: rows as u32,
+                cols: cols as u32,
+                ..bytemuck::Zeroable::zeroed()
+            };
+            let buffers = [("idx", idx.gpu()), ("src", src.gpu()), ("out", &out)];
+            // Four values per invocation where rows allow (the shader's `*4` entry).
+            let (entry, threads) = match cols.is_multiple_of(4) {
+                true => ("scatter_distinct_rows4", n * cols / 4),
+                false => ("scatter_distinct_rows", n * cols),
+            };
+            gpu.dispatch_linear(&kernel(gpu, entry), &params, &buffers, threads);
             Storage::Gpu(out)
         }
     }

@@ -229,15 +229,15 @@ pub fn sum_rows(backend: &Backend, x: &Storage, rows: usize, cols: usize) -> Sto
     match backend {
         Backend::Cpu => Storage::Cpu(Arc::new(cpu::sum_rows(x.cpu(), rows, cols))),
         Backend::Gpu(gpu) => {
+            let params = |rows: usize| Params {
+                rows: rows as u32,
+                cols: cols as u32,
+                ..Params::linear(0, 1, 0.0)
+            };
             let sum = |x: &crate::gpu::GpuBuf, rows: usize| {
                 let out = gpu.alloc(cols);
-                let params = Params {
-                    rows: rows as u32,
-                    cols: cols as u32,
-                    ..Params::linear(0, 1, 0.0)
-                };
                 let buffers = [("a", x), ("out", &out)];
-                gpu.dispatch_linear(&kernel(gpu, "sum_rows"), &params, &buffers, cols);
+                gpu.dispatch_linear(&kernel(gpu, "sum_rows"), &params(rows), &buffers, cols);
                 out
             };
             if !cols.is_multiple_of(4) || rows <= SUM_CHUNK {
@@ -246,14 +246,9 @@ pub fn sum_rows(backend: &Backend, x: &Storage, rows: usize, cols: usize) -> Sto
             // Chunks of rows first, so every core takes a share of a long column sum.
             let chunks = rows.div_ceil(SUM_CHUNK);
             let partial = gpu.alloc(chunks * cols);
-            let params = Params {
-                rows: rows as u32,
-                cols: cols as u32,
-                ..Params::linear(0, 1, 0.0)
-            };
             gpu.dispatch_linear(
                 &kernel(gpu, "sum_rows_partial4"),
-                &params,
+                &params(rows),
                 &[("a", x.gpu()), ("out", &partial)],
                 chunks * cols / 4,
             );

@@ -32,8 +32,8 @@ fn small_config() -> ClipConfig {
     }
 }
 
-/// `small_config` at width 6 (head_dim 3): no row, head or parameter run is a multiple of 4
-/// long, so every kernel with a four-values-per-load form runs its scalar form.
+/// `small_config` at width 6 (head_dim 3): layer norm rows, attention heads and AdamW's
+/// parameter runs are not multiples of 4 long, so those kernels run their scalar forms.
 fn odd_config() -> ClipConfig {
     let mut config = small_config();
     config.embed_dim = 10;

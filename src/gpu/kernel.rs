@@ -200,6 +200,17 @@ impl Gpu {
             })
     }
 
+    /// `entry`, or where `vec4` its twin `{entry}4`: the shaders' entry points for lengths that
+    /// are multiples of 4 read and write vec4 views of the same buffers (declared at the scalar
+    /// bindings, so callers bind by the same names). Lavapipe turns every storage access into a
+    /// loop over its SIMD lanes, so a vec4 per access is close to four times fewer.
+    pub fn kernel_in_width(&self, shader: &Shader, entry: &str, vec4: bool) -> Arc<Kernel> {
+        match vec4 {
+            true => self.kernel(shader, &format!("{entry}4")),
+            false => self.kernel(shader, entry),
+        }
+    }
+
     /// The pipeline of `shader`'s entry point `entry`, built once per process.
     /// Panics on an invalid shader: shaders are part of the program and covered by tests.
     pub fn kernel(&self, shader: &Shader, entry: &str) -> Arc<Kernel> {

@@ -51,7 +51,7 @@ pub enum Input<'a, T> {
     Stored(Storage),
 }
 
-impl<T: Copy> Input<'_, T> {
+impl<T> Input<'_, T> {
     pub fn len(&self) -> usize {
         match self {
             Input::Host(values) => values.len(),

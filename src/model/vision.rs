@@ -35,19 +35,16 @@ pub fn kept_rows(
         ));
     }
     let k = kept.len() / batch;
-    if let Some(at) = kept.iter().position(|&patch| patch as usize >= patches) {
-        return Err(shape_error(
-            "keep",
-            format!(
-                "patch index {} of image {} is outside 0..{patches}",
-                kept[at],
-                at / k
-            ),
-        ));
-    }
+    // The image that last kept each patch.
     let mut seen = vec![usize::MAX; patches];
     for (at, &patch) in kept.iter().enumerate() {
         let image = at / k;
+        if patch as usize >= patches {
+            return Err(shape_error(
+                "keep",
+                format!("patch index {patch} of image {image} is outside 0..{patches}"),
+            ));
+        }
         if std::mem::replace(&mut seen[patch as usize], image) == image {
             return Err(shape_error(
                 "keep",

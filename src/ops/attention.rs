@@ -155,11 +155,8 @@ impl AttentionDims {
 /// A layout change of the shader over `buffers`, one invocation per head row; four values per
 /// load (its `entry4` form) where head_dim allows.
 fn move_rows(gpu: &Gpu, entry: &str, d: AttentionDims, buffers: &[crate::gpu::Binding]) {
-    let entry = match d.head_dim.is_multiple_of(4) {
-        true => format!("{entry}4"),
-        false => entry.to_string(),
-    };
-    let kernel = gpu.kernel(&crate::shader!("attention"), &entry);
+    let shader = crate::shader!("attention");
+    let kernel = gpu.kernel_in_width(&shader, entry, d.head_dim.is_multiple_of(4));
     gpu.dispatch_linear(&kernel, &d.params(), buffers, d.head_rows());
 }
 

@@ -182,12 +182,10 @@ fn binary(gpu: &Gpu, entry: &str, a: &Storage, b: &Storage) -> Storage {
     let out = gpu.alloc(a.len());
     let params = Params::linear(a.len(), b.len(), 0.0);
     let buffers = [("a", a.gpu()), ("b", b.gpu()), ("out", &out)];
-    if a.len().is_multiple_of(4) && b.len().is_multiple_of(4) && !b.is_empty() {
-        let kernel = kernel(gpu, &format!("{entry}4"));
-        gpu.dispatch_linear(&kernel, &params, &buffers, a.len() / 4);
-    } else {
-        gpu.dispatch_linear(&kernel(gpu, entry), &params, &buffers, a.len());
-    }
+    let vec4 = a.len().is_multiple_of(4) && b.len().is_multiple_of(4) && !b.is_empty();
+    let kernel = gpu.kernel_in_width(&crate::shader!("elementwise"), entry, vec4);
+    let threads = if vec4 { a.len() / 4 } else { a.len() };
+    gpu.dispatch_linear(&kernel, &params, &buffers, threads);
     Storage::Gpu(out)
 }
 

@@ -261,12 +261,12 @@ pub fn scatter_distinct_storage(
                 ..bytemuck::Zeroable::zeroed()
             };
             let buffers = [("idx", idx.gpu()), ("src", src.gpu()), ("out", &out)];
-            // Four values per invocation where rows allow (the shader's `*4` entry).
-            let (entry, threads) = match cols.is_multiple_of(4) {
-                true => ("scatter_distinct_rows4", n * cols / 4),
-                false => ("scatter_distinct_rows", n * cols),
-            };
-            gpu.dispatch_linear(&kernel(gpu, entry), &params, &buffers, threads);
+            // Four values per invocation where rows allow.
+            let vec4 = cols.is_multiple_of(4);
+            let shader = crate::shader!("gather");
+            let kernel = gpu.kernel_in_width(&shader, "scatter_distinct_rows", vec4);
+            let threads = if vec4 { n * cols / 4 } else { n * cols };
+            gpu.dispatch_linear(&kernel, &params, &buffers, threads);
             Storage::Gpu(out)
         }
     }

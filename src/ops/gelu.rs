@@ -90,11 +90,9 @@ fn run(backend: &Backend, entry: &str, x: &Storage, grad: Option<&Storage>) -> S
             let mut buffers = vec![("x", x.gpu()), ("out", &out)];
             buffers.extend(grad.map(|grad| ("grad", grad.gpu())));
             // Four values per invocation where the length allows (the shader's `*4` entries).
-            let (entry, threads) = match x.len().is_multiple_of(4) {
-                true => (format!("{entry}4"), x.len() / 4),
-                false => (entry.to_string(), x.len()),
-            };
-            let kernel = gpu.kernel(&crate::shader!("gelu"), &entry);
+            let vec4 = x.len().is_multiple_of(4);
+            let kernel = gpu.kernel_in_width(&crate::shader!("gelu"), entry, vec4);
+            let threads = if vec4 { x.len() / 4 } else { x.len() };
             gpu.dispatch_linear(&kernel, &params, &buffers, threads);
             Storage::Gpu(out)
         }

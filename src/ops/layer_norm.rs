@@ -83,14 +83,9 @@ crate::kernel_params! {
     }
 }
 
-/// The shader's `entry`, in its four-columns-per-load form (`entry4`) where `cols` is a
-/// multiple of 4, and whether it is that form.
-fn kernel(gpu: &Gpu, entry: &str, cols: usize) -> (Arc<crate::gpu::Kernel>, bool) {
-    let shader = crate::shader!("layer_norm");
-    match cols.is_multiple_of(4) {
-        true => (gpu.kernel(&shader, &format!("{entry}4")), true),
-        false => (gpu.kernel(&shader, entry), false),
-    }
+/// The shader's `entry`, four columns per load where `cols` is a multiple of 4.
+fn kernel(gpu: &Gpu, entry: &str, cols: usize) -> Arc<crate::gpu::Kernel> {
+    gpu.kernel_in_width(&crate::shader!("layer_norm"), entry, cols.is_multiple_of(4))
 }
 
 /// (y, stats) of LayerNorm over rows of `cols` values.
@@ -116,7 +111,7 @@ pub fn forward(
                 chunk_rows: 0,
                 eps,
             };
-            let (k, _) = kernel(gpu, "layer_norm_forward", cols);
+            let k = kernel(gpu, "layer_norm_forward", cols);
             let buffers = [
                 ("x", x.gpu()),
                 ("gain", gain.gpu()),
@@ -154,7 +149,7 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
             let stats = op.stats.gpu();
             if g.requires_grad(op.x) {
                 let dx = gpu.alloc(rows * cols);
-                let (k, _) = kernel(gpu, "layer_norm_backward_input", cols);
+                let k = kernel(gpu, "layer_norm_backward_input", cols);
                 let buffers = [
                     ("x", x.gpu()),
                     ("gain", gain.gpu()),
@@ -170,7 +165,7 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
                     chunks <= MAX_GROUPS_PER_DIM as usize,
                     "layer_norm: {rows} rows exceed the parameter-gradient grid"
                 );
-                let (k, four) = kernel(gpu, "layer_norm_backward_params", cols);
+                let k = kernel(gpu, "layer_norm_backward_params", cols);
                 let (partial_gain, partial_bias) =
                     (gpu.alloc(chunks * cols), gpu.alloc(chunks * cols));
                 let buffers = [
@@ -181,7 +176,11 @@ pub fn backward(g: &mut Graph, op: &LayerNormOp, grad: &Storage) {
                     ("partial_bias", &partial_bias),
                 ];
                 // One invocation per column, or per four columns.
-                let columns = if four { cols / 4 } else { cols };
+                let columns = if cols.is_multiple_of(4) {
+                    cols / 4
+                } else {
+                    cols
+                };
                 let grid = [(columns as u32).div_ceil(k.lanes()), chunks as u32, 1];
                 gpu.dispatch(&k, &params, &buffers, grid);
                 let dgain = sum_rows(&backend, &Storage::Gpu(partial_gain), chunks, cols);

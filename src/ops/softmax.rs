@@ -107,12 +107,9 @@ fn dispatch_rows(
     dy: Option<&Storage>,
 ) -> Storage {
     let out = gpu.alloc(dims.rows * dims.cols);
-    // Four columns per load (the shader's `*4` entries) where the rows allow.
-    let entry = match dims.cols.is_multiple_of(4) {
-        true => format!("{entry}4"),
-        false => entry.to_string(),
-    };
-    let kernel = gpu.kernel(&crate::shader!("softmax"), &entry);
+    // Four columns per load where the rows allow.
+    let shader = crate::shader!("softmax");
+    let kernel = gpu.kernel_in_width(&shader, entry, dims.cols.is_multiple_of(4));
     let mut buffers = vec![("x", x.gpu()), ("out", &out)];
     buffers.extend(dy.map(|dy| ("dy", dy.gpu())));
     gpu.dispatch_linear(&kernel, &Params::from(dims), &buffers, dims.rows);

@@ -298,10 +298,10 @@ impl Optimizer {
                     Some(_) => "adamw_clipped",
                     None => "adamw",
                 };
-                // Four values per invocation (the `*4` entries) where a run allows.
+                // Four values per invocation where a run allows.
                 let (kernel, kernel4) = (
-                    gpu.kernel(&shader, entry),
-                    gpu.kernel(&shader, &format!("{entry}4")),
+                    gpu.kernel_in_width(&shader, entry, false),
+                    gpu.kernel_in_width(&shader, entry, true),
                 );
                 let p = params.values.gpu();
                 for (run, chunk) in self.runs.iter().flat_map(|run| {

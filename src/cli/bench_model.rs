@@ -8,7 +8,8 @@ use crate::data::shapes;
 use crate::graph::{Backend, Graph};
 use crate::masking::{MaskFlags, MaskRng, MaskStrategy, calibrate_on_images};
 use crate::model::{Clip, ClipConfig, ClipInputs, Input, text, vision};
-use crate::train::mask_step::{StepMask, compute_mask};
+use crate::gpu::GpuBuf;
+use crate::train::mask_step::{StepMask, compute_mask, compute_mask_counted};
 use crate::train::{AdamWConfig, Trainer};
 
 use super::{CliResult, GpuArgs};
@@ -293,7 +294,7 @@ pub fn run_mask(args: MaskBenchArgs) -> CliResult {
             MaskRng::new(0, step),
             0.0,
         )?;
-        ratio = mask.map_or(0.0, |m| m.mask_ratio() as f64);
+        ratio = mask.and_then(|m| m.mask_ratio()).map_or(0.0, f64::from);
         Ok(start.elapsed().as_secs_f64())
     };
     mask_pass(0)?;
@@ -423,12 +424,14 @@ pub fn run_step(args: StepArgs) -> CliResult {
         strategies.push(bench_strategy(flags, &images, &config)?);
     }
     let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
-    // (step seconds, mask seconds, mask ratio) of one step of strategy `which`.
-    let mut step = |which: usize, i: u32| -> Result<(f64, f64, f64), Box<dyn std::error::Error>> {
+    // (step seconds, mask seconds, mask ratio) of one step of strategy `which`; a ratio whose
+    // k stayed on the device is read after the step's counts are taken.
+    type Ratio = Result<f64, (GpuBuf, usize)>;
+    let mut step = |which: usize, i: u32| -> Result<(f64, f64, Ratio), Box<dyn std::error::Error>> {
         let start = Instant::now();
         // As the training loop: the images uploaded once, for the mask and the towers.
         let pixels = backend.upload(&images);
-        let mask = compute_mask(
+        let mask = compute_mask_counted(
             &trainer.clip,
             &backend,
             &strategies[which],
@@ -444,14 +447,30 @@ pub fn run_step(args: StepArgs) -> CliResult {
             batch: args.batch_size,
             kept: mask.as_ref().map(StepMask::kept),
         };
-        trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?;
+        match mask.as_ref().and_then(StepMask::device_keep) {
+            Some(keep) => trainer.step_counted(&inputs, keep, 1e-4, false)?,
+            None => trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?,
+        };
         gpu.sync();
-        let ratio = mask.as_ref().map_or(0.0, |m| m.mask_ratio() as f64);
+        let ratio = match &mask {
+            None => Ok(0.0),
+            Some(m) => match (m.mask_ratio(), m.device_keep()) {
+                (Some(r), _) => Ok(r as f64),
+                (None, Some(keep)) => Err((keep.count.clone(), m.patches())),
+                (None, None) => unreachable!("a mask knows k or leaves it on the device"),
+            },
+        };
         Ok((start.elapsed().as_secs_f64(), mask_seconds, ratio))
+    };
+    let resolve = |ratio: Ratio| -> Result<f64, Box<dyn std::error::Error>> {
+        Ok(match ratio {
+            Ok(r) => r,
+            Err((count, patches)) => 1.0 - gpu.read_u32(&count)?[0] as f64 / patches as f64,
+        })
     };
     let count = strategies.len();
     for which in 0..count {
-        step(which, 0)?; // warm-up: kernels compiled, pool filled
+        let _ = step(which, 0)?; // warm-up: kernels compiled, pool filled, plans built
     }
     let mut runs = vec![Vec::new(); count];
     // Submits and host reads of the first strategy's last timed step (uninstrumented: profiling
@@ -461,7 +480,7 @@ pub fn run_step(args: StepArgs) -> CliResult {
     for i in 1..=args.repeats.max(1) as u32 {
         for (which, times) in runs.iter_mut().enumerate() {
             let counts = (gpu.submit_count(), gpu.read_count(), gpu.uploaded_bytes());
-            times.push(step(which, i)?);
+            let (seconds, mask_seconds, ratio) = step(which, i)?;
             if which == 0 {
                 per_step = (
                     gpu.submit_count() - counts.0,
@@ -469,11 +488,12 @@ pub fn run_step(args: StepArgs) -> CliResult {
                     gpu.uploaded_bytes() - counts.2,
                 );
             }
+            times.push((seconds, mask_seconds, resolve(ratio)?));
         }
     }
     if args.profile {
         gpu.set_profiling(true);
-        step(0, args.repeats as u32 + 1)?;
+        let _ = step(0, args.repeats as u32 + 1)?;
         let rows = gpu.profile();
         gpu.set_profiling(false);
         print_profile(&rows);

@@ -146,6 +146,44 @@ impl GpuBuf {
         }
     }
 
+    /// A buffer outside the pool with its own `usage` (the uniform and indirect buffers of a
+    /// dispatch plan, src/gpu/plan.rs), freed when its last view drops.
+    pub(super) fn dedicated(device: &wgpu::Device, len: usize, usage: wgpu::BufferUsages) -> GpuBuf {
+        let bytes = (len.max(1) * 4) as u64;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("dedicated"),
+            size: bytes.next_multiple_of(256),
+            usage,
+            mapped_at_creation: false,
+        });
+        Self::wrap(Some(buffer), len)
+    }
+
+    /// A view of no buffer: what a dry run (src/gpu/plan.rs) allocates, where nothing runs.
+    pub(super) fn detached(len: usize) -> GpuBuf {
+        Self::wrap(None, len)
+    }
+
+    fn wrap(buffer: Option<wgpu::Buffer>, len: usize) -> GpuBuf {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 62);
+        GpuBuf {
+            inner: Arc::new(Pooled {
+                buffer,
+                class: 0,
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                last_bound_epoch: std::sync::atomic::AtomicU64::new(u64::MAX),
+                pool: Weak::new(),
+            }),
+            offset: 0,
+            len,
+        }
+    }
+
+    /// Whether two views share one buffer.
+    pub(super) fn shares_buffer(&self, other: &GpuBuf) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// Number of 32-bit words in the view.
     pub fn len(&self) -> usize {
         self.len

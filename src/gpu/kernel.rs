@@ -204,8 +204,12 @@ impl Gpu {
     /// are multiples of 4 read and write vec4 views of the same buffers (declared at the scalar
     /// bindings, so callers bind by the same names). Lavapipe turns every storage access into a
     /// loop over its SIMD lanes, so a vec4 per access is close to four times fewer.
+    /// A choice site of dispatch plans (src/gpu/plan.rs): a plan whose row length changes
+    /// with its count holds it to the scalar form.
     pub fn kernel_in_width(&self, shader: &Shader, entry: &str, vec4: bool) -> Arc<Kernel> {
-        match vec4 {
+        // Asked every time, so every recording counts the same sites.
+        let free = self.choice_site() == 0;
+        match vec4 && free {
             true => self.kernel(shader, &format!("{entry}4")),
             false => self.kernel(shader, entry),
         }

@@ -18,6 +18,7 @@ mod adapter;
 mod buffer;
 mod kernel;
 mod params;
+mod plan;
 pub mod prelude;
 mod readback;
 mod recorder;
@@ -28,6 +29,8 @@ pub use adapter::{adapter_summaries, quiet_mesa_device_select};
 pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf, PoolStats};
 pub use kernel::{Kernel, Shader, validate_wgsl};
 pub use params::{KernelParams, ParamsLayout};
+pub use plan::DispatchPlan;
+pub use plan::cpu as plan_cpu;
 #[cfg(not(target_arch = "wasm32"))]
 pub use readback::block_on;
 pub use recorder::Binding;
@@ -45,6 +48,8 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
+    /// What the adapter can do below WebGPU's bar (indirect dispatch for dispatch plans).
+    pub downlevel: wgpu::DownlevelCapabilities,
     /// wgpu's runtime bounds checks in shaders: on in debug builds and tests, off in release
     /// builds, where every shader guards its own indices (the checks cost 2x on lavapipe).
     pub bounds_checks: bool,
@@ -174,6 +179,7 @@ impl Gpu {
     pub async fn new_async(options: &GpuOptions) -> Result<Arc<Gpu>, GpuError> {
         let adapter = adapter::choose(options).await?;
         let info = adapter.get_info();
+        let downlevel = adapter.get_downlevel_capabilities();
         let supported = adapter.limits();
         // Shaders stay within WebGPU's default limits; only buffer sizes follow the adapter so
         // large tensors need no splitting where the hardware allows big bindings. A browser tab
@@ -222,6 +228,7 @@ impl Gpu {
             info,
             limits,
             features,
+            downlevel,
             bounds_checks,
             kernels: Mutex::new(HashMap::new()),
             modules: Mutex::new(HashMap::new()),

@@ -70,6 +70,10 @@ impl Gpu {
     /// Reads `buf` back: submits the open encoder, then resolves once the copy is mapped.
     /// Native waits for the submission inside (a blocking poll); the browser yields instead.
     pub async fn read_bytes_async(&self, buf: &GpuBuf) -> Result<Vec<u8>, GpuError> {
+        assert!(
+            !self.dry(),
+            "a read while a step is recorded dry for a dispatch plan (src/gpu/plan.rs)"
+        );
         let size = (buf.len() * 4) as u64;
         if size == 0 {
             return Ok(Vec::new());

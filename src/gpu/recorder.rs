@@ -4,6 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::plan::{ActivePlan, DispatchPlan, DryRun, PlanEvent, SLOT_WORDS};
 use super::{Gpu, GpuBuf, Kernel, linear_grid};
 
 /// A buffer and the name of the WGSL global it binds to: `("out", &out)`.
@@ -26,6 +27,10 @@ pub(super) struct Recorder {
     pub reads: u64,
     /// Bytes of host data uploaded into new buffers (`upload_f32`, `upload_u32`).
     pub uploaded_bytes: u64,
+    /// A dry run in progress (src/gpu/plan.rs): commands are logged, not recorded.
+    pub dry: Option<DryRun>,
+    /// A dispatch plan being replayed.
+    pub active: Option<ActivePlan>,
 }
 
 impl Recorder {
@@ -40,6 +45,8 @@ impl Recorder {
             submits: 0,
             reads: 0,
             uploaded_bytes: 0,
+            dry: None,
+            active: None,
         }
     }
 
@@ -81,6 +88,9 @@ impl Recorder {
 impl Gpu {
     /// A new uninitialised buffer of `len` 32-bit words from the pool.
     pub fn alloc(&self, len: usize) -> GpuBuf {
+        if self.dry() {
+            return GpuBuf::detached(len);
+        }
         let buf = GpuBuf::new(&self.pool, &self.device, len);
         if self.poison.load(Ordering::Relaxed) {
             self.fill_bits(&buf, f32::NAN.to_bits());
@@ -96,6 +106,9 @@ impl Gpu {
     /// A buffer of `len` zeros (cleared inside the step's encoder).
     pub fn zeros(&self, len: usize) -> GpuBuf {
         let buf = self.alloc(len);
+        if self.plan_event(|| PlanEvent::Clear) {
+            return buf;
+        }
         let mut rec = self.recorder.lock().unwrap();
         let epoch = rec.epoch;
         rec.encoder(&self.device).clear_buffer(
@@ -125,7 +138,10 @@ impl Gpu {
     fn upload(&self, bytes: &[u8]) -> GpuBuf {
         let buf = self.alloc(bytes.len() / 4);
         self.write(&buf, bytes);
-        self.recorder.lock().unwrap().uploaded_bytes += bytes.len() as u64;
+        let mut rec = self.recorder.lock().unwrap();
+        if rec.dry.is_none() {
+            rec.uploaded_bytes += bytes.len() as u64;
+        }
         buf
     }
 
@@ -140,6 +156,11 @@ impl Gpu {
             bytes.len(),
             buf.len()
         );
+        if self.plan_event(|| PlanEvent::Write {
+            bytes: bytes.to_vec(),
+        }) {
+            return;
+        }
         let mut rec = self.recorder.lock().unwrap();
         let epoch = rec.epoch;
         if buf.inner.last_bound_epoch.load(Ordering::Relaxed) != epoch {
@@ -197,7 +218,13 @@ impl Gpu {
             src_offset + len <= src.len() && dst_offset + len <= dst.len(),
             "copy_range past the end of a buffer"
         );
-        if len == 0 {
+        if len == 0
+            || self.plan_event(|| PlanEvent::Copy {
+                src_offset,
+                dst_offset,
+                len,
+            })
+        {
             return;
         }
         let mut rec = self.recorder.lock().unwrap();
@@ -225,12 +252,17 @@ impl Gpu {
         groups: [u32; 3],
     ) {
         let buffers = in_binding_order(kernel, buffers);
-        if groups.contains(&0) {
+        // In a dry run only logged; in a plan, maybe sized by the count on the device.
+        let planned = match self.plan_dispatch(kernel, bytemuck::bytes_of(params), groups) {
+            Ok(()) => return,
+            Err(planned) => planned,
+        };
+        if planned.is_none() && groups.contains(&0) {
             return;
         }
         let max = self.limits.max_compute_workgroups_per_dimension;
         assert!(
-            groups.iter().all(|&g| g <= max),
+            planned.is_some() || groups.iter().all(|&g| g <= max),
             "{}: grid {groups:?} exceeds {max} workgroups per dimension",
             kernel.name
         );
@@ -259,7 +291,7 @@ impl Gpu {
             // Everything recorded before (uploads, clears) is not this kernel's time.
             self.sync();
         }
-        self.record_dispatch(kernel, params, &buffers, groups);
+        self.record_dispatch(kernel, params, &buffers, groups, planned);
         if profiling {
             let start = web_time_now();
             self.sync();
@@ -279,6 +311,7 @@ impl Gpu {
         params: &P,
         buffers: &[&GpuBuf],
         groups: [u32; 3],
+        planned: Option<(std::sync::Arc<DispatchPlan>, usize)>,
     ) {
         let mut rec = self.recorder.lock().unwrap();
         let epoch = rec.epoch;
@@ -290,7 +323,7 @@ impl Gpu {
             kernel.name
         );
         let slot = rec.arena_cursor;
-        if kernel.uses_params {
+        if kernel.uses_params && planned.is_none() {
             let chunk = (slot / ARENA_CHUNK_SLOTS) as usize;
             while rec.arena.len() <= chunk {
                 let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -308,7 +341,19 @@ impl Gpu {
         let params_size = (params_bytes.len() as u64).next_multiple_of(16).max(16);
         let chunk = (slot / ARENA_CHUNK_SLOTS) as usize;
         let offset = (slot % ARENA_CHUNK_SLOTS) * PARAM_SLOT;
-        if kernel.uses_params {
+        if let Some((plan, entry)) = &planned {
+            // The params of the count on the device, picked into the plan's slot (plan.rs).
+            if kernel.uses_params {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: plan.params.buffer(),
+                        offset: (entry * SLOT_WORDS * 4) as u64,
+                        size: std::num::NonZeroU64::new(params_size),
+                    }),
+                });
+            }
+        } else if kernel.uses_params {
             self.queue
                 .write_buffer(&rec.arena[chunk], offset, &padded[..params_size as usize]);
             entries.push(wgpu::BindGroupEntry {
@@ -336,7 +381,12 @@ impl Gpu {
         let pass = rec.pass(&self.device);
         pass.set_pipeline(&kernel.pipeline);
         pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        match &planned {
+            Some((plan, entry)) => {
+                pass.dispatch_workgroups_indirect(plan.indirect.buffer(), (entry * 12) as u64)
+            }
+            None => pass.dispatch_workgroups(groups[0], groups[1], groups[2]),
+        }
     }
 
     /// Dispatches a 1-D kernel over `threads` invocations (see [`linear_grid`]).
@@ -432,9 +482,8 @@ fn in_binding_order<'a>(kernel: &Kernel, buffers: &[Binding<'a>]) -> Vec<&'a Gpu
 /// (`buffers` in binding order). A few bindings per dispatch: cheap enough to check on every
 /// dispatch, release builds included.
 fn aliased_write<'k>(kernel: &'k Kernel, buffers: &[&GpuBuf]) -> Option<&'k str> {
-    let buffer = |i: usize| buffers[i].inner.buffer.as_ref();
     (0..buffers.len())
         .filter(|&i| kernel.storage[i].writes)
-        .find(|&i| (0..buffers.len()).any(|o| o != i && buffer(o) == buffer(i)))
+        .find(|&i| (0..buffers.len()).any(|o| o != i && buffers[o].shares_buffer(buffers[i])))
         .map(|i| kernel.storage[i].names[0].as_str())
 }

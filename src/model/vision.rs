@@ -105,8 +105,7 @@ pub fn encode(
         )?;
     }
     let flat = g.reshape(x, &[batch * seq_len, width])?;
-    let class_rows: Vec<u32> = (0..batch).map(|i| (i * seq_len) as u32).collect();
-    let index = g.indices(&class_rows, &[batch])?;
+    let index = g.strided_rows(batch, seq_len)?;
     let class_token = g.gather_distinct_rows(flat, index)?;
     let class_token = g.layer_norm(
         class_token,

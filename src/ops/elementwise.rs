@@ -238,7 +238,10 @@ pub fn sum_rows(backend: &Backend, x: &Storage, rows: usize, cols: usize) -> Sto
                 gpu.dispatch_linear(&kernel(gpu, "sum_rows"), &params(rows), &buffers, cols);
                 out
             };
-            if !cols.is_multiple_of(4) || rows <= SUM_CHUNK {
+            // A choice site (src/gpu/plan.rs): a plan whose count sets `rows` takes two passes.
+            let force = gpu.choice_site();
+            let two_pass = rows > SUM_CHUNK || force > 0;
+            if !cols.is_multiple_of(4) || !two_pass {
                 return Storage::Gpu(sum(x.gpu(), rows));
             }
             // Chunks of rows first, so every core takes a share of a long column sum.

@@ -69,6 +69,37 @@ impl Graph {
         self.index_node(rows, &[len])
     }
 
+    /// Rows i · stride for i in 0..count (the class token of each image's `stride` tokens),
+    /// made where they are used: a dispatch plan's count may set `stride` (src/gpu/plan.rs).
+    pub fn strided_rows(&mut self, count: usize, stride: usize) -> OpResult {
+        if stride == 0 {
+            return Err(shape_error("strided_rows", "stride 0".to_string()));
+        }
+        let rows = match &self.backend {
+            Backend::Cpu => self
+                .backend
+                .upload_u32(&cpu::kept_token_rows(&[], count, stride - 1)),
+            Backend::Gpu(gpu) => {
+                // `kept_token_rows` with no kept patch: row = image · (patches + 1).
+                let out = gpu.alloc(count);
+                let params = Params {
+                    n: count as u32,
+                    rows: (stride - 1) as u32,
+                    cols: 0,
+                    ..bytemuck::Zeroable::zeroed()
+                };
+                gpu.dispatch_linear(
+                    &kernel(gpu, "kept_token_rows"),
+                    &params,
+                    &[("idx", &gpu.alloc(1)), ("token_rows", &out)],
+                    count,
+                );
+                Storage::Gpu(out)
+            }
+        };
+        self.index_node(rows, &[count])
+    }
+
     /// src [R, ...rest], idx u32 [n...] -> [n..., ...rest]. Rows may repeat (an embedding
     /// lookup); the backward scatter-adds into src.
     pub fn gather_rows(&mut self, src: Tensor, idx: Tensor) -> OpResult {

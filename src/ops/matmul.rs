@@ -321,12 +321,34 @@ pub fn dispatch(
     dims: MatmulDims,
     accumulate: bool,
 ) {
+    // One choice site per product (src/gpu/plan.rs), whatever copies it makes first.
+    let force = gpu.choice_site();
+    dispatch_forced(gpu, a, b, bias, c, dims, accumulate, force);
+}
+
+/// [`dispatch`] with the choice site's `force`: 0 picks the fastest form for `dims`; 1 (a
+/// dispatch plan whose count changes these dims) neither the subgroup kernel nor transposed
+/// copies, whose fit depends on every dim; 2 the strided kernel, which fits any.
+#[allow(clippy::too_many_arguments)]
+fn dispatch_forced(
+    gpu: &Gpu,
+    a: &Storage,
+    b: &Storage,
+    bias: Option<&Storage>,
+    c: &Storage,
+    dims: MatmulDims,
+    accumulate: bool,
+    force: u8,
+) {
     let tiled = gpu.tiled_matmul();
-    if !tiled && let Some(kernel) = subgroup_kernel(gpu, &dims, bias.is_some()) {
+    if !tiled
+        && force == 0
+        && let Some(kernel) = subgroup_kernel(gpu, &dims, bias.is_some())
+    {
         dispatch_subgroup(gpu, &kernel, a, b, bias, c, &dims, accumulate);
         return;
     }
-    let (transpose_a, transpose_b) = if tiled {
+    let (transpose_a, transpose_b) = if tiled || force > 0 {
         (false, false)
     } else {
         transposes_first(&dims)
@@ -341,10 +363,12 @@ pub fn dispatch(
             ..dims
         };
         let (a, b) = (a_t.as_ref().unwrap_or(a), b_t.as_ref().unwrap_or(b));
-        return dispatch(gpu, a, b, bias, c, dims, accumulate);
+        return dispatch_forced(gpu, a, b, bias, c, dims, accumulate, force);
     }
     let product = if tiled {
         "matmul_tiled"
+    } else if force >= 2 {
+        "matmul_strided"
     } else {
         entry_point(&dims)
     };

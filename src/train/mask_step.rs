@@ -25,33 +25,63 @@ pub enum StepMask {
         keep_count: usize,
         kept: Storage,
     },
+    /// k too left on the device (an unpinned cluster mask): the step replays a dispatch plan
+    /// over k's range ([`crate::train::step::Trainer::step_counted`]).
+    Counted {
+        patches: usize,
+        keep: DeviceKeep,
+        /// [images, keep.cap]: [images, k] raster indices at the front, rows ascending.
+        kept: Storage,
+    },
+}
+
+/// A keep count the GPU computed and the host does not know: in `floor..=cap` (M3.4's bounds).
+#[derive(Clone)]
+pub struct DeviceKeep {
+    /// [1] u32.
+    pub count: crate::gpu::GpuBuf,
+    pub floor: usize,
+    pub cap: usize,
 }
 
 impl StepMask {
-    pub fn keep_count(&self) -> usize {
+    /// k, where the host knows it.
+    pub fn keep_count(&self) -> Option<usize> {
         match self {
-            StepMask::Host(mask) => mask.keep_count,
-            StepMask::Device { keep_count, .. } => *keep_count,
+            StepMask::Host(mask) => Some(mask.keep_count),
+            StepMask::Device { keep_count, .. } => Some(*keep_count),
+            StepMask::Counted { .. } => None,
         }
     }
 
     pub fn patches(&self) -> usize {
         match self {
             StepMask::Host(mask) => mask.patches,
-            StepMask::Device { patches, .. } => *patches,
+            StepMask::Device { patches, .. } | StepMask::Counted { patches, .. } => *patches,
         }
     }
 
-    /// 1 − k/L.
-    pub fn mask_ratio(&self) -> f32 {
-        1.0 - self.keep_count() as f32 / self.patches() as f32
+    /// 1 − k/L, where the host knows k.
+    pub fn mask_ratio(&self) -> Option<f32> {
+        let k = self.keep_count()?;
+        Some(1.0 - k as f32 / self.patches() as f32)
     }
 
-    /// The kept indices as the step's input.
+    /// The device keep count of a [`StepMask::Counted`] mask.
+    pub fn device_keep(&self) -> Option<&DeviceKeep> {
+        match self {
+            StepMask::Counted { keep, .. } => Some(keep),
+            _ => None,
+        }
+    }
+
+    /// The kept indices as the step's input ([images, cap] for a counted mask).
     pub fn kept(&self) -> Input<'_, u32> {
         match self {
             StepMask::Host(mask) => Input::Host(&mask.kept),
-            StepMask::Device { kept, .. } => Input::Stored(kept.clone()),
+            StepMask::Device { kept, .. } | StepMask::Counted { kept, .. } => {
+                Input::Stored(kept.clone())
+            }
         }
     }
 
@@ -59,7 +89,7 @@ impl StepMask {
     pub fn into_host(self) -> Option<MaskResult> {
         match self {
             StepMask::Host(mask) => Some(mask),
-            StepMask::Device { .. } => None,
+            StepMask::Device { .. } | StepMask::Counted { .. } => None,
         }
     }
 }
@@ -88,8 +118,11 @@ pub fn compute_mask_on_ranks(
     if ranks.size() == 1 || c.min_mask_ratio == c.max_mask_ratio {
         return Ok(mask);
     }
-    let k = ranks.all_reduce_min(local.keep_count() as u64) as usize;
-    if k == local.keep_count() {
+    let local_k = local
+        .keep_count()
+        .expect("ranks ask for a mask whose k the host reads");
+    let k = ranks.all_reduce_min(local_k as u64) as usize;
+    if k == local_k {
         return Ok(mask);
     }
     // min = max mask ratio = 1 − k/L: keep_bounds gives round(L · k/L) = k both ways.
@@ -104,6 +137,23 @@ pub fn compute_mask_on_ranks(
         _ => MaskStrategy::Cluster(pinned),
     };
     compute_mask(clip, backend, &pinned, images, batch, rng, progress)
+}
+
+/// [`compute_mask`], but an unpinned cluster mask on the GPU leaves k on the device too
+/// ([`StepMask::Counted`]), for a step that replays a dispatch plan: no read at all.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn compute_mask_counted(
+    clip: &Clip,
+    backend: &Backend,
+    strategy: &MaskStrategy,
+    images: &Storage,
+    batch: usize,
+    rng: MaskRng,
+    progress: f32,
+) -> Result<Option<StepMask>, MaskError> {
+    crate::gpu::block_on(mask_async(
+        clip, backend, strategy, images, batch, rng, progress, true,
+    ))
 }
 
 /// Blocking [`compute_mask_async`] (native only).
@@ -133,6 +183,23 @@ pub async fn compute_mask_async(
     batch: usize,
     rng: MaskRng,
     progress: f32,
+) -> Result<Option<StepMask>, MaskError> {
+    mask_async(
+        clip, backend, strategy, images, batch, rng, progress, false,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn mask_async(
+    clip: &Clip,
+    backend: &Backend,
+    strategy: &MaskStrategy,
+    images: &Storage,
+    batch: usize,
+    rng: MaskRng,
+    progress: f32,
+    counted: bool,
 ) -> Result<Option<StepMask>, MaskError> {
     let v = &clip.config.vision;
     let (size, patch, patches) = (v.image_size, v.patch_size, v.patches());
@@ -183,6 +250,19 @@ pub async fn compute_mask_async(
                     patches,
                     keep_count,
                     kept: Storage::Gpu(mask.kept.view(0, batch * keep_count)),
+                }));
+            }
+            if counted {
+                // The floor wins where the bounds cross (KeepBounds::keep_count).
+                let cap = bounds.cap.max(bounds.floor);
+                return Ok(Some(StepMask::Counted {
+                    patches,
+                    keep: DeviceKeep {
+                        count: mask.keep_count,
+                        floor: bounds.floor,
+                        cap,
+                    },
+                    kept: Storage::Gpu(mask.kept.view(0, batch * cap)),
                 }));
             }
             let read = gpu

@@ -3,12 +3,17 @@
 //! With several ranks (issue 14) the features are all-gathered and the gradients all-reduced
 //! in between (see [`DataParallel`]).
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::rc::Rc;
+use std::sync::Arc;
 
-use crate::graph::{Backend, Graph, ShapeError, Storage, Tensor};
+use crate::gpu::DispatchPlan;
+use crate::graph::{Backend, Graph, ShapeError, Storage, Tensor, shape_error};
 use crate::model::params::BoundParams;
-use crate::model::{Clip, ClipInputs};
+use crate::model::{Clip, ClipInputs, Input};
+
+use super::mask_step::DeviceKeep;
 
 use super::optimizer::{AdamWConfig, Optimizer};
 use super::ranks::Ranks;
@@ -19,6 +24,9 @@ pub struct Trainer {
     pub backend: Backend,
     /// The other ranks of a data-parallel run; `None` trains alone.
     pub parallel: Option<DataParallel>,
+    /// Dispatch plans of steps on a device keep count, by (batch, floor, cap); an error says
+    /// why a shape has none (its steps then read k).
+    plans: HashMap<(usize, usize, usize), Result<Arc<DispatchPlan>, String>>,
 }
 
 /// How the ranks of a data-parallel run share a step, with OpenCLIP's flags and semantics
@@ -57,6 +65,7 @@ impl Trainer {
             optimizer,
             backend,
             parallel: None,
+            plans: HashMap::new(),
         }
     }
 
@@ -110,6 +119,103 @@ impl Trainer {
             [one] => self.accumulate_gradients(one, false)?,
             many => self.accumulate_feature_cached(many)?,
         };
+        self.finish_step_async(loss, lr, read_loss).await
+    }
+
+    /// Blocking [`Trainer::step_counted_async`] (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn step_counted(
+        &mut self,
+        inputs: &ClipInputs,
+        keep: &DeviceKeep,
+        lr: f32,
+        read_loss: bool,
+    ) -> Result<StepReport, ShapeError> {
+        crate::gpu::block_on(self.step_counted_async(inputs, keep, lr, read_loss))
+    }
+
+    /// One optimizer step on one batch whose keep count k is on the device (an unpinned
+    /// cluster mask, M3.4): `inputs.kept` holds [batch, keep.cap] indices, [batch, k] of them
+    /// at the front. The step replays a dispatch plan (src/gpu/plan.rs), built on the first
+    /// step of each shape: one submit, no read, and the image tower computes on k tokens.
+    /// Where no plan can be built (an adapter without indirect dispatch) the step reads k.
+    pub async fn step_counted_async(
+        &mut self,
+        inputs: &ClipInputs<'_>,
+        keep: &DeviceKeep,
+        lr: f32,
+        read_loss: bool,
+    ) -> Result<StepReport, ShapeError> {
+        let gpu = match &self.backend {
+            Backend::Gpu(gpu) => gpu.clone(),
+            Backend::Cpu => panic!("a device keep count on the CPU backend"),
+        };
+        let kept = match &inputs.kept {
+            Some(Input::Stored(Storage::Gpu(kept)))
+                if kept.len() == inputs.batch * keep.cap && self.ranks().is_none() =>
+            {
+                kept.clone()
+            }
+            _ => {
+                return Err(shape_error(
+                    "step_counted",
+                    format!(
+                        "kept indices must be [{}, {}] on the GPU, for one rank",
+                        inputs.batch, keep.cap
+                    ),
+                ));
+            }
+        };
+        let key = (inputs.batch, keep.floor, keep.cap);
+        if !self.plans.contains_key(&key) {
+            let plan = gpu.build_plan(keep.floor..=keep.cap, |k| {
+                let at_k = ClipInputs {
+                    kept: Some(Input::Stored(Storage::Gpu(kept.view(0, inputs.batch * k)))),
+                    ..inputs.clone()
+                };
+                self.accumulate_gradients(&at_k, false)
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(why) = &plan {
+                eprintln!("no dispatch plan for batch {} ({why}): each step reads k", inputs.batch);
+            }
+            self.plans.insert(key, plan.map(Arc::new));
+        }
+        let loss = match &self.plans[&key] {
+            Ok(plan) => {
+                let plan = plan.clone();
+                gpu.begin_plan(&plan, &keep.count);
+                let loss = self.accumulate_gradients(inputs, false);
+                let ended = gpu.end_plan();
+                let loss = loss?;
+                ended.map_err(|why| shape_error("step_counted", why))?;
+                loss
+            }
+            Err(_) => {
+                let read = gpu
+                    .read_many_u32_async(&[&keep.count, &kept])
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let k = (read[0][0] as usize).clamp(keep.floor, keep.cap);
+                let host_kept = &read[1][..inputs.batch * k];
+                let at_k = ClipInputs {
+                    kept: Some(Input::Host(host_kept)),
+                    ..inputs.clone()
+                };
+                self.accumulate_gradients(&at_k, false)?
+            }
+        };
+        self.finish_step_async(loss, lr, read_loss).await
+    }
+
+    /// AdamW at `lr` on the gathered gradients, then the loss read back or the step submitted.
+    async fn finish_step_async(
+        &mut self,
+        loss: Storage,
+        lr: f32,
+        read_loss: bool,
+    ) -> Result<StepReport, ShapeError> {
         self.optimizer
             .step(&mut self.clip.params, &self.backend, lr);
         // The read submits the whole step at once; otherwise submit without waiting.

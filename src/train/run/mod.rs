@@ -13,13 +13,14 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use crate::eval::tasks::logit_scale;
+use crate::gpu::GpuBuf;
 use crate::graph::Backend;
 use crate::masking::MaskRng;
 use crate::model::{ClipInputs, Input};
 
 use super::checkpoint::{CheckpointError, LATEST, TrainState, save_checkpoint, state_path};
 use super::logs::{RunLogs, format_duration};
-use super::mask_step::{MaskStrategy, StepMask, compute_mask_on_ranks};
+use super::mask_step::{MaskStrategy, StepMask, compute_mask_counted, compute_mask_on_ranks};
 use super::ranks::{OneProcess, Ranks};
 use super::schedule::learning_rate;
 use super::step::{Trainer, split_inputs};
@@ -175,6 +176,8 @@ struct Window {
     start: Instant,
     steps: u64,
     ratio_sum: f64,
+    /// Steps in `ratio_sum`: a ratio whose k is on the device joins at the next loss read.
+    ratio_steps: u64,
 }
 
 impl Window {
@@ -183,6 +186,7 @@ impl Window {
             start: Instant::now(),
             steps: 0,
             ratio_sum: 0.0,
+            ratio_steps: 0,
         }
     }
 }
@@ -222,6 +226,9 @@ pub struct TrainRun<'a> {
     eval_ratio: (f64, u64),
     /// Mask ratio summed over this session's steps.
     ratio_sum: f64,
+    /// Keep counts left on the device by the steps since the last loss read (buffer, patches
+    /// L): read with the next loss, so a step itself reads nothing.
+    pending_keep: Vec<(GpuBuf, usize)>,
     /// Seconds spent evaluating, left out of the per-step timing.
     eval_seconds: f64,
 }
@@ -253,6 +260,12 @@ impl TrainRun<'_> {
             || epoch_done;
         let progress = (step / steps_per_epoch) as f32 / config.epochs as f32;
         let step_started = Instant::now();
+        // One batch on one GPU: an unpinned cluster mask leaves k on the device and the step
+        // replays a dispatch plan (src/gpu/plan.rs), so the step neither reads nor waits.
+        let counted = matches!(self.trainer.backend, Backend::Gpu(_))
+            && self.ranks.size() == 1
+            && config.accum_freq == 1
+            && self.micro_batch >= config.batch_size;
         let mut batches = Vec::with_capacity(config.accum_freq);
         // This rank's images are keyed by their index in the global batch.
         let first_image = (self.ranks.rank() * config.batch_size) as u32;
@@ -265,23 +278,42 @@ impl TrainRun<'_> {
             .from_image(first_image);
             // Uploaded once: the mask and both towers' passes read this copy.
             let pixels = self.trainer.backend.upload(&batch.images);
-            let mask = compute_mask_on_ranks(
-                &self.trainer.clip,
-                &self.trainer.backend,
-                &self.strategy,
-                (&pixels, config.batch_size),
-                rng,
-                progress,
-                &*self.ranks,
-            )
+            let mask = if counted {
+                compute_mask_counted(
+                    &self.trainer.clip,
+                    &self.trainer.backend,
+                    &self.strategy,
+                    &pixels,
+                    config.batch_size,
+                    rng,
+                    progress,
+                )
+            } else {
+                compute_mask_on_ranks(
+                    &self.trainer.clip,
+                    &self.trainer.backend,
+                    &self.strategy,
+                    (&pixels, config.batch_size),
+                    rng,
+                    progress,
+                    &*self.ranks,
+                )
+            }
             .map_err(run_err)?;
             batches.push((batch, pixels, mask));
         }
-        let ratio = batches
-            .iter()
-            .map(|(_, _, m)| m.as_ref().map_or(0.0, |m| m.mask_ratio() as f64))
-            .sum::<f64>()
-            / batches.len() as f64;
+        // Ratios the host knows now; a device k joins at the next loss read.
+        let mut known = Vec::new();
+        for (_, _, mask) in &batches {
+            match mask.as_ref().map(|m| (m.mask_ratio(), m.device_keep(), m.patches())) {
+                None => known.push(0.0),
+                Some((Some(ratio), _, _)) => known.push(ratio as f64),
+                Some((None, Some(keep), patches)) => {
+                    self.pending_keep.push((keep.count.clone(), patches))
+                }
+                Some((None, None, _)) => unreachable!("a mask knows k or leaves it on the device"),
+            }
+        }
         let backend = &self.trainer.backend;
         let inputs: Vec<ClipInputs> = batches
             .iter()
@@ -302,7 +334,26 @@ impl TrainRun<'_> {
             config.total_steps(),
             step,
         );
-        let report = self.trainer.step(&inputs, lr, read_loss).map_err(run_err)?;
+        let keep = batches
+            .first()
+            .and_then(|(_, _, m)| m.as_ref())
+            .and_then(StepMask::device_keep);
+        let report = match (keep, inputs.as_slice()) {
+            (Some(keep), [one]) => self.trainer.step_counted(one, keep, lr, read_loss),
+            _ => self.trainer.step(&inputs, lr, read_loss),
+        }
+        .map_err(run_err)?;
+        // Device keep counts are read with the loss; this step's is then the last.
+        let resolved = if read_loss {
+            self.read_pending_keep()?
+        } else {
+            Vec::new()
+        };
+        // Each step's ratio is the mean over its batches (one batch where k is on the device).
+        let this_step = match known.len() == batches.len() {
+            true => Some(known.iter().sum::<f64>() / known.len() as f64),
+            false => None,
+        };
 
         let state = &mut self.state;
         state.step += 1;
@@ -310,10 +361,14 @@ impl TrainRun<'_> {
         state.pass_position = self.stream.position;
         state.data_pass = self.stream.pass;
         self.window.steps += 1;
-        self.window.ratio_sum += ratio;
-        self.ratio_sum += ratio;
-        self.eval_ratio.0 += ratio;
-        self.eval_ratio.1 += 1;
+        for &ratio in this_step.iter().chain(&resolved) {
+            self.window.ratio_sum += ratio;
+            self.window.ratio_steps += 1;
+            self.ratio_sum += ratio;
+            self.eval_ratio.0 += ratio;
+            self.eval_ratio.1 += 1;
+        }
+        let ratio = this_step.or(resolved.last().copied()).unwrap_or(0.0);
         if let Some(loss) = report.loss {
             if !loss.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -351,6 +406,25 @@ impl TrainRun<'_> {
         Ok(())
     }
 
+    /// The mask ratios of the steps whose k stayed on the device, in step order (one read).
+    fn read_pending_keep(&mut self) -> Result<Vec<f64>, TrainError> {
+        if self.pending_keep.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Backend::Gpu(gpu) = &self.trainer.backend else {
+            unreachable!("device keep counts come from the GPU backend")
+        };
+        let pending = std::mem::take(&mut self.pending_keep);
+        let counts = gpu
+            .read_many_u32(&pending.iter().map(|(count, _)| count).collect::<Vec<_>>())
+            .map_err(run_err)?;
+        Ok(counts
+            .iter()
+            .zip(&pending)
+            .map(|(k, &(_, patches))| 1.0 - k[0] as f64 / patches as f64)
+            .collect())
+    }
+
     /// The progress line after a step; a milestone stays in `out.log` and restarts the window.
     fn log_progress(&mut self, lr: f32, milestone: bool) {
         let (config, state, window) = (self.config, &self.state, &self.window);
@@ -366,7 +440,7 @@ impl TrainRun<'_> {
             config.epochs,
             self.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
             (window.steps * config.step_samples()) as f64 / window_seconds,
-            window.ratio_sum / window.steps as f64,
+            window.ratio_sum / window.ratio_steps.max(1) as f64,
             lr,
             self.last_scale,
             format_duration(per_step * (self.stop_at - state.step) as f64),

@@ -165,6 +165,7 @@ impl<'a> TrainRun<'a> {
             window: Window::new(),
             eval_ratio: (0.0, 0),
             ratio_sum: 0.0,
+            pending_keep: Vec::new(),
             eval_seconds: 0.0,
         })
     }

@@ -398,3 +398,106 @@ fn a_pinned_cluster_mask_stays_on_the_gpu_and_trains_as_its_host_copy() {
         );
     }
 }
+
+/// An unpinned cluster mask leaves k on the device too: the step replays a dispatch plan over
+/// k's range (src/gpu/plan.rs), so mask and step are one submit with no read (issue 15). Its
+/// gradients equal those of the step given the same k and indices from the host, for a k at
+/// the cap, one inside the range and one at the floor, all replayed from one plan.
+#[test]
+fn an_unpinned_cluster_mask_keeps_k_on_the_gpu_and_trains_as_its_host_copy() {
+    use clusterclip::masking::{ClusterMaskConfig, MaskRng, MaskStrategy};
+    use clusterclip::model::Input;
+    use clusterclip::train::mask_step::{StepMask, compute_mask_counted};
+
+    let gpu = fresh_gpu();
+    let backend = Backend::Gpu(gpu.clone());
+    let (batch, patches) = (5, 9);
+    let mut rng = Rng::new(22);
+    let images = rng.vec(batch * 3 * 24 * 24);
+    let tokens: Vec<u32> = (0..batch * 7).map(|_| rng.below(50)).collect();
+    // Bounds 0.3 / 0.9: k in 1..=6 of 9 patches. With no cluster (threshold 1) the anchors
+    // alone are masked: 1 of 9 keeps the cap, 5 of 9 keep 4; with every patch an anchor the
+    // floor holds.
+    let unpinned = |anchor_ratio, threshold| ClusterMaskConfig {
+        anchor_ratio,
+        threshold,
+        ..Default::default()
+    };
+    let cases = [
+        (unpinned(0.03, 1.0), 6),
+        (unpinned(0.5, 1.0), 4),
+        (unpinned(0.95, 0.0), 1),
+    ];
+    for embed in [false, true] {
+        // lr 0: the parameters stay put, so every case's gradients compare on one model.
+        let mut trainer = Trainer::new(
+            Clip::new(small_config(), &backend, 5).unwrap(),
+            backend.clone(),
+            AdamWConfig::default(),
+        );
+        for (step, (config, expected_k)) in cases.iter().enumerate() {
+            let strategy = match embed {
+                false => MaskStrategy::Cluster(*config),
+                true => MaskStrategy::ClusterEmbed(*config),
+            };
+            gpu.sync();
+            let (submits, reads) = (gpu.submit_count(), gpu.read_count());
+            let pixels = backend.upload(&images);
+            let mask = compute_mask_counted(
+                &trainer.clip,
+                &backend,
+                &strategy,
+                &pixels,
+                batch,
+                MaskRng::new(9, step as u32),
+                0.5,
+            )
+            .unwrap()
+            .unwrap();
+            let StepMask::Counted { keep, kept, .. } = &mask else {
+                panic!("an unpinned cluster mask read k back");
+            };
+            assert_eq!((keep.floor, keep.cap, mask.patches()), (1, 6, patches));
+            let inputs = ClipInputs {
+                images: Input::Stored(pixels.clone()),
+                tokens: &tokens,
+                batch,
+                kept: Some(mask.kept()),
+            };
+            trainer.step_counted(&inputs, keep, 0.0, false).unwrap();
+            gpu.sync();
+            assert_eq!(
+                (gpu.submit_count() - submits, gpu.read_count() - reads),
+                (1, 0),
+                "submits and reads of a step on a device k ({})",
+                strategy.name()
+            );
+            let on_device = gpu.read_f32(trainer.optimizer.grads.values.gpu()).unwrap();
+
+            let k = gpu.read_u32(&keep.count).unwrap()[0] as usize;
+            assert_eq!(k, *expected_k, "keep count ({})", strategy.name());
+            let kept = gpu.read_u32(kept.gpu()).unwrap()[..batch * k].to_vec();
+            let host = ClipInputs {
+                images: Input::Stored(pixels),
+                tokens: &tokens,
+                batch,
+                kept: Some(Input::Host(&kept)),
+            };
+            trainer.step(&[host], 0.0, false).unwrap();
+            let from_host = gpu.read_f32(trainer.optimizer.grads.values.gpu()).unwrap();
+            // The plan holds k-dependent kernel choices to their general forms (a scalar
+            // softmax, the strided matmul): the same sums in another order.
+            let scale = from_host.iter().fold(0f32, |m, g| m.max(g.abs()));
+            let worst = on_device
+                .iter()
+                .zip(&from_host)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                scale > 0.0 && worst <= 1e-4 * scale,
+                "k = {k}: gradients differ by {worst} (largest {scale}, {})",
+                strategy.name()
+            );
+        }
+    }
+}

@@ -44,5 +44,6 @@ pub fn params_layouts() -> Vec<gpu::ParamsLayout> {
         masking::gpu::Params::layout(),
         train::optimizer::AdamParams::layout(),
         train::optimizer::FlatParams::layout(),
+        gpu::PlanParams::layout(),
     ]
 }

@@ -30,6 +30,7 @@ pub use buffer::{BINDING_ALIGN_WORDS, GpuBuf, PoolStats};
 pub use kernel::{Kernel, Shader, validate_wgsl};
 pub use params::{KernelParams, ParamsLayout};
 pub use plan::DispatchPlan;
+pub(crate) use plan::Params as PlanParams;
 pub use plan::cpu as plan_cpu;
 #[cfg(not(target_arch = "wasm32"))]
 pub use readback::block_on;

@@ -87,6 +87,8 @@ pub struct DispatchPlan {
     /// [dynamic, 3], indirect and storage: the grids of the count on the device.
     pub(super) indirect: GpuBuf,
     row_words: usize,
+    host_table: Vec<u32>,
+    host_entries: Vec<u32>,
 }
 
 impl DispatchPlan {
@@ -102,6 +104,18 @@ impl DispatchPlan {
     /// Choice sites held to a form valid for every count.
     pub fn forced_sites(&self) -> usize {
         self.forced.len()
+    }
+
+    /// The table and entries the `pick` kernel reads, and the table's row length (tests hold
+    /// the kernel to its CPU twin, [`cpu::pick`]).
+    pub fn host_table(&self) -> (&[u32], &[u32], usize) {
+        (&self.host_table, &self.host_entries, self.row_words)
+    }
+
+    /// What the last `pick` wrote: the params slots and the grids.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn read_picked(&self, gpu: &Gpu) -> Result<(Vec<u32>, Vec<u32>), super::GpuError> {
+        Ok((gpu.read_u32(&self.params)?, gpu.read_u32(&self.indirect)?))
     }
 }
 
@@ -323,10 +337,12 @@ impl Gpu {
             params: GpuBuf::dedicated(
                 &self.device,
                 dynamic.len() * SLOT_WORDS,
-                U::UNIFORM | U::STORAGE,
+                U::UNIFORM | U::STORAGE | U::COPY_SRC,
             ),
-            indirect: GpuBuf::dedicated(&self.device, dynamic.len() * 3, U::INDIRECT | U::STORAGE),
+            indirect: GpuBuf::dedicated(&self.device, dynamic.len() * 3, U::INDIRECT | U::STORAGE | U::COPY_SRC),
             row_words,
+            host_table: table,
+            host_entries: entries,
         })
     }
 

@@ -538,6 +538,9 @@ pub fn run_step(args: StepArgs) -> CliResult {
         for t in &times {
             println!("  {}", t.line(batch));
         }
+        for plan in trainer.plan_summaries() {
+            println!("  dispatch plan (unpinned k stays on the GPU): {plan}");
+        }
         if let [a, b] = &times[..] {
             println!(
                 "  {} / {} step time: {:.3} (interleaved in one run)",

@@ -89,6 +89,7 @@ pub struct DispatchPlan {
     row_words: usize,
     host_table: Vec<u32>,
     host_entries: Vec<u32>,
+    build_seconds: f64,
 }
 
 impl DispatchPlan {
@@ -104,6 +105,11 @@ impl DispatchPlan {
     /// Choice sites held to a form valid for every count.
     pub fn forced_sites(&self) -> usize {
         self.forced.len()
+    }
+
+    /// Seconds the dry runs took (0 in the browser, which has no clock here).
+    pub fn build_seconds(&self) -> f64 {
+        self.build_seconds
     }
 
     /// The table and entries the `pick` kernel reads, and the table's row length (tests hold
@@ -211,6 +217,7 @@ impl Gpu {
         // ends, then checked on all.
         let mut sample: BTreeSet<usize> = (first..=last.min(first + 3)).collect();
         sample.extend([last, last.saturating_sub(1).max(first), (first + last) / 2]);
+        let started = super::recorder::web_time_now();
         let mut forced = HashMap::new();
         let mut all = false;
         for _round in 0..16 {
@@ -234,7 +241,9 @@ impl Gpu {
             }
             if varying.is_empty() {
                 if all {
-                    return self.plan_from(&logs, counts_range(first, last), forced);
+                    let mut plan = self.plan_from(&logs, first..=last, forced)?;
+                    plan.build_seconds = super::recorder::web_time_now() - started;
+                    return Ok(plan);
                 }
                 all = true;
                 continue;
@@ -286,6 +295,13 @@ impl Gpu {
             let same = logs.values().all(|events| &events[at] == event);
             match event {
                 PlanEvent::Dispatch { kernel, params, .. } => {
+                    let same_kernel = logs.values().all(|events| {
+                        matches!(&events[at], PlanEvent::Dispatch { kernel: other, .. }
+                            if other == kernel)
+                    });
+                    if !same_kernel {
+                        return Err(format!("dispatch {at} ({kernel}) changes with the count"));
+                    }
                     let entry = (!same).then(|| {
                         dynamic.push((at, params.len()));
                         dynamic.len() - 1
@@ -343,6 +359,7 @@ impl Gpu {
             row_words,
             host_table: table,
             host_entries: entries,
+            build_seconds: 0.0,
         })
     }
 
@@ -448,10 +465,6 @@ impl Gpu {
             None => false,
         }
     }
-}
-
-fn counts_range(first: usize, last: usize) -> RangeInclusive<usize> {
-    first..=last
 }
 
 /// The choice sites whose kernels differ between two dry runs, or an error when the runs

@@ -431,7 +431,7 @@ impl Gpu {
 
 /// Seconds on a monotonic clock (profiling only; the browser build has no `Instant`).
 #[cfg(not(target_arch = "wasm32"))]
-fn web_time_now() -> f64 {
+pub(super) fn web_time_now() -> f64 {
     use std::sync::OnceLock;
     static START: OnceLock<std::time::Instant> = OnceLock::new();
     START
@@ -441,7 +441,7 @@ fn web_time_now() -> f64 {
 }
 
 #[cfg(target_arch = "wasm32")]
-fn web_time_now() -> f64 {
+pub(super) fn web_time_now() -> f64 {
     0.0
 }
 

@@ -69,6 +69,27 @@ impl Trainer {
         }
     }
 
+    /// One line per dispatch plan built so far (see [`Trainer::step_counted`]).
+    pub fn plan_summaries(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .plans
+            .iter()
+            .map(|(&(batch, floor, cap), plan)| match plan {
+                Ok(plan) => format!(
+                    "batch {batch}, k {floor}..={cap}: {} dispatches, {} sized by k, {} \
+                     kernel choices held to a form for every k, built in {:.2} s",
+                    plan.dispatches(),
+                    plan.dynamic_dispatches(),
+                    plan.forced_sites(),
+                    plan.build_seconds()
+                ),
+                Err(why) => format!("batch {batch}, k {floor}..={cap}: none ({why})"),
+            })
+            .collect();
+        lines.sort();
+        lines
+    }
+
     /// The ranks this trainer shares steps with, if more than one.
     fn ranks(&self) -> Option<&DataParallel> {
         self.parallel.as_ref().filter(|p| p.ranks.size() > 1)

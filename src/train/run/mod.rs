@@ -433,14 +433,18 @@ impl TrainRun<'_> {
         let per_step = elapsed / (state.step - self.first_step) as f64;
         let window_seconds = window.start.elapsed().as_secs_f64().max(1e-9);
         let line = format!(
-            "step {}/{} epoch {}/{} | loss {} | {:.1} img/s | mask {:.3} | lr {:.3e} | scale {:.2} | eta {} | data wait {:.0}%",
+            "step {}/{} epoch {}/{} | loss {} | {:.1} img/s | mask {} | lr {:.3e} | scale {:.2} | eta {} | data wait {:.0}%",
             state.step,
             self.stop_at,
             state.step.div_ceil(steps_per_epoch).min(config.epochs),
             config.epochs,
             self.last_loss.map_or("-".into(), |l| format!("{l:.4}")),
             (window.steps * config.step_samples()) as f64 / window_seconds,
-            window.ratio_sum / window.ratio_steps.max(1) as f64,
+            // A device k is read with the loss: "-" until then.
+            match window.ratio_steps {
+                0 => "-".to_string(),
+                n => format!("{:.3}", window.ratio_sum / n as f64),
+            },
             lr,
             self.last_scale,
             format_duration(per_step * (self.stop_at - state.step) as f64),

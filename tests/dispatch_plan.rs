@@ -8,7 +8,6 @@ use clusterclip::gpu::{Gpu, plan_cpu};
 use clusterclip::graph::{Backend, Graph, Storage};
 use common::*;
 
-const ROWS: usize = 3;
 const CAP: usize = 7;
 const INNER: usize = 8;
 
@@ -16,8 +15,12 @@ const INNER: usize = 8;
 /// matmul's and the softmax's shapes, grids and vec4 fit all change with k.
 fn record(g: &mut Graph, a: &Storage, b: &Storage, k: usize) -> Storage {
     let view = |s: &Storage, len| Storage::Gpu(s.gpu().view(0, len));
-    let a = g.from_storage(view(a, k * INNER), &[k, INNER], false).unwrap();
-    let b = g.from_storage(view(b, INNER * k), &[INNER, k], false).unwrap();
+    let a = g
+        .from_storage(view(a, k * INNER), &[k, INNER], false)
+        .unwrap();
+    let b = g
+        .from_storage(view(b, INNER * k), &[INNER, k], false)
+        .unwrap();
     let scores = g.matmul(a, b).unwrap();
     let p = g.softmax(scores, 0.5, false).unwrap();
     g.storage(p).clone()
@@ -42,7 +45,11 @@ fn a_plan_replays_every_count_as_a_recording_at_that_count() {
     let b = backend.upload(&rng.vec(INNER * CAP));
     let plan = std::sync::Arc::new(plan_for(&gpu, &a, &b));
     assert_eq!(plan.counts, 1..=CAP);
-    assert!(plan.dynamic_dispatches() >= 2, "{}", plan.dynamic_dispatches());
+    assert!(
+        plan.dynamic_dispatches() >= 2,
+        "{}",
+        plan.dynamic_dispatches()
+    );
     // k = 4 takes the vec4 softmax and 1..3 do not: the site is held to the scalar form.
     assert!(plan.forced_sites() >= 1);
     for k in [4, 1, CAP, 2, 5] {
@@ -77,7 +84,10 @@ fn a_plan_replays_every_count_as_a_recording_at_that_count() {
     gpu.end_plan().unwrap();
     let (table, entries, row_words) = plan.host_table();
     let picked = plan.read_picked(&gpu).unwrap();
-    assert_eq!(picked, plan_cpu::pick(table, entries, row_words, (1, CAP), CAP));
+    assert_eq!(
+        picked,
+        plan_cpu::pick(table, entries, row_words, (1, CAP), CAP)
+    );
 }
 
 /// A recording that leaves its plan early, or records another kernel, is refused.
@@ -92,7 +102,10 @@ fn a_recording_that_strays_from_its_plan_is_refused() {
     let count = gpu.upload_u32(&[3]);
     gpu.begin_plan(&plan, &count);
     let err = gpu.end_plan().unwrap_err();
-    assert!(err.contains(&format!("0 of its plan's {}", plan.dispatches())), "{err}");
+    assert!(
+        err.contains(&format!("0 of its plan's {}", plan.dispatches())),
+        "{err}"
+    );
     // A read while recording dry is a bug in the recording, not a silent wrong plan; the
     // device records normally afterwards.
     let read_in_plan = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -104,6 +117,7 @@ fn a_recording_that_strays_from_its_plan_is_refused() {
     let back = gpu.read_f32(a.gpu()).unwrap();
     assert_eq!(back.len(), CAP * INNER);
     // A count range with no count is an error, not an empty plan.
-    let empty = gpu.build_plan(3..=2, |_| Ok(())).err().unwrap();
+    let (first, last) = (3, 2);
+    let empty = gpu.build_plan(first..=last, |_| Ok(())).err().unwrap();
     assert!(empty.contains("no count"), "{empty}");
 }

@@ -5,10 +5,10 @@
 use std::time::Instant;
 
 use crate::data::shapes;
+use crate::gpu::GpuBuf;
 use crate::graph::{Backend, Graph};
 use crate::masking::{MaskFlags, MaskRng, MaskStrategy, calibrate_on_images};
 use crate::model::{Clip, ClipConfig, ClipInputs, Input, text, vision};
-use crate::gpu::GpuBuf;
 use crate::train::mask_step::{StepMask, compute_mask, compute_mask_counted};
 use crate::train::{AdamWConfig, Trainer};
 
@@ -427,41 +427,42 @@ pub fn run_step(args: StepArgs) -> CliResult {
     // (step seconds, mask seconds, mask ratio) of one step of strategy `which`; a ratio whose
     // k stayed on the device is read after the step's counts are taken.
     type Ratio = Result<f64, (GpuBuf, usize)>;
-    let mut step = |which: usize, i: u32| -> Result<(f64, f64, Ratio), Box<dyn std::error::Error>> {
-        let start = Instant::now();
-        // As the training loop: the images uploaded once, for the mask and the towers.
-        let pixels = backend.upload(&images);
-        let mask = compute_mask_counted(
-            &trainer.clip,
-            &backend,
-            &strategies[which],
-            &pixels,
-            args.batch_size,
-            MaskRng::new(0, i),
-            0.5,
-        )?;
-        let mask_seconds = start.elapsed().as_secs_f64();
-        let inputs = ClipInputs {
-            images: Input::Stored(pixels),
-            tokens: &tokens,
-            batch: args.batch_size,
-            kept: mask.as_ref().map(StepMask::kept),
+    let mut step =
+        |which: usize, i: u32| -> Result<(f64, f64, Ratio), Box<dyn std::error::Error>> {
+            let start = Instant::now();
+            // As the training loop: the images uploaded once, for the mask and the towers.
+            let pixels = backend.upload(&images);
+            let mask = compute_mask_counted(
+                &trainer.clip,
+                &backend,
+                &strategies[which],
+                &pixels,
+                args.batch_size,
+                MaskRng::new(0, i),
+                0.5,
+            )?;
+            let mask_seconds = start.elapsed().as_secs_f64();
+            let inputs = ClipInputs {
+                images: Input::Stored(pixels),
+                tokens: &tokens,
+                batch: args.batch_size,
+                kept: mask.as_ref().map(StepMask::kept),
+            };
+            match mask.as_ref().and_then(StepMask::device_keep) {
+                Some(keep) => trainer.step_counted(&inputs, keep, 1e-4, false)?,
+                None => trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?,
+            };
+            gpu.sync();
+            let ratio = match &mask {
+                None => Ok(0.0),
+                Some(m) => match (m.mask_ratio(), m.device_keep()) {
+                    (Some(r), _) => Ok(r as f64),
+                    (None, Some(keep)) => Err((keep.count.clone(), m.patches())),
+                    (None, None) => unreachable!("a mask knows k or leaves it on the device"),
+                },
+            };
+            Ok((start.elapsed().as_secs_f64(), mask_seconds, ratio))
         };
-        match mask.as_ref().and_then(StepMask::device_keep) {
-            Some(keep) => trainer.step_counted(&inputs, keep, 1e-4, false)?,
-            None => trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?,
-        };
-        gpu.sync();
-        let ratio = match &mask {
-            None => Ok(0.0),
-            Some(m) => match (m.mask_ratio(), m.device_keep()) {
-                (Some(r), _) => Ok(r as f64),
-                (None, Some(keep)) => Err((keep.count.clone(), m.patches())),
-                (None, None) => unreachable!("a mask knows k or leaves it on the device"),
-            },
-        };
-        Ok((start.elapsed().as_secs_f64(), mask_seconds, ratio))
-    };
     let resolve = |ratio: Ratio| -> Result<f64, Box<dyn std::error::Error>> {
         Ok(match ratio {
             Ok(r) => r,

@@ -148,7 +148,11 @@ impl GpuBuf {
 
     /// A buffer outside the pool with its own `usage` (the uniform and indirect buffers of a
     /// dispatch plan, src/gpu/plan.rs), freed when its last view drops.
-    pub(super) fn dedicated(device: &wgpu::Device, len: usize, usage: wgpu::BufferUsages) -> GpuBuf {
+    pub(super) fn dedicated(
+        device: &wgpu::Device,
+        len: usize,
+        usage: wgpu::BufferUsages,
+    ) -> GpuBuf {
         let bytes = (len.max(1) * 4) as u64;
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("dedicated"),

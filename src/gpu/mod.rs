@@ -1,5 +1,6 @@
 //! The GPU runtime: adapter choice, a buffer pool, a kernel (pipeline) cache and a recorder that
-//! puts every dispatch of a step into one command encoder and one submit.
+//! puts every dispatch of a step into one command encoder and one submit, and dispatch plans
+//! (plan.rs) for a step whose shapes hang on a count the GPU computes in that step.
 //!
 //! Conventions every WGSL file follows (see `shaders/`):
 //! - `@group(0) @binding(0) var<uniform> params: ...` holds the dispatch's small parameters;

@@ -355,7 +355,11 @@ impl Gpu {
                 dynamic.len() * SLOT_WORDS,
                 U::UNIFORM | U::STORAGE | U::COPY_SRC,
             ),
-            indirect: GpuBuf::dedicated(&self.device, dynamic.len() * 3, U::INDIRECT | U::STORAGE | U::COPY_SRC),
+            indirect: GpuBuf::dedicated(
+                &self.device,
+                dynamic.len() * 3,
+                U::INDIRECT | U::STORAGE | U::COPY_SRC,
+            ),
             row_words,
             host_table: table,
             host_entries: entries,
@@ -425,8 +429,7 @@ impl Gpu {
         if let Some(dry) = rec.dry.as_mut() {
             let site = dry.sites.checked_sub(1).unwrap_or(usize::MAX);
             let mut words = vec![0u32; params.len().div_ceil(4)];
-            bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..params.len()]
-                .copy_from_slice(params);
+            bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..params.len()].copy_from_slice(params);
             dry.events.push(PlanEvent::Dispatch {
                 kernel: kernel.name.clone(),
                 params: words,

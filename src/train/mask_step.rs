@@ -1,9 +1,12 @@
 //! The mask of one training step (M3, M4): which patches each image keeps. Cluster masking runs
 //! on the GPU on the GPU backend (its CPU twin on the CPU backend) on the step's images where
 //! they were uploaded. Where k was known before the mask ran (min = max mask ratio, as the study
-//! pins it, M7) the kept indices stay on the device and the step reads nothing; otherwise k and
-//! the kept indices come back in one read, since every shape of the image tower depends on k
-//! (M3.4: a dense [N, 1 + k, D] tensor, no padding). Random masking is N·L hashes of a
+//! pins it, M7) the kept indices stay on the device and the step reads nothing. Otherwise every
+//! shape of the image tower depends on a k only the GPU knows (M3.4: a dense [N, 1 + k, D]
+//! tensor, no padding): [`compute_mask_counted`] leaves k there too and the step replays a
+//! dispatch plan over k's range (src/gpu/plan.rs), still with no read; [`compute_mask`] reads
+//! k and the kept indices back (several ranks agree on k on the host). Random masking is N·L
+//! hashes of a
 //! counter-based generator, cheaper on the host than a device round trip, and bit-identical to
 //! its GPU kernel (tests/masking*.rs).
 
@@ -184,10 +187,7 @@ pub async fn compute_mask_async(
     rng: MaskRng,
     progress: f32,
 ) -> Result<Option<StepMask>, MaskError> {
-    mask_async(
-        clip, backend, strategy, images, batch, rng, progress, false,
-    )
-    .await
+    mask_async(clip, backend, strategy, images, batch, rng, progress, false).await
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -199,7 +199,10 @@ impl Trainer {
                     .map_err(|e| e.to_string())
             });
             if let Err(why) = &plan {
-                eprintln!("no dispatch plan for batch {} ({why}): each step reads k", inputs.batch);
+                eprintln!(
+                    "no dispatch plan for batch {} ({why}): each step reads k",
+                    inputs.batch
+                );
             }
             self.plans.insert(key, plan.map(Arc::new));
         }

@@ -161,7 +161,10 @@ impl TrainSession {
         let mask = compute_mask_async(clip, backend, &self.strategy, &pixels, batch, rng, progress)
             .await
             .map_err(|e| e.to_string())?;
-        let mask_ratio = mask.as_ref().and_then(StepMask::mask_ratio).map_or(0.0, f64::from);
+        let mask_ratio = mask
+            .as_ref()
+            .and_then(StepMask::mask_ratio)
+            .map_or(0.0, f64::from);
         let whole = ClipInputs {
             images: Input::Stored(pixels),
             tokens: &tokens,

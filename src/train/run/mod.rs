@@ -305,7 +305,10 @@ impl TrainRun<'_> {
         // Ratios the host knows now; a device k joins at the next loss read.
         let mut known = Vec::new();
         for (_, _, mask) in &batches {
-            match mask.as_ref().map(|m| (m.mask_ratio(), m.device_keep(), m.patches())) {
+            match mask
+                .as_ref()
+                .map(|m| (m.mask_ratio(), m.device_keep(), m.patches()))
+            {
                 None => known.push(0.0),
                 Some((Some(ratio), _, _)) => known.push(ratio as f64),
                 Some((None, Some(keep), patches)) => {

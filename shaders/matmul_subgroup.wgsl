@@ -35,9 +35,9 @@
 // shader cache; so the layout is a flag (a uniform branch per 4 steps of k, no measurable cost),
 // not an entry point per layout (eight of them took about 4 minutes on a fresh machine).
 
-// Entry points `matmul_sg` and `matmul_sg_bias` need K, N and the vec4
-// axis of each operand to be multiples of 4 (src/ops/matmul.rs checks; other shapes go to
-// `matmul.wgsl`). Every layout is read in place: no transposed copies. Rows and columns past
+// Entry points `matmul_sg` and `matmul_sg_bias` need N and the vec4 axis of each operand to be
+// multiples of 4, and K too unless A is [K, M] and B [K, N] (src/ops/matmul.rs checks; other
+// shapes go to `matmul.wgsl`). Every layout is read in place: no transposed copies. Rows and columns past
 // the edge of C read clamped (valid) elements and are never stored.
 
 // naga 30 parses subgroup builtins without `enable subgroups;` (which it refuses as not yet
@@ -145,6 +145,12 @@ fn load_b(at: vec4<u32>, step: u32) -> mat4x4<f32> {
     return mat4x4(b4[at.x + step], b4[at.y + step], b4[at.z + step], b4[at.w + step]);
 }
 
+// Column kk (step kk of k) of `m` where `live[kk]`, else zeros.
+fn live_steps(m: mat4x4<f32>, live: vec4<bool>) -> mat4x4<f32> {
+    return mat4x4(select(vec4(0.0), m[0], live.x), select(vec4(0.0), m[1], live.y),
+        select(vec4(0.0), m[2], live.z), select(vec4(0.0), m[3], live.w));
+}
+
 // Where the workgroup and lane work: the tile origin (row, column) in C.
 fn tile_origin(wid: vec3<u32>, lane: u32) -> vec2<u32> {
     return vec2(wid.y * TILE_M, (wid.x * LANES + lane) * TILE_N);
@@ -188,11 +194,30 @@ fn product(t: ptr<function, Tile>, origin: vec2<u32>, lane: u32, batch: u32) {
     if !trans_b {
         b_step = 4u * n4;
     }
+    // A [K, M] and B [K, N] take any K: a last pass over fewer than 4 steps (`tail`) reads
+    // its missing steps at its first (in range) and counts them as zeros. Every other layout
+    // has K a multiple of 4 (src/ops/matmul.rs), so `tail` is 0 there.
+    let tail = params.k % 4u;
+    let passes = (params.k + 3u) / 4u;
     var a_offset = 0u;
     var b_offset = 0u;
-    for (var kq = 0u; kq < k4; kq++) {
-        var mine = MineA(load_a(a_at[0], a_offset), load_a(a_at[1], a_offset));
-        var cols = ColsB(load_b(b_at[0], b_offset), load_b(b_at[1], b_offset));
+    for (var kq = 0u; kq < passes; kq++) {
+        let partial = tail != 0u && kq + 1u == passes;
+        let live = steps < vec4(tail);
+        var a_now = a_at;
+        var b_now = b_at;
+        if partial {
+            a_now = array(select(vec4(a_at[0].x), a_at[0], live),
+                select(vec4(a_at[1].x), a_at[1], live));
+            b_now = array(select(vec4(b_at[0].x), b_at[0], live),
+                select(vec4(b_at[1].x), b_at[1], live));
+        }
+        var mine = MineA(load_a(a_now[0], a_offset), load_a(a_now[1], a_offset));
+        var cols = ColsB(load_b(b_now[0], b_offset), load_b(b_now[1], b_offset));
+        if partial {
+            mine = MineA(live_steps(mine[0], live), live_steps(mine[1], live));
+            cols = ColsB(live_steps(cols[0], live), live_steps(cols[1], live));
+        }
         if !trans_a {
             mine = MineA(transpose(mine[0]), transpose(mine[1]));
         }

@@ -410,15 +410,19 @@ fn dispatch_forced(
 }
 
 /// The `matmul_subgroup` entry point that computes `dims` (with a bias or not), where it
-/// applies: a device whose subgroups are as wide as the shader's workgroup (lavapipe), K, N
-/// and the vec4 axis of each operand multiples of 4, and C at least one workgroup's columns
-/// wide.
+/// applies: a device whose subgroups are as wide as the shader's workgroup (lavapipe), N and
+/// the vec4 axis of each operand multiples of 4, K too unless A is [K, M] and B [K, N], and C at
+/// least one workgroup's columns wide.
 /// It reads every layout in place (no transposed copies) and runs 2.0x `matmul_tn` at 1024³
 /// on lavapipe (measurements in the shader).
 fn subgroup_kernel(gpu: &Gpu, dims: &MatmulDims, bias: bool) -> Option<Arc<Kernel>> {
     let subgroup = gpu.fixed_subgroup_size()?;
     let vec4_kernel = entry_point(dims) != "matmul_strided";
-    if !vec4_kernel || !dims.k.is_multiple_of(4) || !dims.n.is_multiple_of(4) {
+    // Any K where both operands run along it row by row (A [K, M], B [K, N]: the weight
+    // gradients, whose K = tokens changes with a dispatch plan's count); the shader reads a
+    // last partial step of 4 as zeros.
+    let any_k = dims.trans_a && !dims.trans_b;
+    if !vec4_kernel || !(any_k || dims.k.is_multiple_of(4)) || !dims.n.is_multiple_of(4) {
         return None;
     }
     // Ruled in or out from the module's constants: LLVM takes about 20 s to build the

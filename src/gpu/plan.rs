@@ -38,8 +38,9 @@ pub(super) enum PlanEvent {
         /// The choice site in effect (the last one asked), or `usize::MAX` before any.
         site: usize,
     },
-    /// Host data written into a buffer (upload, fill): must not depend on k.
-    Write { bytes: Vec<u8> },
+    /// Host data written into a buffer (upload, fill): must not depend on k. Its length and
+    /// FNV-1a hash, not the bytes (a batch of images would be kept once per count).
+    Write { len: usize, hash: u64 },
     Copy {
         src_offset: usize,
         dst_offset: usize,
@@ -55,6 +56,16 @@ pub(super) struct DryRun {
     pub events: Vec<PlanEvent>,
     pub forced: HashMap<usize, u8>,
     pub sites: usize,
+}
+
+/// A dispatch as the plan machinery sees it (`Gpu::plan_dispatch`).
+pub(super) enum PlanRole {
+    /// Logged by a dry run: record nothing.
+    Logged,
+    /// Record as given.
+    Static,
+    /// Record with the params slot and indirect grid of this entry of the plan.
+    Picked(Arc<DispatchPlan>, usize),
 }
 
 /// The recorder's state while a plan records: which planned dispatch comes next.
@@ -417,14 +428,14 @@ impl Gpu {
         }
     }
 
-    /// In a dry run: logs the dispatch and returns true (nothing is recorded). While a plan
-    /// records: the plan's entry for this dispatch, checked against the kernel.
+    /// What a dispatch is to the plan machinery: logged in a dry run (nothing to record), or
+    /// while a plan replays its next dispatch, checked against the kernel.
     pub(super) fn plan_dispatch(
         &self,
         kernel: &super::Kernel,
         params: &[u8],
         groups: [u32; 3],
-    ) -> Result<(), Option<(Arc<DispatchPlan>, usize)>> {
+    ) -> PlanRole {
         let mut rec = self.recorder.lock().unwrap();
         if let Some(dry) = rec.dry.as_mut() {
             let site = dry.sites.checked_sub(1).unwrap_or(usize::MAX);
@@ -436,10 +447,10 @@ impl Gpu {
                 groups,
                 site,
             });
-            return Ok(());
+            return PlanRole::Logged;
         }
         let Some(active) = rec.active.as_mut() else {
-            return Err(None);
+            return PlanRole::Static;
         };
         let ordinal = active.ordinal;
         active.ordinal += 1;
@@ -454,7 +465,10 @@ impl Gpu {
             planned.kernel, kernel.name,
             "dispatch {ordinal} of the plan is another kernel"
         );
-        Err(planned.dynamic.map(|entry| (active.plan.clone(), entry)))
+        match planned.dynamic {
+            Some(entry) => PlanRole::Picked(active.plan.clone(), entry),
+            None => PlanRole::Static,
+        }
     }
 
     /// In a dry run: logs a non-dispatch command and returns true (nothing is recorded).
@@ -480,6 +494,18 @@ fn varying_sites(reference: &[PlanEvent], events: &[PlanEvent]) -> Result<Vec<us
         return Err("kernels before the first choice site depend on the count".into());
     }
     Ok(varying)
+}
+
+impl PlanEvent {
+    pub(super) fn write(bytes: &[u8]) -> PlanEvent {
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        PlanEvent::Write {
+            len: bytes.len(),
+            hash,
+        }
+    }
 }
 
 /// The kernels dispatched after each choice site, in order.

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::plan::{ActivePlan, DispatchPlan, DryRun, PlanEvent, SLOT_WORDS};
+use super::plan::{ActivePlan, DispatchPlan, DryRun, PlanEvent, PlanRole, SLOT_WORDS};
 use super::{Gpu, GpuBuf, Kernel, linear_grid};
 
 /// A buffer and the name of the WGSL global it binds to: `("out", &out)`.
@@ -156,9 +156,7 @@ impl Gpu {
             bytes.len(),
             buf.len()
         );
-        if self.plan_event(|| PlanEvent::Write {
-            bytes: bytes.to_vec(),
-        }) {
+        if self.plan_event(|| PlanEvent::write(bytes)) {
             return;
         }
         let mut rec = self.recorder.lock().unwrap();
@@ -254,8 +252,9 @@ impl Gpu {
         let buffers = in_binding_order(kernel, buffers);
         // In a dry run only logged; in a plan, maybe sized by the count on the device.
         let planned = match self.plan_dispatch(kernel, bytemuck::bytes_of(params), groups) {
-            Ok(()) => return,
-            Err(planned) => planned,
+            PlanRole::Logged => return,
+            PlanRole::Static => None,
+            PlanRole::Picked(plan, entry) => Some((plan, entry)),
         };
         if planned.is_none() && groups.contains(&0) {
             return;

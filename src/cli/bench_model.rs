@@ -5,11 +5,10 @@
 use std::time::Instant;
 
 use crate::data::shapes;
-use crate::gpu::GpuBuf;
 use crate::graph::{Backend, Graph};
 use crate::masking::{MaskFlags, MaskRng, MaskStrategy, calibrate_on_images};
 use crate::model::{Clip, ClipConfig, ClipInputs, Input, text, vision};
-use crate::train::mask_step::{StepMask, compute_mask, compute_mask_counted};
+use crate::train::mask_step::{MaskRatio, StepMask, compute_mask, compute_mask_counted};
 use crate::train::{AdamWConfig, Trainer};
 
 use super::{CliResult, GpuArgs};
@@ -426,9 +425,8 @@ pub fn run_step(args: StepArgs) -> CliResult {
     let mut trainer = Trainer::new(clip, backend.clone(), AdamWConfig::default());
     // (step seconds, mask seconds, mask ratio) of one step of strategy `which`; a ratio whose
     // k stayed on the device is read after the step's counts are taken.
-    type Ratio = Result<f64, (GpuBuf, usize)>;
     let mut step =
-        |which: usize, i: u32| -> Result<(f64, f64, Ratio), Box<dyn std::error::Error>> {
+        |which: usize, i: u32| -> Result<(f64, f64, MaskRatio), Box<dyn std::error::Error>> {
             let start = Instant::now();
             // As the training loop: the images uploaded once, for the mask and the towers.
             let pixels = backend.upload(&images);
@@ -453,20 +451,15 @@ pub fn run_step(args: StepArgs) -> CliResult {
                 None => trainer.step(std::slice::from_ref(&inputs), 1e-4, false)?,
             };
             gpu.sync();
-            let ratio = match &mask {
-                None => Ok(0.0),
-                Some(m) => match (m.mask_ratio(), m.device_keep()) {
-                    (Some(r), _) => Ok(r as f64),
-                    (None, Some(keep)) => Err((keep.count.clone(), m.patches())),
-                    (None, None) => unreachable!("a mask knows k or leaves it on the device"),
-                },
-            };
+            let ratio = mask.as_ref().map_or(MaskRatio::NONE, StepMask::ratio);
             Ok((start.elapsed().as_secs_f64(), mask_seconds, ratio))
         };
-    let resolve = |ratio: Ratio| -> Result<f64, Box<dyn std::error::Error>> {
+    let resolve = |ratio: MaskRatio| -> Result<f64, Box<dyn std::error::Error>> {
         Ok(match ratio {
-            Ok(r) => r,
-            Err((count, patches)) => 1.0 - gpu.read_u32(&count)?[0] as f64 / patches as f64,
+            MaskRatio::Known(r) => r,
+            MaskRatio::OnDevice { count, patches } => {
+                MaskRatio::of_count(gpu.read_u32(&count)?[0], patches)
+            }
         })
     };
     let count = strategies.len();

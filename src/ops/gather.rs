@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, GpuBuf};
 use crate::graph::{Backend, DType, Graph, Op, OpResult, ShapeError, Storage, Tensor, shape_error};
 
 /// `out = src[idx]` row-wise.
@@ -79,22 +79,9 @@ impl Graph {
             Backend::Cpu => self
                 .backend
                 .upload_u32(&cpu::kept_token_rows(&[], count, stride - 1)),
+            // No kept patch: row = image · (patches + 1); the index binding is never read.
             Backend::Gpu(gpu) => {
-                // `kept_token_rows` with no kept patch: row = image · (patches + 1).
-                let out = gpu.alloc(count);
-                let params = Params {
-                    n: count as u32,
-                    rows: (stride - 1) as u32,
-                    cols: 0,
-                    ..bytemuck::Zeroable::zeroed()
-                };
-                gpu.dispatch_linear(
-                    &kernel(gpu, "kept_token_rows"),
-                    &params,
-                    &[("idx", &gpu.alloc(1)), ("token_rows", &out)],
-                    count,
-                );
-                Storage::Gpu(out)
+                Storage::Gpu(token_rows_gpu(gpu, &gpu.alloc(1), count, stride - 1, 0))
             }
         };
         self.index_node(rows, &[count])
@@ -216,23 +203,28 @@ pub fn kept_token_rows_storage(
         Backend::Cpu => backend.upload_u32(&cpu::kept_token_rows(kept.cpu_u32(), batch, patches)),
         Backend::Gpu(gpu) => {
             let k = kept.len() / batch.max(1);
-            let n = batch * (1 + k);
-            let out = gpu.alloc(n);
-            let params = Params {
-                n: n as u32,
-                rows: patches as u32,
-                cols: k as u32,
-                ..bytemuck::Zeroable::zeroed()
-            };
-            gpu.dispatch_linear(
-                &kernel(gpu, "kept_token_rows"),
-                &params,
-                &[("idx", kept.gpu()), ("token_rows", &out)],
-                n,
-            );
-            Storage::Gpu(out)
+            Storage::Gpu(token_rows_gpu(gpu, kept.gpu(), batch, patches, k))
         }
     }
+}
+
+/// The shader's `kept_token_rows`: [images · (1 + k)] token rows from kept [images, k].
+fn token_rows_gpu(gpu: &Gpu, kept: &GpuBuf, images: usize, patches: usize, k: usize) -> GpuBuf {
+    let n = images * (1 + k);
+    let out = gpu.alloc(n);
+    let params = Params {
+        n: n as u32,
+        rows: patches as u32,
+        cols: k as u32,
+        ..bytemuck::Zeroable::zeroed()
+    };
+    gpu.dispatch_linear(
+        &kernel(gpu, "kept_token_rows"),
+        &params,
+        &[("idx", kept), ("token_rows", &out)],
+        n,
+    );
+    out
 }
 
 /// src [rows, cols] gathered by idx [n] -> [n, cols].

@@ -38,6 +38,25 @@ pub enum StepMask {
     },
 }
 
+/// A step's mask ratio: on the host, or still to be read as k from the device.
+pub enum MaskRatio {
+    Known(f64),
+    OnDevice {
+        count: crate::gpu::GpuBuf,
+        patches: usize,
+    },
+}
+
+impl MaskRatio {
+    /// The ratio of no mask.
+    pub const NONE: MaskRatio = MaskRatio::Known(0.0);
+
+    /// 1 − k/L for a k read back from the device.
+    pub fn of_count(k: u32, patches: usize) -> f64 {
+        1.0 - k as f64 / patches as f64
+    }
+}
+
 /// A keep count the GPU computed and the host does not know: in `floor..=cap` (M3.4's bounds).
 #[derive(Clone)]
 pub struct DeviceKeep {
@@ -68,6 +87,17 @@ impl StepMask {
     pub fn mask_ratio(&self) -> Option<f32> {
         let k = self.keep_count()?;
         Some(1.0 - k as f32 / self.patches() as f32)
+    }
+
+    /// The realised mask ratio 1 − k/L, known now or to be read with k.
+    pub fn ratio(&self) -> MaskRatio {
+        match self {
+            StepMask::Counted { keep, patches, .. } => MaskRatio::OnDevice {
+                count: keep.count.clone(),
+                patches: *patches,
+            },
+            _ => MaskRatio::Known(self.mask_ratio().expect("a mask on the host knows k") as f64),
+        }
     }
 
     /// The device keep count of a [`StepMask::Counted`] mask.

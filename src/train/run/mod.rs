@@ -20,7 +20,9 @@ use crate::model::{ClipInputs, Input};
 
 use super::checkpoint::{CheckpointError, LATEST, TrainState, save_checkpoint, state_path};
 use super::logs::{RunLogs, format_duration};
-use super::mask_step::{MaskStrategy, StepMask, compute_mask_counted, compute_mask_on_ranks};
+use super::mask_step::{
+    MaskRatio, MaskStrategy, StepMask, compute_mask_counted, compute_mask_on_ranks,
+};
 use super::ranks::{OneProcess, Ranks};
 use super::schedule::learning_rate;
 use super::step::{Trainer, split_inputs};
@@ -305,16 +307,9 @@ impl TrainRun<'_> {
         // Ratios the host knows now; a device k joins at the next loss read.
         let mut known = Vec::new();
         for (_, _, mask) in &batches {
-            match mask
-                .as_ref()
-                .map(|m| (m.mask_ratio(), m.device_keep(), m.patches()))
-            {
-                None => known.push(0.0),
-                Some((Some(ratio), _, _)) => known.push(ratio as f64),
-                Some((None, Some(keep), patches)) => {
-                    self.pending_keep.push((keep.count.clone(), patches))
-                }
-                Some((None, None, _)) => unreachable!("a mask knows k or leaves it on the device"),
+            match mask.as_ref().map_or(MaskRatio::NONE, StepMask::ratio) {
+                MaskRatio::Known(ratio) => known.push(ratio),
+                MaskRatio::OnDevice { count, patches } => self.pending_keep.push((count, patches)),
             }
         }
         let backend = &self.trainer.backend;
@@ -424,7 +419,7 @@ impl TrainRun<'_> {
         Ok(counts
             .iter()
             .zip(&pending)
-            .map(|(k, &(_, patches))| 1.0 - k[0] as f64 / patches as f64)
+            .map(|(k, &(_, patches))| MaskRatio::of_count(k[0], patches))
             .collect())
     }
 
